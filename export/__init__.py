@@ -1,0 +1,1 @@
+"""Torch -> ONNX export of STLight checkpoints, validated against torch."""

@@ -1,0 +1,60 @@
+"""Checkpoints that carry their config, so anything can rebuild the exact model from a file."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.stlight import STLight, STLightConfig
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, net: STLight, config: STLightConfig, **state: Any) -> Path:
+    """Write ``{"config", "model", "format_version", **state}`` atomically (tmp file + rename).
+
+    ``state`` holds whatever else a run needs to continue: optimizer, scheduler, step, epoch,
+    RNG states, metrics, preset name, dataset name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format_version": FORMAT_VERSION, "config": config.to_dict(), "model": net.state_dict(), **state}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dict; raises ``ValueError`` with a readable message on a bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+        raise ValueError(f"{path} is not a readable STLight checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict) or "config" not in payload or "model" not in payload:
+        raise ValueError(f"{path} is not an STLight checkpoint: expected a dict with 'config' and 'model'")
+    return payload
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[STLight, STLightConfig]:
+    """Rebuild the model from a checkpoint file alone; returned in eval mode."""
+    payload = read_checkpoint(path, map_location)
+    config = STLightConfig.from_dict(payload["config"])
+    net = STLight(config)
+    net.load_state_dict(payload["model"])
+    net.eval()
+    return net, config
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
