@@ -1,0 +1,96 @@
+"""The model card embedded in an exported ONNX file's ``metadata_props``.
+
+The one place that defines its keys: ``export`` writes a card, the service reads it back with
+``ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map)``. Pure Python, no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PREFIX = "stlight."
+KEYS = (
+    "config",  # STLightConfig as JSON
+    "in_frames",
+    "out_frames",
+    "channels",
+    "height",
+    "width",
+    "value_range",  # "[0, 1]": inputs and outputs are float32 in this range
+    "preset",  # preset name the config came from, "" when unknown
+    "dataset",  # training dataset, "" for untrained (random-weight) exports
+    "metrics",  # best validation metrics as JSON ({} when unknown)
+    "checkpoint_sha256",  # sha256 of the checkpoint file ("" for a preset export)
+    "version",  # stlight package version that exported the file
+    "precision",  # "fp32" or "fp16" weights
+)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    config: dict[str, int]
+    in_frames: int
+    out_frames: int
+    channels: int
+    height: int
+    width: int
+    value_range: tuple[float, float] = (0.0, 1.0)
+    preset: str = ""
+    dataset: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checkpoint_sha256: str = ""
+    version: str = ""
+    precision: str = "fp32"
+
+    @classmethod
+    def from_config(cls, config: dict[str, int], **rest: Any) -> "ModelCard":
+        sizes = {k: int(config[k]) for k in ("in_frames", "out_frames", "channels", "height", "width")}
+        return cls(config=dict(config), **sizes, **rest)
+
+    def to_metadata(self) -> dict[str, str]:
+        """String key/value pairs for ONNX ``metadata_props``."""
+        values = asdict(self)
+        out: dict[str, str] = {}
+        for key in KEYS:
+            value = values[key]
+            if key in ("config", "metrics"):
+                text = json.dumps(value, sort_keys=True)
+            elif key == "value_range":
+                text = json.dumps(list(value))
+            else:
+                text = str(value)
+            out[PREFIX + key] = text
+        return out
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str]) -> "ModelCard":
+        """Parse a card; raises ``ValueError`` naming the missing or malformed key."""
+        missing = [PREFIX + k for k in ("config", "in_frames", "out_frames", "channels", "height", "width") if PREFIX + k not in metadata]
+        if missing:
+            raise ValueError(f"ONNX file has no STLight model card: missing metadata {', '.join(missing)} (export it with `stlight export`)")
+        try:
+            get = lambda k, default="": metadata.get(PREFIX + k, default)  # noqa: E731
+            return cls(
+                config=json.loads(get("config")),
+                in_frames=int(get("in_frames")),
+                out_frames=int(get("out_frames")),
+                channels=int(get("channels")),
+                height=int(get("height")),
+                width=int(get("width")),
+                value_range=tuple(json.loads(get("value_range", "[0, 1]"))),
+                preset=get("preset"),
+                dataset=get("dataset"),
+                metrics=json.loads(get("metrics", "{}") or "{}"),
+                checkpoint_sha256=get("checkpoint_sha256"),
+                version=get("version"),
+                precision=get("precision", "fp32") or "fp32",
+            )
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"malformed STLight model card in ONNX metadata: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["value_range"] = list(self.value_range)
+        return data
