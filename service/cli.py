@@ -56,4 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # re-import so that UserError is the class the subcommand modules import, not __main__'s
+    from service.cli import main as _main
+
+    sys.exit(_main())
