@@ -19,6 +19,8 @@ class UserError(Exception):
 # so these modules must not import torch at module level.
 _COMMANDS: list[tuple[str, str]] = [
     ("model.cli", "add_summary"),
+    ("model.cli", "add_train"),
+    ("export.cli", "add_export"),
 ]
 
 
