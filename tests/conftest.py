@@ -22,3 +22,14 @@ def mnist_dir() -> Path:
     if not any(MNIST_DIR.glob("*-images-idx3-ubyte*")):
         pytest.fail(f"MNIST digits not found in {MNIST_DIR}; CI runs with ../shared beside the checkout")
     return MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``preset("tiny")`` with seed-0 random weights, exported by ``export.export_preset`` (fp32).
+
+    tests/test_export.py validates this very file against torch; service tests serve it.
+    """
+    from export import export_preset
+
+    return export_preset("tiny", tmp_path_factory.mktemp("onnx") / "tiny.onnx", seed=0)
