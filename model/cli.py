@@ -90,3 +90,228 @@ def run_summary(args: argparse.Namespace) -> int:
     print(f"output        (B, {', '.join(map(str, config.output_shape))})  [B, T', C, H, W]")
     print("config        " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()))
     return 0
+
+
+# ---------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------
+
+DATASET_CHOICES = ("mmnist", "npz", "taxibj", "frames")
+# flags that define a run; --resume takes them from the checkpoint and refuses different values
+_RUN_FLAGS = {
+    "lr": "--lr",
+    "schedule": "--schedule",
+    "final_div_factor": "--final-div-factor",
+    "batch_size": "--batch-size",
+    "seed": "--seed",
+    "clips_per_epoch": "--clips-per-epoch",
+    "val_clips": "--val-clips",
+    "val_fraction": "--val-fraction",
+}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", choices=DATASET_CHOICES, default="mmnist",
+                       help="mmnist: Moving MNIST made on the fly; npz: your clips (N, T+T', C, H, W) in a .npz/.npy; "
+                            "taxibj: OpenSTL's dataset.npz; frames: a folder of clip folders of images (default: mmnist)")
+    group.add_argument("--data-dir", default=None, metavar="DIR",
+                       help="mmnist: folder with *-images-idx3-ubyte(.gz) (downloaded there if absent; default data/mnist) "
+                            "and optionally mnist_test_seq.npy; frames: the folder of clip folders; taxibj: folder with dataset.npz")
+    group.add_argument("--data-path", default=None, metavar="FILE",
+                       help="npz: the .npz (array 'clips') or .npy file; taxibj: dataset.npz; mmnist eval: mnist_test_seq.npy")
+    group.add_argument("--val-path", default=None, metavar="PATH",
+                       help="npz/frames: a separate validation file or folder instead of a seeded split of the training data")
+    group.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                       help="npz/frames: fraction of clips held out for validation, split with --seed (default 0.1)")
+    group.add_argument("--val-clips", type=_positive_int, default=None, metavar="N",
+                       help="mmnist: validation clips, generated from a fixed seed so they are the same every run (default 1000)")
+    group.add_argument("--clips-per-epoch", type=_positive_int, default=None, metavar="N",
+                       help="mmnist: clips generated per epoch (default 10000, OpenSTL's epoch)")
+
+
+def _data_spec(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> Any:
+    from pathlib import Path
+
+    from model.data import DataSpec
+
+    base = dict(saved or {"name": args.dataset})
+    for key in ("data_dir", "data_path", "val_path"):
+        value = getattr(args, key, None)
+        if value is not None:
+            base[key] = str(Path(value).resolve())
+    if saved is None:
+        for key in ("val_fraction", "seed", "clips_per_epoch", "val_clips"):
+            if getattr(args, key, None) is not None:
+                base[key] = getattr(args, key)
+    return DataSpec(**base)
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "train",
+        help="train a model (Moving MNIST, your own clips, TaxiBJ, image folders)",
+        description="Train STLight with Adam on the MSE loss. Defaults per dataset follow the paper's Table 2 "
+                    "(Moving MNIST: lr 3e-3, OneCycle with final_div_factor 1e4, batch 16, 200 epochs). "
+                    "Writes last.pt, best.pt, metrics.jsonl and a PNG strip per validation under --out.",
+    )
+    _add_data_args(parser)
+    add_config_args(parser, default_preset=None)
+    for action in parser._actions:
+        if action.dest == "preset":
+            action.help = "named configuration (default per dataset: mmnist-xs, npz tiny, taxibj-s, frames kth-xs)"
+    group = parser.add_argument_group("optimisation (defaults: the paper's Table 2 for the dataset)")
+    group.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (OneCycle max_lr, cosine start)")
+    group.add_argument("--schedule", choices=("onecycle", "cosine"), default=None, help="learning-rate schedule, stepped per optimizer step")
+    group.add_argument("--final-div-factor", type=_positive_float, default=None, metavar="F", help="OneCycle: final lr = lr / 25 / F (default 1e4)")
+    group.add_argument("--batch-size", type=_positive_int, default=None, metavar="N", help="clips per optimizer step")
+    group.add_argument("--epochs", type=_positive_int, default=None, metavar="N", help="epochs to train (ignored when --max-steps is given)")
+    group.add_argument("--max-steps", type=_positive_int, default=None, metavar="N", help="optimizer steps to train; the schedule spans exactly these")
+    group.add_argument("--seed", type=int, default=None, help="seed of weights, data order, generated clips and the split (default 0)")
+    group = parser.add_argument_group("run")
+    group.add_argument("--out", required=True, metavar="DIR", help="run folder: last.pt, best.pt, metrics.jsonl, val_step*.png")
+    group.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt (settings come from the checkpoint)")
+    group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train (auto: CUDA when available)")
+    group.add_argument("--no-amp", action="store_true", help="on CUDA, train in fp32 instead of mixed precision (bf16, or fp16 with loss scaling)")
+    group.add_argument("--workers", type=_non_negative_int, default=None, metavar="N", help="data-loader worker processes (default: 0 on CPU, min(8, cores) on CUDA)")
+    group.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="torch CPU threads (default: all cores)")
+    group.add_argument("--val-every", type=_non_negative_int, default=0, metavar="STEPS", help="validate (and save last.pt) every STEPS steps; 0: once per epoch (default)")
+    group.add_argument("--stop-after", type=_positive_int, default=None, metavar="STEPS",
+                       help="leave after STEPS steps of this invocation, saving last.pt, to continue later with --resume")
+    group.add_argument("--no-progress", action="store_true", help="no progress bar (validation lines are still printed)")
+    group.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    parser.set_defaults(handler=run_train)
+
+
+def _resume_settings(args: argparse.Namespace, payload: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Settings, config and data spec of the run in ``payload``; flags that would change them are refused."""
+    from model.config import STLightConfig
+    from model.train import RunSettings
+
+    saved = payload["run"]
+    config = STLightConfig.from_dict(payload["config"])
+    clashes = []
+    if args.dataset != saved["dataset"] and args.dataset != "mmnist":
+        clashes.append(f"--dataset {args.dataset} (run: {saved['dataset']})")
+    if args.preset is not None and args.preset != saved["preset"]:
+        clashes.append(f"--preset {args.preset} (run: {saved['preset']})")
+    for name in CONFIG_FIELDS:
+        value = getattr(args, name, None)
+        if value is not None and value != getattr(config, name):
+            clashes.append(f"--{name.replace('_', '-')} {value} (run: {getattr(config, name)})")
+    for key, flag in _RUN_FLAGS.items():
+        value = getattr(args, key, None)
+        if value is not None and value != saved[key]:
+            clashes.append(f"{flag} {value} (run: {saved[key]})")
+    if args.max_steps is not None and args.max_steps != saved["total_steps"]:
+        clashes.append(f"--max-steps {args.max_steps} (run: {saved['total_steps']})")
+    if args.epochs is not None and args.max_steps is None and args.epochs * saved["steps_per_epoch"] != saved["total_steps"]:
+        clashes.append(f"--epochs {args.epochs} (run: {saved['total_steps'] / saved['steps_per_epoch']:g} epochs)")
+    if clashes:
+        raise UserError(f"--resume continues the run in {args.out} unchanged, but these flags differ from it: {'; '.join(clashes)}. "
+                        "Drop them, or start a new run with another --out")
+    spec = _data_spec(args, payload.get("data"))
+    return RunSettings(**saved), config, spec
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    out = Path(args.out)
+    resume = None
+    if args.resume:
+        from model.train import load_resume
+
+        if not (out / "last.pt").is_file():
+            raise UserError(f"--resume: {out / 'last.pt'} does not exist; start the run without --resume first")
+        try:
+            resume = load_resume(out)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        settings, config, spec = _resume_settings(args, resume)
+    else:
+        if (out / "last.pt").exists():
+            raise UserError(f"{out} already holds a run (last.pt); add --resume to continue it, or choose another --out")
+        settings = config = spec = None
+
+    from model.data import DataError, build_datasets
+    from model.train import DEFAULT_PRESET, TABLE2, RunSettings, Runtime, train
+
+    try:
+        if settings is None:
+            if args.preset is None:
+                args.preset = DEFAULT_PRESET[args.dataset]
+            config = config_from_args(args)
+            spec = _data_spec(args)
+            if args.seed is None:
+                spec.seed = 0
+            datasets = build_datasets(spec, config)
+            defaults = TABLE2[args.dataset]
+            batch_size = args.batch_size or defaults["batch_size"]
+            steps_per_epoch = len(datasets[0]) // batch_size
+            if steps_per_epoch == 0:
+                raise UserError(f"the training split has {len(datasets[0])} clips, fewer than --batch-size {batch_size}; lower --batch-size")
+            total = args.max_steps or (args.epochs or defaults["epochs"]) * steps_per_epoch
+            settings = RunSettings(
+                dataset=args.dataset,
+                preset=args.preset,
+                lr=args.lr or defaults["lr"],
+                schedule=args.schedule or defaults["schedule"],
+                final_div_factor=args.final_div_factor or defaults["final_div_factor"],
+                batch_size=batch_size,
+                total_steps=total,
+                steps_per_epoch=steps_per_epoch,
+                seed=spec.seed,
+                clips_per_epoch=spec.clips_per_epoch,
+                val_clips=spec.val_clips,
+                val_fraction=spec.val_fraction,
+            )
+        else:
+            datasets = build_datasets(spec, config)
+        runtime = Runtime(
+            out=out, device=args.device, workers=args.workers, threads=args.threads, amp=not args.no_amp,
+            val_every=args.val_every, stop_after=args.stop_after, progress=not args.no_progress,
+        )
+        summary = train(settings, config, spec, runtime, resume=resume, datasets=datasets)
+    except DataError as exc:
+        raise UserError(str(exc)) from None
+    except ValueError as exc:
+        if "CUDA" in str(exc) or "schedule" in str(exc):
+            raise UserError(str(exc)) from None
+        raise
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        state = "finished" if summary["finished"] else f"stopped at step {summary['step']}/{summary['total_steps']} (continue with --resume)"
+        print(f"{state}: best val mse {summary['best_mse']:.3f}, {summary['samples_per_s']:.1f} samples/s; checkpoints in {out}")
+    return 0

@@ -1,0 +1,119 @@
+"""OpenSTL's video prediction metrics (the paper's tables use them), on numpy arrays
+``(N, T, C, H, W)`` with values in [0, 1].
+
+- MSE / MAE: the **sum** over C·H·W of the squared / absolute error, averaged over clips and
+  frames; computed on raw predictions (before clipping).
+- PSNR: per frame ``20·log10(1 / sqrt(mean over C·H·W of squared error))`` on predictions
+  clipped to [0, 1], averaged over all frames.
+- SSIM: per frame, skimage's ``structural_similarity`` defaults (7×7 uniform window, K1 0.01,
+  K2 0.03, sample covariance), channels averaged, averaged over all frames. OpenSTL passes float
+  frames without ``data_range``; the skimage versions it ran on then used the float dtype range
+  (-1, 1), i.e. ``data_range = 2``, which is our default. Computed here for a whole batch at once
+  (same arithmetic as skimage; ``tests/test_metrics.py`` checks it against skimage).
+- per-frame MSE: the MSE above for each predicted frame index separately.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import uniform_filter
+
+SSIM_DATA_RANGE = 2.0  # what OpenSTL's call amounted to (see the module docstring)
+
+
+def _check(pred: np.ndarray, true: np.ndarray) -> None:
+    if pred.shape != true.shape or pred.ndim != 5:
+        raise ValueError(f"pred and true must both be (N, T, C, H, W); got {pred.shape} and {true.shape}")
+
+
+def mse(pred: np.ndarray, true: np.ndarray) -> float:
+    _check(pred, true)
+    return float(np.mean(np.sum((pred.astype(np.float64) - true) ** 2, axis=(2, 3, 4))))
+
+
+def mae(pred: np.ndarray, true: np.ndarray) -> float:
+    _check(pred, true)
+    return float(np.mean(np.sum(np.abs(pred.astype(np.float64) - true), axis=(2, 3, 4))))
+
+
+def per_frame_mse(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """``(T,)``: the summed squared error of frame t, averaged over clips."""
+    _check(pred, true)
+    return np.mean(np.sum((pred.astype(np.float64) - true) ** 2, axis=(2, 3, 4)), axis=0)
+
+
+def frame_psnr(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """``(N, T)`` PSNR of every frame, predictions clipped to [0, 1]; ``inf`` for an exact frame."""
+    _check(pred, true)
+    err = np.mean((np.clip(pred.astype(np.float64), 0, 1) - true) ** 2, axis=(2, 3, 4))
+    with np.errstate(divide="ignore"):
+        return 20 * np.log10(1 / np.sqrt(err))
+
+
+def psnr(pred: np.ndarray, true: np.ndarray) -> float:
+    return float(np.mean(frame_psnr(pred, true)))
+
+
+def frame_ssim(pred: np.ndarray, true: np.ndarray, data_range: float = SSIM_DATA_RANGE, win_size: int = 7) -> np.ndarray:
+    """``(N, T)`` SSIM of every frame (predictions clipped to [0, 1]), channels averaged."""
+    _check(pred, true)
+    x = np.clip(pred.astype(np.float64), 0, 1)
+    y = true.astype(np.float64)
+    size = (1, 1, 1, win_size, win_size)  # filter over H and W only, one image at a time
+    mean = lambda a: uniform_filter(a, size=size)  # noqa: E731 - skimage's filter, mode "reflect"
+    ux, uy = mean(x), mean(y)
+    cov_norm = win_size**2 / (win_size**2 - 1)  # sample covariance, as skimage
+    vx = cov_norm * (mean(x * x) - ux * ux)
+    vy = cov_norm * (mean(y * y) - uy * uy)
+    vxy = cov_norm * (mean(x * y) - ux * uy)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))  # (N, T, C, H, W)
+    pad = (win_size - 1) // 2
+    return s[..., pad:-pad, pad:-pad].mean(axis=(3, 4)).mean(axis=2)  # (N, T)
+
+
+def ssim(pred: np.ndarray, true: np.ndarray, data_range: float = SSIM_DATA_RANGE) -> float:
+    return float(np.mean(frame_ssim(pred, true, data_range)))
+
+
+def compute_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float | list[float]]:
+    """All metrics of one batch; see :class:`MetricAccumulator` for a whole dataset."""
+    acc = MetricAccumulator()
+    acc.update(pred, true)
+    return acc.result()
+
+
+class MetricAccumulator:
+    """Streams batches and returns the dataset-level metrics, equal to computing them on all
+    clips at once (each metric is a mean over clips or frames)."""
+
+    def __init__(self) -> None:
+        self.clips = 0
+        self.frame_sq: np.ndarray | None = None  # (T,) summed over clips
+        self.frame_abs: np.ndarray | None = None
+        self.psnr_sum = 0.0
+        self.ssim_sum = 0.0
+
+    def update(self, pred: np.ndarray, true: np.ndarray) -> None:
+        _check(pred, true)
+        diff = pred.astype(np.float64) - true
+        sq = np.sum(diff**2, axis=(2, 3, 4)).sum(axis=0)  # (T,)
+        ab = np.sum(np.abs(diff), axis=(2, 3, 4)).sum(axis=0)
+        self.frame_sq = sq if self.frame_sq is None else self.frame_sq + sq
+        self.frame_abs = ab if self.frame_abs is None else self.frame_abs + ab
+        self.psnr_sum += float(frame_psnr(pred, true).sum())
+        self.ssim_sum += float(frame_ssim(pred, true).sum())
+        self.clips += len(pred)
+
+    def result(self) -> dict[str, float | list[float]]:
+        if not self.clips or self.frame_sq is None or self.frame_abs is None:
+            raise ValueError("no clips were added")
+        frames = self.clips * len(self.frame_sq)
+        per_frame = self.frame_sq / self.clips
+        return {
+            "mse": float(per_frame.mean()),
+            "mae": float((self.frame_abs / self.clips).mean()),
+            "ssim": self.ssim_sum / frames,
+            "psnr": self.psnr_sum / frames,
+            "per_frame_mse": [float(v) for v in per_frame],
+        }
