@@ -123,7 +123,7 @@ def _session(model: onnx.ModelProto | bytes, provider: str) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures come back as exceptions and land in the report
     name = PROVIDERS[provider]
     providers: list[Any] = [(name, {"use_tf32": "0"}) if provider == "cuda" else name]
     data = model if isinstance(model, bytes) else model.SerializeToString()
@@ -131,6 +131,14 @@ def _session(model: onnx.ModelProto | bytes, provider: str) -> Any:
     if session.get_providers()[0] != name:
         raise RuntimeError(f"ONNX Runtime could not use {name} (available: {', '.join(ort.get_available_providers())})")
     return session
+
+
+def _run(session: Any, output: str | None, feed: dict[str, np.ndarray]) -> np.ndarray:
+    import onnxruntime as ort
+
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4
+    return session.run(None if output is None else [output], feed, quiet)[0]
 
 
 def _tolerance(reference: np.ndarray, precision: str) -> float:
@@ -209,7 +217,7 @@ def _check_depth_to_space(node: onnx.NodeProto, index: int, shapes: dict, config
     x_shape, elem = _real_shape(node.input[0], shapes, latent)
     x = np.random.default_rng(seed).standard_normal(x_shape).astype(_np_dtype(elem))
     try:
-        y = _session(_one_node_model(node, x_shape, elem, [], opset), provider).run(None, {"x": x})[0]
+        y = _run(_session(_one_node_model(node, x_shape, elem, [], opset), provider), None, {"x": x})
         ref = nn.PixelShuffle(block)(torch.from_numpy(x.astype(np.float32))).numpy()
         err = _max_abs(y, ref)
     except Exception as exc:  # noqa: BLE001 - any failure is this check's failure
@@ -244,7 +252,7 @@ def _check_dilated_conv(
     x = np.random.default_rng(seed).standard_normal(x_shape).astype(_np_dtype(elem))
     used = [inits[n] for n in node.input[1:] if n in inits]
     try:
-        y = _session(_one_node_model(node, x_shape, elem, used, opset), provider).run(None, {"x": x})[0]
+        y = _run(_session(_one_node_model(node, x_shape, elem, used, opset), provider), None, {"x": x})
         with torch.no_grad():
             ref = F.conv2d(
                 torch.from_numpy(x.astype(np.float32)),
@@ -319,7 +327,7 @@ def validate(
         try:
             if "session" not in state:
                 state["session"] = _session(model, provider)
-            y = state["session"].run(["predicted"], {"frames": clips})[0]
+            y = _run(state["session"], "predicted", {"frames": clips})
             with torch.no_grad():
                 ref = net(torch.from_numpy(clips)).numpy()
             err, tol = _max_abs(y, ref), _tolerance(ref, report.precision)
