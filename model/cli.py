@@ -244,6 +244,30 @@ def _resume_settings(args: argparse.Namespace, payload: dict[str, Any]) -> tuple
     return RunSettings(**saved), config, spec
 
 
+def _fit_config_to_data(args: argparse.Namespace, spec: Any) -> None:
+    """npz / frames: take C, H, W (and T -> T' when the preset needs more frames than the data has)
+    from the data for every field the user did not set; prints what it chose."""
+    from model.config import preset
+    from model.data import data_shape
+
+    shape = data_shape(spec)
+    if shape is None:
+        return
+    chosen = []
+    for name in ("channels", "height", "width"):
+        if getattr(args, name) is None and getattr(preset(args.preset), name) != shape[name]:
+            setattr(args, name, shape[name])
+            chosen.append(f"{name}={shape[name]}")
+    base = preset(args.preset)
+    t_in = args.in_frames or base.in_frames
+    t_out = args.out_frames or base.out_frames
+    if args.in_frames is None and args.out_frames is None and t_in + t_out > shape["frames"] >= 2:
+        args.in_frames, args.out_frames = shape["frames"] // 2, shape["frames"] - shape["frames"] // 2
+        chosen.append(f"in_frames={args.in_frames}, out_frames={args.out_frames}")
+    if chosen:
+        print(f"fitted preset {args.preset} to the data: {', '.join(chosen)}")
+
+
 def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -271,10 +295,9 @@ def run_train(args: argparse.Namespace) -> int:
         if settings is None:
             if args.preset is None:
                 args.preset = DEFAULT_PRESET[args.dataset]
-            config = config_from_args(args)
             spec = _data_spec(args)
-            if args.seed is None:
-                spec.seed = 0
+            _fit_config_to_data(args, spec)
+            config = config_from_args(args)
             datasets = build_datasets(spec, config)
             defaults = TABLE2[args.dataset]
             batch_size = args.batch_size or defaults["batch_size"]
@@ -314,4 +337,73 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         state = "finished" if summary["finished"] else f"stopped at step {summary['step']}/{summary['total_steps']} (continue with --resume)"
         print(f"{state}: best val mse {summary['best_mse']:.3f}, {summary['samples_per_s']:.1f} samples/s; checkpoints in {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# eval
+# ---------------------------------------------------------------------------------------
+
+
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "eval",
+        help="OpenSTL metrics (MSE, MAE, SSIM, PSNR, per-frame MSE) of a checkpoint on a test split",
+        description="Evaluate a checkpoint on the dataset's test split: every clip of an npz/npy file, Moving MNIST's "
+                    "fixed validation clips (or mnist_test_seq.npy), TaxiBJ's X_test/Y_test, every clip folder of a frames dataset.",
+    )
+    parser.add_argument("checkpoint", metavar="CKPT", help="a .pt file written by stlight train (last.pt, best.pt)")
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", choices=DATASET_CHOICES, default=None, help="dataset kind (default: the one the checkpoint was trained on)")
+    group.add_argument("--data-dir", default=None, metavar="DIR",
+                       help="mmnist: folder with MNIST digits and optionally mnist_test_seq.npy; frames: folder of clip folders; taxibj: folder with dataset.npz")
+    group.add_argument("--data-path", default=None, metavar="FILE", help="npz: the clips file; taxibj: dataset.npz; mmnist: mnist_test_seq.npy")
+    group.add_argument("--val-clips", type=_positive_int, default=1000, metavar="N", help="mmnist without mnist_test_seq.npy: fixed-seed clips to generate (default 1000)")
+    group = parser.add_argument_group("run")
+    group.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="clips per forward pass (default 32)")
+    group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (auto: CUDA when available)")
+    group.add_argument("--no-amp", action="store_true", help="on CUDA, run in fp32 instead of mixed precision")
+    group.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="torch CPU threads (default: all cores)")
+    group.add_argument("--json", action="store_true", help='print {"mse", "mae", "ssim", "psnr", "per_frame_mse": [...]}')
+    parser.set_defaults(handler=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import math
+    import os
+
+    import torch
+
+    from model.checkpoint import read_checkpoint
+    from model.config import STLightConfig
+    from model.data import DataError, DataSpec, build_test_dataset
+    from model.stlight import STLight
+    from model.train import evaluate, resolve_device
+
+    try:
+        payload = read_checkpoint(args.checkpoint)
+        config = STLightConfig.from_dict(payload["config"])
+        net = STLight(config)
+        net.load_state_dict(payload["model"])
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise UserError(f"cannot load {args.checkpoint}: {exc}") from None
+    name = args.dataset or payload.get("dataset") or "mmnist"
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    try:
+        device = resolve_device(args.device)
+        spec = DataSpec(name=name, data_dir=args.data_dir, data_path=args.data_path, val_clips=args.val_clips)
+        dataset = build_test_dataset(spec, config)
+    except (DataError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    metrics, _ = evaluate(net.to(device), dataset, device, batch_size=args.batch_size, amp=not args.no_amp, progress=not args.json)
+    report = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()}
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{args.checkpoint} on {name} ({len(dataset)} clips)")
+    print(f"mse   {metrics['mse']:.3f}   (sum over C·H·W, mean over clips and frames)")
+    print(f"mae   {metrics['mae']:.3f}")
+    print(f"ssim  {metrics['ssim']:.4f}")
+    print(f"psnr  {metrics['psnr']:.3f} dB")
+    print("per-frame mse  " + " ".join(f"{v:.1f}" for v in metrics["per_frame_mse"]))
     return 0

@@ -14,10 +14,10 @@ and a resumed run sees the same clips as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import shutil
-import tempfile
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,23 +97,21 @@ def download_mnist(
 ) -> Path:
     """Fetch the standard MNIST training images into ``data_dir`` and verify both checksums.
 
-    Tries each URL in turn; a file whose checksum differs is deleted. Raises :class:`DataError`
-    saying which file to put where when no URL gives the right bytes.
+    Tries each URL in turn; bytes whose checksums differ are discarded. Raises
+    :class:`DataError` saying which file to put where when no URL gives the right bytes.
     """
     data_dir = Path(data_dir)
     target = data_dir / MNIST_TRAIN_FILE
     problems = []
     for url in urls:
+        tmp_path = data_dir / (MNIST_TRAIN_FILE + ".tmp")
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=data_dir, suffix=".tmp", delete=False) as tmp:
-                tmp_path = Path(tmp.name)
-                with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - fixed mirrors or the caller's URL
-                    shutil.copyfileobj(response, tmp)
-        except OSError as exc:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp_path, "wb") as tmp:  # noqa: S310 - fixed mirrors or the caller's URL
+                shutil.copyfileobj(response, tmp)
+        except (OSError, ValueError) as exc:
             problems.append(f"{url}: {exc}")
-            if "tmp_path" in locals() and tmp_path.exists():
-                tmp_path.unlink()
+            tmp_path.unlink(missing_ok=True)
             continue
         got_md5, got_sha = _file_digest(tmp_path, "md5"), _file_digest(tmp_path, "sha256")
         if got_md5 != md5 or got_sha != sha256:
@@ -124,12 +122,12 @@ def download_mnist(
         return target
     raise DataError(
         f"no MNIST images in {data_dir} and the download failed ({'; '.join(problems) or 'no URL'}). "
-        f"Put the standard MNIST training images {MNIST_TRAIN_FILE} (md5 {md5}) — or any *-images-idx3-ubyte(.gz) "
-        f"file — into {data_dir}"
+        f"Put the standard MNIST training images {MNIST_TRAIN_FILE} (md5 {md5}) - or any *-images-idx3-ubyte(.gz) "
+        f"file - into {data_dir}"
     )
 
 
-def load_mnist_digits(data_dir: str | Path, download: bool = True) -> np.ndarray:
+def load_mnist_digits(data_dir: str | Path, download: bool = True, urls: Sequence[str] = MNIST_MIRRORS) -> np.ndarray:
     """MNIST digits from ``data_dir`` as ``(N, 28, 28)`` uint8, downloading them if absent."""
     data_dir = Path(data_dir)
     if data_dir.exists() and not data_dir.is_dir():
@@ -138,7 +136,7 @@ def load_mnist_digits(data_dir: str | Path, download: bool = True) -> np.ndarray
     if path is None:
         if not download:
             raise DataError(f"no *-images-idx3-ubyte(.gz) file in {data_dir}; put {MNIST_TRAIN_FILE} there")
-        path = download_mnist(data_dir)
+        path = download_mnist(data_dir, urls)
     digits = read_idx_images(path)
     if len(digits) == 0:
         raise DataError(f"{path} holds no images")
@@ -273,8 +271,17 @@ def check_clips(clips: np.ndarray, config: STLightConfig, source: str) -> None:
 
 
 def load_clip_file(path: str | Path) -> np.ndarray:
-    """The clip array of a ``.npy``, or of a ``.npz`` (key ``clips``, or its only array)."""
+    """The clip array of a ``.npy`` (memory-mapped), or of a ``.npz`` (key ``clips``, or its only
+    array); the last two files read are cached, so inferring a shape and loading cost one read."""
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--data-path {path} does not exist; expected a .npz (key 'clips') or .npy of shape (N, T+T', C, H, W)")
+    return _load_clip_file(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_clip_file(name: str, mtime_ns: int) -> np.ndarray:
+    path = Path(name)
     if not path.is_file():
         raise DataError(f"--data-path {path} does not exist; expected a .npz (key 'clips') or .npy of shape (N, T+T', C, H, W)")
     try:
@@ -283,10 +290,13 @@ def load_clip_file(path: str | Path) -> np.ndarray:
         with np.load(path, allow_pickle=False) as archive:
             keys = list(archive.keys())
             if "clips" in keys:
-                return archive["clips"]
-            if len(keys) == 1:
-                return archive[keys[0]]
-            raise DataError(f"{path}: expected an array named 'clips', found {', '.join(keys) or 'none'}")
+                clips = archive["clips"]
+            elif len(keys) == 1:
+                clips = archive[keys[0]]
+            else:
+                raise DataError(f"{path}: expected an array named 'clips', found {', '.join(keys) or 'none'}")
+            clips.setflags(write=False)  # shared through the cache
+            return clips
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
@@ -425,6 +435,29 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def _mmnist_checks(config: STLightConfig) -> None:
     if config.channels != 1 or config.height != config.width:
         raise DataError(f"Moving MNIST is grey and square: the config needs channels=1 and height == width, got {config.channels}×{config.height}×{config.width}")
+
+
+def data_shape(spec: DataSpec) -> dict[str, int] | None:
+    """``{"frames", "channels", "height", "width"}`` of the user's data (npz: the array; frames:
+    the first clip folder and its first image), so the CLI can fit the model config to it."""
+    if spec.name == "npz" and spec.data_path:
+        clips = load_clip_file(spec.data_path)
+        if clips.ndim != 5:
+            return None  # check_clips explains
+        _, t, c, h, w = clips.shape
+        return {"frames": t, "channels": c, "height": h, "width": w}
+    if spec.name == "frames" and (spec.data_dir or spec.data_path):
+        from PIL import Image
+
+        first = frame_clip_dirs(spec.data_dir or spec.data_path)[0]
+        images = sorted(p for p in first.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise DataError(f"{first} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+        with Image.open(images[0]) as image:
+            w, h = image.size
+            c = 1 if image.mode in ("1", "L", "LA", "I", "I;16", "F") else 3  # grey modes, else RGB
+        return {"frames": len(images), "channels": c, "height": h, "width": w}
+    return None
 
 
 def build_datasets(spec: DataSpec, config: STLightConfig) -> tuple[Dataset, Dataset]:

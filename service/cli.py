@@ -20,6 +20,7 @@ class UserError(Exception):
 _COMMANDS: list[tuple[str, str]] = [
     ("model.cli", "add_summary"),
     ("model.cli", "add_train"),
+    ("model.cli", "add_eval"),
     ("export.cli", "add_export"),
 ]
 
