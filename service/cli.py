@@ -19,6 +19,7 @@ class UserError(Exception):
 # so these modules must not import torch at module level.
 _COMMANDS: list[tuple[str, str]] = [
     ("model.cli", "add_summary"),
+    ("service.serve_cli", "add_serve"),
     ("model.cli", "add_train"),
     ("model.cli", "add_eval"),
     ("export.cli", "add_export"),

@@ -1,0 +1,323 @@
+"""The HTTP service: ``create_app(settings)`` builds a FastAPI app whose lifespan loads the ONNX
+model, starts the batcher and warms up in the background (``/readyz`` answers 503 until done).
+
+decode (service.codecs) -> predict (service.batching + service.engine) -> encode (service.codecs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import __version__, codecs
+from service.batching import Batcher, ClientGone
+from service.engine import CPU, Engine, EngineError
+from service.metrics import ServiceMetrics
+from service.problems import MEDIA_TYPE as PROBLEM, BodyLimitMiddleware, Problem, register_problem_handlers
+from service.settings import DEFAULT_MODEL, ServeSettings
+
+log = logging.getLogger("stlight.service")
+
+State = Literal["loading", "warming", "ready", "failed", "stopping"]
+
+
+@dataclass
+class ServiceState:
+    settings: ServeSettings
+    metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
+    engine: Engine | None = None
+    batcher: Batcher | None = None
+    state: State = "loading"
+    error: str = ""
+
+    def set_state(self, state: State) -> None:
+        self.state = state
+        self.metrics.ready.set(1 if state == "ready" else 0)
+
+
+def resolve_model(settings: ServeSettings) -> str:
+    """The ONNX file to serve: ``settings.model`` or the one shipped in the package."""
+    if settings.model is not None:
+        return str(settings.model)
+    if DEFAULT_MODEL.is_file():
+        return str(DEFAULT_MODEL)
+    raise EngineError(f"no model given and no default model is shipped ({DEFAULT_MODEL} is missing); pass --model PATH.onnx (or set STLIGHT_MODEL)")
+
+
+def load_engine(settings: ServeSettings) -> Engine:
+    """Create the session and log the provider ONNX Runtime really uses."""
+    engine = Engine(resolve_model(settings), settings.device, settings.resolved_intra_op_threads, settings.inter_op_threads)
+    fallback = " (CUDA did not load; falling back to CPU)" if settings.device == "auto" and engine.provider == CPU else ""
+    log.info(
+        "serving %s (%s, sha256 %s) on %s%s with %d intra-op / %d inter-op threads",
+        engine.name, engine.path, engine.sha256[:12], engine.provider, fallback, engine.intra_op_threads, engine.inter_op_threads,
+    )  # fmt: skip
+    return engine
+
+
+# ---------------------------------------------------------------------------------------
+# dependencies
+# ---------------------------------------------------------------------------------------
+
+
+def get_service(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[ServiceState, Depends(get_service)]
+
+
+def loaded_engine(service: ServiceDep) -> Engine:
+    if service.engine is None:
+        raise Problem(503, "not-ready", f"the model is not loaded yet (state: {service.state})", headers={"Retry-After": "1"})
+    return service.engine
+
+
+def ready_service(service: ServiceDep) -> ServiceState:
+    if service.state != "ready":
+        detail = f"the model is not ready to serve (state: {service.state})" + (f": {service.error}" if service.error else "")
+        raise Problem(503, "not-ready", detail, headers={"Retry-After": "1"}, state=service.state)
+    return service
+
+
+EngineDep = Annotated[Engine, Depends(loaded_engine)]
+ReadyDep = Annotated[ServiceState, Depends(ready_service)]
+
+
+# ---------------------------------------------------------------------------------------
+# middleware: request metrics
+# ---------------------------------------------------------------------------------------
+
+
+class MetricsMiddleware:
+    """Count requests by route template (not raw path: bounded label values) and status."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began, status = time.perf_counter(), 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.duration.labels(route).observe(time.perf_counter() - began)
+
+
+# ---------------------------------------------------------------------------------------
+# OpenAPI descriptions of the raw bodies (the route reads the body itself, to stream-limit it)
+# ---------------------------------------------------------------------------------------
+
+_CLIP = {"type": "array", "items": {"type": "array"}, "description": "(T, C, H, W) or (B, T, C, H, W) nested lists"}
+PREDICT_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "One clip (T, C, H, W) or a batch (B, T, C, H, W) of past frames, in one of three formats.",
+        "content": {
+            codecs.NPY: {"schema": {"type": "string", "format": "binary"}, "description": "numpy.save of uint8 (0-255) or float16/32/64 (0-1)"},
+            codecs.JSON: {
+                "schema": {
+                    "type": "object",
+                    "required": ["frames"],
+                    "properties": {"frames": _CLIP, "dtype": {"type": "string", "enum": ["float32", "uint8"], "default": "float32"}},
+                }
+            },
+            codecs.MULTIPART: {
+                "schema": {
+                    "type": "object",
+                    "required": ["frames"],
+                    "properties": {"frames": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "T image files (PNG, JPEG, ...), in order"}},
+                }
+            },
+        },
+    }
+}
+
+
+def _problem_doc(description: str) -> dict[str, Any]:
+    schema = {"type": "object", "properties": {k: {"type": t} for k, t in (("type", "string"), ("title", "string"), ("status", "integer"), ("detail", "string"))}}
+    return {"description": description, "content": {PROBLEM: {"schema": schema}}}
+
+
+PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The predicted frames (T', C, H, W) or (B, T', C, H, W), in the type chosen by Accept (default: the request's family).",
+        "content": {
+            codecs.NPY: {"schema": {"type": "string", "format": "binary"}, "description": "float32 .npy"},
+            codecs.JSON: {"schema": {"type": "object", "properties": {"frames": _CLIP, "shape": {"type": "array", "items": {"type": "integer"}}}}},
+            codecs.ZIP: {"schema": {"type": "string", "format": "binary"}, "description": "one PNG per predicted frame"},
+            codecs.GIF: {"schema": {"type": "string", "format": "binary"}, "description": "animated: the input, then the prediction"},
+        },
+    },
+    400: _problem_doc("Empty or undecodable body (npy, JSON or image)"),
+    406: _problem_doc("No acceptable answer type"),
+    413: _problem_doc("Body larger than max_body_mb"),
+    415: _problem_doc("Unsupported Content-Type"),
+    422: _problem_doc("Wrong rank, frame count, channels, size, dtype, or non-finite / out-of-range values"),
+    503: _problem_doc("Not ready yet, or the queue is full (see Retry-After)"),
+    504: _problem_doc("No answer within request_timeout_s"),
+}
+
+
+# ---------------------------------------------------------------------------------------
+# the app
+# ---------------------------------------------------------------------------------------
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """Nobody reads this answer; 499 (nginx's "client closed request") shows up in the metrics."""
+    return Response(status_code=499)
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Return once the client has closed the connection (the body has been read by then)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _read_clips(request: Request, request_type: str, engine: Engine, settings: ServeSettings) -> codecs.Clips:
+    if request.headers.get("content-length") == "0":
+        raise Problem(400, "empty-body", f"the request body is empty; expected {request_type} with {codecs.shape_text(engine.spec.input_shape)} frames")
+    if request_type == codecs.MULTIPART:
+        try:
+            form = await request.form(max_files=4 * engine.spec.in_frames + 16, max_fields=64, max_part_size=settings.max_body_bytes)
+        except Problem:
+            raise
+        except Exception as exc:  # malformed multipart (missing boundary, broken parts...)
+            raise Problem(400, "undecodable-multipart", f"cannot parse the multipart body: {getattr(exc, 'detail', None) or exc}") from None
+        parts = form.getlist("frames")
+        if any(not isinstance(part, UploadFile) for part in parts):
+            raise Problem(422, "missing-frames", "'frames' parts must be image files (with a filename), not text fields")
+        files = [(part.filename or "", await part.read()) for part in parts if isinstance(part, UploadFile)]
+        await form.close()
+        return await asyncio.to_thread(codecs.decode_images, files, engine.spec)
+    body = await request.body()
+    if not body:
+        raise Problem(400, "empty-body", f"the request body is empty; expected {request_type} with {codecs.shape_text(engine.spec.input_shape)} frames")
+    decode = codecs.decode_npy if request_type == codecs.NPY else codecs.decode_json
+    return await asyncio.to_thread(decode, body, engine.spec)
+
+
+def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI:
+    """The service. Pass a loaded ``engine`` to skip loading in the lifespan (the CLI loads it
+    first so that start-up errors are plain messages)."""
+    service = ServiceState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.engine = engine or await asyncio.to_thread(load_engine, settings)
+        batcher = Batcher(
+            service.engine.run,
+            max_batch_size=settings.max_batch_size,
+            max_delay_s=settings.max_delay_ms / 1000,
+            queue_size=settings.queue_size,
+            timeout_s=settings.request_timeout_s,
+            metrics=service.metrics,
+        )
+        service.batcher = batcher
+        batcher.start()
+        service.set_state("warming")
+        warm = asyncio.create_task(_warm_up(service), name="stlight-warm-up")
+        try:
+            yield
+        finally:
+            service.set_state("stopping")
+            warm.cancel()
+            await asyncio.gather(warm, return_exceptions=True)
+            await batcher.stop()
+            log.info("stopped")
+
+    app = FastAPI(
+        title="STLight frame prediction",
+        version=__version__,
+        description="Give it past frames, get the next ones. ONNX Runtime with dynamic batching; every error is application/problem+json (RFC 9457).",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    register_problem_handlers(app)
+    app.add_exception_handler(ClientGone, _client_gone)
+    app.add_exception_handler(ClientDisconnect, _client_gone)  # gone while the body was streaming in
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)
+
+    @app.post("/predict", openapi_extra=PREDICT_OPENAPI, responses=PREDICT_RESPONSES, response_class=Response, summary="Predict the next frames")
+    async def predict(request: Request, ready: ReadyDep) -> Response:
+        """Accepts npy, JSON or multipart images; answers npy, JSON, a zip of PNGs or an animated GIF."""
+        engine, batcher = ready.engine, ready.batcher
+        assert engine is not None and batcher is not None
+        request_type = codecs.media_type(request.headers.get("content-type"))
+        if request_type not in codecs.REQUEST_TYPES:
+            got = f"Content-Type {request_type!r}" if request_type else "no Content-Type"
+            raise Problem(415, "unsupported-media-type", f"got {got}; send {', '.join(codecs.REQUEST_TYPES)}")
+        answer_type = codecs.choose_answer_type(request.headers.get("accept"), request_type)
+        clips = await _read_clips(request, request_type, engine, ready.settings)
+        codecs.check_answerable(answer_type, engine.spec.channels, len(clips.frames), clips.batched)
+        prediction = await batcher.predict(clips.frames, lambda: _wait_for_disconnect(request))  # (B, T', C, H, W)
+        body = await asyncio.to_thread(codecs.encode, answer_type, clips, prediction)
+        headers = {"Content-Disposition": 'attachment; filename="prediction.zip"'} if answer_type == codecs.ZIP else None
+        return Response(body, media_type=answer_type, headers=headers)
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz", summary="Readiness: 200 once the model is warmed up", responses={503: _problem_doc("Loading or warming up")})
+    async def readyz(ready: ReadyDep) -> dict[str, Any]:
+        assert ready.engine is not None
+        return {"status": "ready", "provider": ready.engine.provider, "model": ready.engine.name}
+
+    @app.get("/v1/model", summary="The served model: shapes, provider, batching, sha256 and model card")
+    async def model_info(service: ServiceDep, engine: EngineDep) -> dict[str, Any]:
+        return {
+            **engine.describe(),
+            "max_batch_size": service.settings.max_batch_size,
+            "max_delay_ms": service.settings.max_delay_ms,
+            "state": service.state,
+            "card": engine.card.to_dict(),
+        }
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    async def metrics(service: ServiceDep) -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _warm_up(service: ServiceState) -> None:
+    engine, batcher, settings = service.engine, service.batcher, service.settings
+    assert engine is not None and batcher is not None
+    began = time.perf_counter()
+    try:
+        await batcher.run_in_worker(lambda: engine.warm_up(settings.max_batch_size, settings.warmup_runs))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        service.error = f"warm-up failed: {type(exc).__name__}: {exc}"
+        service.set_state("failed")
+        log.error("%s", service.error)
+        return
+    service.set_state("ready")
+    log.info("ready on %s: warm-up (%d runs at batch %d and 1) took %.2f s", engine.provider, settings.warmup_runs, settings.max_batch_size, time.perf_counter() - began)
+

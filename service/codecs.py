@@ -1,0 +1,272 @@
+"""Request bodies -> clips, predictions -> response bodies. Knows nothing of ONNX or HTTP
+frameworks: only formats, shapes and the :class:`~service.engine.ClipSpec` a model expects.
+
+Every bad input raises :class:`~service.problems.Problem` with a 4xx status and a detail
+naming what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from service.engine import ClipSpec
+from service.problems import Problem
+
+NPY = "application/x-npy"
+JSON = "application/json"
+MULTIPART = "multipart/form-data"
+ZIP = "application/zip"
+GIF = "image/gif"
+REQUEST_TYPES = (NPY, JSON, MULTIPART)
+RESPONSE_TYPES = (NPY, JSON, ZIP, GIF)
+# the answer's type when the request has no Accept header (or accepts anything)
+DEFAULT_ANSWER = {NPY: NPY, JSON: JSON, MULTIPART: ZIP}
+FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+GIF_FRAME_MS = 200
+
+
+@dataclass(frozen=True)
+class Clips:
+    """Decoded input: ``frames`` is float32 (B, T, C, H, W) in [0, 1]; ``batched`` says whether
+    the request had a batch axis (the answer mirrors it)."""
+
+    frames: np.ndarray
+    batched: bool
+
+
+def media_type(content_type: str | None) -> str:
+    """``'Application/JSON; charset=utf-8'`` -> ``'application/json'``."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def shape_text(shape: Sequence[int | str]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
+# ---------------------------------------------------------------------------------------
+# decode
+# ---------------------------------------------------------------------------------------
+
+
+def check_array(array: np.ndarray, spec: ClipSpec, source: str) -> Clips:
+    """Validate rank, shape, dtype and values; return float32 clips in [0, 1]."""
+    expected = f"(T, C, H, W) = {shape_text(spec.input_shape)} or (B, T, C, H, W) = {shape_text(('B', *spec.input_shape))}"
+    if array.dtype != np.uint8 and array.dtype not in FLOAT_DTYPES:
+        raise Problem(422, "wrong-dtype", f"{source}: dtype {array.dtype} is not accepted; send uint8 (0-255) or float16/float32/float64 (0-1)")
+    if array.ndim not in (4, 5):
+        raise Problem(422, "wrong-rank", f"{source}: expected {expected}, got rank {array.ndim} array of shape {shape_text(array.shape)}")
+    batched = array.ndim == 5
+    clips = array if batched else array[None]  # (B, T, C, H, W)
+    if clips.shape[0] == 0:
+        raise Problem(422, "wrong-shape", f"{source}: the batch is empty (shape {shape_text(array.shape)}); send at least one clip")
+    got_t, got_c, got_h, got_w = clips.shape[1:]
+    if got_t != spec.in_frames:
+        raise Problem(422, "wrong-frame-count", f"{source}: expected {spec.in_frames} input frames (T), got {got_t} (shape {shape_text(array.shape)}; expected {expected})")
+    if got_c != spec.channels:
+        raise Problem(422, "wrong-channels", f"{source}: expected {spec.channels} channel(s) (C), got {got_c} (shape {shape_text(array.shape)}; expected {expected})")
+    if (got_h, got_w) != (spec.height, spec.width):
+        raise Problem(
+            422,
+            "wrong-size",
+            f"{source}: expected frames of {spec.height}x{spec.width} (H x W), got {got_h}x{got_w} (shape {shape_text(array.shape)}; expected {expected})",
+        )
+    if array.dtype == np.uint8:
+        return Clips(clips.astype(np.float32) / np.float32(255.0), batched)
+    finite = np.isfinite(clips)
+    if not finite.all():
+        bad = int(clips.size - np.count_nonzero(finite))
+        raise Problem(422, "non-finite", f"{source}: {bad} value(s) are NaN or infinite; expected finite values in [0, 1]")
+    low, high = float(clips.min()), float(clips.max())
+    if low < 0.0 or high > 1.0:
+        raise Problem(
+            422,
+            "out-of-range",
+            f"{source}: float frames must lie in [0, 1], got values in [{low:g}, {high:g}]; send uint8 for 0-255 pixels",
+        )
+    return Clips(clips.astype(np.float32, copy=False), batched)
+
+
+def decode_npy(body: bytes, spec: ClipSpec) -> Clips:
+    if not body.startswith(b"\x93NUMPY"):
+        raise Problem(400, "undecodable-npy", f"body is not an .npy array: it starts with {body[:8]!r}, not the .npy magic b'\\x93NUMPY'; write it with numpy.save")
+    try:
+        array = np.load(io.BytesIO(body), allow_pickle=False)
+    except Exception as exc:  # ValueError, EOFError, OSError, pickle refusal... all mean "not a valid .npy"
+        raise Problem(400, "undecodable-npy", f"body is not a readable .npy array ({type(exc).__name__}: {exc}); write it with numpy.save") from None
+    if not isinstance(array, np.ndarray):  # pragma: no cover - np.load of npz returns NpzFile
+        raise Problem(400, "undecodable-npy", "body is an .npz archive; send a single .npy array")
+    return check_array(array, spec, "npy body")
+
+
+def decode_json(body: bytes, spec: ClipSpec) -> Clips:
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Problem(400, "undecodable-json", f"body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict) or "frames" not in document:
+        got = f"an object with keys {sorted(document)}" if isinstance(document, dict) else f"a JSON {type(document).__name__}"
+        raise Problem(422, "invalid-json", f'expected an object {{"frames": nested list, "dtype": "float32" | "uint8" (optional)}}, got {got}')
+    dtype = document.get("dtype", "float32")
+    if dtype not in ("float32", "uint8"):
+        raise Problem(422, "wrong-dtype", f'"dtype" must be "float32" (values 0-1) or "uint8" (integers 0-255), got {dtype!r}')
+    try:
+        array = np.array(document["frames"])
+    except (ValueError, TypeError) as exc:  # ragged lists
+        raise Problem(422, "invalid-json", f'"frames" must be a rectangular nested list of numbers (T, C, H, W) or (B, T, C, H, W): {exc}') from None
+    if array.dtype.kind not in "iuf":
+        raise Problem(422, "invalid-json", f'"frames" must hold only numbers, got JSON values that make a {array.dtype} array')
+    array = array.astype(np.float64)
+    if dtype == "uint8":
+        if array.ndim and array.size and (not np.isfinite(array).all() or (array != np.round(array)).any() or array.min() < 0 or array.max() > 255):
+            raise Problem(422, "out-of-range", '"dtype": "uint8" frames must be integers in 0-255')
+        array = array.astype(np.uint8)
+    return check_array(array, spec, "JSON frames")
+
+
+def decode_images(files: Sequence[tuple[str, bytes]], spec: ClipSpec) -> Clips:
+    """One clip from image files in order (multipart ``frames`` parts); converted to grey (C=1)
+    or RGB (C=3). Other channel counts have no image form: send npy or JSON."""
+    if not files:
+        raise Problem(422, "missing-frames", f"multipart body has no 'frames' file parts; expected {spec.in_frames} images, in order")
+    mode = {1: "L", 3: "RGB"}.get(spec.channels)
+    if mode is None:
+        raise Problem(415, "unsupported-media-type", f"this model takes {spec.channels}-channel frames, which images cannot carry; send application/x-npy or application/json")
+    if len(files) != spec.in_frames:
+        raise Problem(422, "wrong-frame-count", f"expected {spec.in_frames} 'frames' images, got {len(files)}")
+    frames = []
+    for index, (name, data) in enumerate(files):
+        label = f"frame {index} ({name!r})" if name else f"frame {index}"
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                if image.size != (spec.width, spec.height):  # checked before decoding pixels: no decompression bombs
+                    raise Problem(422, "wrong-size", f"{label}: expected {spec.width}x{spec.height} (W x H) pixels, got {image.size[0]}x{image.size[1]}")
+                image.load()
+                frames.append(np.asarray(image.convert(mode), dtype=np.uint8))
+        except Problem:
+            raise
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise Problem(400, "undecodable-image", f"{label}: not a readable image ({type(exc).__name__}: {exc})") from None
+    clip = np.stack(frames)  # (T, H, W) or (T, H, W, 3)
+    clip = clip[:, None] if clip.ndim == 3 else clip.transpose(0, 3, 1, 2)  # (T, C, H, W)
+    return check_array(clip, spec, "images")
+
+
+# ---------------------------------------------------------------------------------------
+# content negotiation
+# ---------------------------------------------------------------------------------------
+
+
+def choose_answer_type(accept: str | None, request_type: str) -> str:
+    """Pick the response type from ``Accept`` (with q-values and wildcards); absent or ``*/*``
+    answers in the request's family. Raises 406 when nothing offered is acceptable."""
+    default = DEFAULT_ANSWER[request_type]
+    if not accept or not accept.strip():
+        return default
+    ranked: list[tuple[float, int, str]] = []
+    for position, item in enumerate(accept.split(",")):
+        parts = [p.strip() for p in item.split(";")]
+        kind, q = parts[0].lower(), 1.0
+        for param in parts[1:]:
+            if param.lower().startswith("q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        if kind and q > 0:
+            ranked.append((-q, position, kind))
+    for _, _, kind in sorted(ranked):
+        if kind == "*/*":
+            return default
+        if kind in RESPONSE_TYPES:
+            return kind
+        if kind.endswith("/*"):
+            family = kind[:-1]
+            if default.startswith(family):
+                return default
+            match = next((t for t in RESPONSE_TYPES if t.startswith(family)), None)
+            if match:
+                return match
+    raise Problem(406, "not-acceptable", f"cannot answer in {accept!r}; available: {', '.join(RESPONSE_TYPES)}")
+
+
+# ---------------------------------------------------------------------------------------
+# encode
+# ---------------------------------------------------------------------------------------
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Float frames in [0, 1] -> uint8 pixels (clipped, rounded)."""
+    return np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _image(frame: np.ndarray) -> Image.Image:
+    """(C, H, W) uint8, C in {1, 3} -> PIL image."""
+    return Image.fromarray(frame[0]) if frame.shape[0] == 1 else Image.fromarray(frame.transpose(1, 2, 0), "RGB")
+
+
+def check_answerable(answer_type: str, channels: int, clip_count: int, batched: bool) -> None:
+    """Raise 406 before inference when the chosen answer cannot carry this prediction."""
+    if answer_type in (ZIP, GIF) and channels not in (1, 3):
+        raise Problem(406, "not-acceptable", f"{answer_type} needs 1- or 3-channel frames, this model predicts {channels}; ask for application/x-npy or application/json")
+    if answer_type == GIF and batched and clip_count != 1:
+        raise Problem(406, "not-acceptable", f"image/gif animates one clip, the request has {clip_count}; send (T, C, H, W) or ask for application/zip")
+
+
+def encode_npy(prediction: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(prediction, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def encode_json(prediction: np.ndarray) -> bytes:
+    prediction = np.asarray(prediction, dtype=np.float32)
+    # float32 -> Python float is exact, and json writes the shortest repr that round-trips
+    return json.dumps({"frames": prediction.tolist(), "shape": list(prediction.shape)}, separators=(",", ":")).encode()
+
+
+def encode_zip(prediction: np.ndarray, batched: bool) -> bytes:
+    """One PNG per predicted frame: ``frame_000.png`` ... or ``clip_000/frame_000.png`` for a batch."""
+    clips = prediction if batched else prediction[None]  # (B, T', C, H, W)
+    check_answerable(ZIP, clips.shape[2], len(clips), batched)
+    pixels = to_uint8(clips)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:  # PNG is compressed already
+        for b, clip in enumerate(pixels):
+            for t, frame in enumerate(clip):
+                png = io.BytesIO()
+                _image(frame).save(png, format="PNG")
+                name = f"clip_{b:03d}/frame_{t:03d}.png" if batched else f"frame_{t:03d}.png"
+                archive.writestr(name, png.getvalue())
+    return buffer.getvalue()
+
+
+def encode_gif(inputs: np.ndarray, prediction: np.ndarray, batched: bool) -> bytes:
+    """Animated GIF of one clip: the input frames, then the predicted ones (looping)."""
+    check_answerable(GIF, prediction.shape[-3], len(prediction) if prediction.ndim == 5 else 1, batched)
+    clip_in = inputs[0] if inputs.ndim == 5 else inputs  # (T, C, H, W)
+    clip_out = prediction[0] if prediction.ndim == 5 else prediction  # (T', C, H, W)
+    images = [_image(frame) for frame in to_uint8(np.concatenate([clip_in, clip_out]))]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=GIF_FRAME_MS, loop=0)
+    return buffer.getvalue()
+
+
+def encode(answer_type: str, clips: Clips, prediction: np.ndarray) -> bytes:
+    """``prediction`` is (B, T', C, H, W); the answer drops B when the request had no batch axis."""
+    out = prediction if clips.batched else prediction[0]
+    if answer_type == NPY:
+        return encode_npy(out)
+    if answer_type == JSON:
+        return encode_json(out)
+    if answer_type == ZIP:
+        return encode_zip(out, clips.batched)
+    if answer_type == GIF:
+        return encode_gif(clips.frames, prediction, clips.batched)
+    raise ValueError(f"unknown answer type {answer_type!r}")  # pragma: no cover - choose_answer_type prevents it

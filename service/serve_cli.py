@@ -1,0 +1,83 @@
+"""``stlight serve``: flags (each also an ``STLIGHT_*`` variable; a flag wins), then uvicorn.
+
+Imported to build the parser, so heavy imports (onnxruntime, fastapi) wait for the handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+
+from service.cli import UserError
+
+# flag -> settings field; flags default to None so only the ones given override the environment
+_FLAGS = ("model", "host", "port", "device", "max_batch_size", "max_delay_ms", "max_body_mb")
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="serve an ONNX model over HTTP (FastAPI + ONNX Runtime, dynamic batching)",
+        description=(
+            "Serve an exported STLight ONNX model: POST /predict, GET /healthz, /readyz, /v1/model, /metrics, /docs. "
+            "Every flag can also be set as an environment variable STLIGHT_<FLAG> (e.g. STLIGHT_MAX_BATCH_SIZE=16); "
+            "a flag given on the command line wins. Further settings only as variables: STLIGHT_QUEUE_SIZE (256), "
+            "STLIGHT_REQUEST_TIMEOUT_S (30), STLIGHT_INTRA_OP_THREADS (0 = all CPUs), STLIGHT_INTER_OP_THREADS (1), "
+            "STLIGHT_WARMUP_RUNS (2)."
+        ),
+    )
+    parser.add_argument("--model", metavar="PATH", help="ONNX file from `stlight export` (default: the model shipped in the package) [STLIGHT_MODEL]")
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 for all interfaces) [STLIGHT_HOST]")
+    parser.add_argument("--port", type=int, help="TCP port (default 8000) [STLIGHT_PORT]")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cuda", "cpu"),
+        help="auto: CUDA when it really loads, else CPU; cuda: fail at start unless CUDA loads; cpu (default auto) [STLIGHT_DEVICE]",
+    )
+    parser.add_argument("--max-batch-size", type=int, metavar="N", help="most clips per session.run; 1 turns batching off (default 8) [STLIGHT_MAX_BATCH_SIZE]")
+    parser.add_argument("--max-delay-ms", type=float, metavar="MS", help="longest wait for more clips after the first (default 5) [STLIGHT_MAX_DELAY_MS]")
+    parser.add_argument("--max-body-mb", type=float, metavar="MB", help="largest request body in MiB; larger ones get 413 (default 64) [STLIGHT_MAX_BODY_MB]")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log verbosity (default info)")
+    parser.set_defaults(handler=run_serve)
+
+
+def settings_from_args(args: argparse.Namespace):  # -> ServeSettings (imported lazily)
+    """Environment first, then the flags that were given."""
+    from pydantic import ValidationError
+
+    from service.settings import ServeSettings
+
+    given = {name: getattr(args, name) for name in _FLAGS if getattr(args, name, None) is not None}
+    try:
+        return ServeSettings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise UserError(f"invalid settings (flags or STLIGHT_* variables): {problems}") from None
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvicorn
+
+    from service.app import create_app, load_engine
+    from service.engine import EngineError
+
+    try:
+        engine = load_engine(settings)  # before uvicorn starts, so a bad model or --device cuda fails as one line
+    except EngineError as exc:
+        raise UserError(str(exc)) from None
+    app = create_app(settings, engine=engine)
+    # uvicorn handles SIGTERM/SIGINT: stop accepting, finish in-flight requests, run the lifespan shutdown
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=30, access_log=False)
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the SIGTERM/SIGINT it caught once shutdown is done; with this handler in
+    # place that re-raise is a no-op, so a graceful stop exits 0 instead of "killed by signal"
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0 if server.started else 1

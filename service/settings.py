@@ -1,0 +1,48 @@
+"""The service's settings: one pydantic-settings class, read from ``STLIGHT_*`` environment
+variables; ``stlight serve`` flags override them by passing values to the constructor."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default.onnx"
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (container/affinity aware), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS/Windows
+        return max(1, os.cpu_count() or 1)
+
+
+class ServeSettings(BaseSettings):
+    """Everything ``stlight serve`` can be told; each field is also ``STLIGHT_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="STLIGHT_", extra="forbid", frozen=True)
+
+    model: Path | None = Field(None, description="ONNX file to serve; default: the model shipped in the package")
+    host: str = Field("127.0.0.1", description="address to bind")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port)")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: CUDA when it really loads, else CPU")
+    max_batch_size: int = Field(8, ge=1, le=1024, description="most clips coalesced into one session.run")
+    max_delay_ms: float = Field(5.0, ge=0, le=10_000, description="longest wait for more clips after the first one arrives")
+    max_body_mb: float = Field(64.0, gt=0, description="largest accepted request body in MiB (413 beyond, while streaming)")
+    queue_size: int = Field(256, ge=1, description="requests waiting for inference before new ones get 503")
+    request_timeout_s: float = Field(30.0, gt=0, description="a request not answered within this gets 504")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads inside one operator; 0: every available CPU")
+    inter_op_threads: int = Field(1, ge=1, description="ONNX Runtime threads across operators (sequential execution: 1)")
+    warmup_runs: int = Field(2, ge=0, description="session.run calls at full and single batch size before /readyz says ready")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def resolved_intra_op_threads(self) -> int:
+        return self.intra_op_threads or available_cpus()
