@@ -173,6 +173,8 @@ def _json_metrics(metrics: Any) -> dict[str, Any]:
             out[str(key)] = value if math.isfinite(value) else str(value)
         elif isinstance(value, dict):
             out[str(key)] = _json_metrics(value)
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            out[str(key)] = [v if math.isfinite(v) else str(v) for v in value]  # e.g. per-frame MSE
     return out
 
 
