@@ -96,6 +96,20 @@ def check_array(array: np.ndarray, spec: ClipSpec, source: str) -> Clips:
 def decode_npy(body: bytes, spec: ClipSpec) -> Clips:
     if not body.startswith(b"\x93NUMPY"):
         raise Problem(400, "undecodable-npy", f"body is not an .npy array: it starts with {body[:8]!r}, not the .npy magic b'\\x93NUMPY'; write it with numpy.save")
+    stream = io.BytesIO(body)
+    try:  # the header first: a forged shape must not make np.load allocate it
+        version = np.lib.format.read_magic(stream)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ValueError(f"npy format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
+        shape, _, dtype = read_header(stream)
+    except Exception as exc:
+        raise Problem(400, "undecodable-npy", f"body has no readable .npy header ({type(exc).__name__}: {exc}); write it with numpy.save") from None
+    if dtype.hasobject:
+        raise Problem(400, "undecodable-npy", "body is an .npy of Python objects (it would need unpickling, which is refused); send uint8 or float numbers")
+    promised, present = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, len(body) - stream.tell()
+    if promised != present:
+        raise Problem(400, "undecodable-npy", f".npy header says {shape_text(shape)} {dtype} = {promised:,} bytes of data, the body carries {present:,}")
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except Exception as exc:  # ValueError, EOFError, OSError, pickle refusal... all mean "not a valid .npy"
@@ -108,7 +122,7 @@ def decode_npy(body: bytes, spec: ClipSpec) -> Clips:
 def decode_json(body: bytes, spec: ClipSpec) -> Clips:
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise Problem(400, "undecodable-json", f"body is not valid JSON: {exc}") from None
     if not isinstance(document, dict) or "frames" not in document:
         got = f"an object with keys {sorted(document)}" if isinstance(document, dict) else f"a JSON {type(document).__name__}"

@@ -348,6 +348,8 @@ def _bad_requests(digits: np.ndarray) -> list[tuple[str, dict, int, tuple[str, .
         ("0-255 as float", npy(clip.astype(np.float32)), 422, ("[0, 1]", "255", "uint8")),
         ("garbage npy", {"content": b"hello world, not numpy", "headers": {"Content-Type": NPY}}, 400, (".npy", "magic")),
         ("truncated npy", {"content": npy_bytes(clip)[:1000], "headers": {"Content-Type": NPY}}, 400, (".npy",)),
+        ("forged npy shape", {"content": npy_bytes(clip).replace(b"(10, 1, 64, 64)", b"(99999, 99999, 9)"), "headers": {"Content-Type": NPY}}, 400, ("header says", "bytes")),
+        ("deep JSON", {"content": b'{"frames": ' + b"[" * 100000 + b"]" * 100000 + b"}", "headers": {"Content-Type": JSON}}, 400, ("json",)),
         ("pickled npy", {"content": _pickled_npy(), "headers": {"Content-Type": NPY}}, 400, (".npy",)),
         ("bad JSON", {"content": b'{"frames": [1, 2', "headers": {"Content-Type": JSON}}, 400, ("not valid json",)),
         ("JSON without frames", js({"clip": []}), 422, ('"frames"', "clip")),
