@@ -23,6 +23,7 @@ _COMMANDS: list[tuple[str, str]] = [
     ("model.cli", "add_train"),
     ("model.cli", "add_eval"),
     ("export.cli", "add_export"),
+    ("service.predict_cli", "add_predict"),
 ]
 
 

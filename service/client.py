@@ -1,14 +1,38 @@
-"""A small synchronous client for ``stlight serve``: numpy in, numpy out (npy on the wire)."""
+"""Python clients with one signature: ``predict(frames) -> np.ndarray``.
+
+- :class:`Client` posts npy to a running ``stlight serve`` (httpx), retrying with backoff on 503
+  (honouring ``Retry-After``) and on connection errors; many clips are split into batches sent
+  with bounded concurrency.
+- :class:`LocalClient` runs the ONNX file in-process with ONNX Runtime, in batches.
+
+Both take one clip (T, C, H, W) or clips (N, T, C, H, W), uint8 (0-255) or float (0-1), and
+return float32 predictions with the same leading axes.
+"""
 
 from __future__ import annotations
 
+import email.utils
 import io
-from typing import Any
+import random
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import numpy as np
 
+if TYPE_CHECKING:  # the engine imports onnxruntime, which the HTTP client does not need
+    from service.engine import ClipSpec, Engine
+
 NPY = "application/x-npy"
+RETRY_STATUSES = (503,)
+# failures where the request surely did not run to completion; predict is a pure function, so
+# re-sending is safe
+RETRY_ERRORS = (httpx.NetworkError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
+MAX_RETRY_AFTER_S = 60.0  # a Retry-After beyond this is capped (a bad header must not hang a script)
 
 
 class ServiceError(Exception):
@@ -19,25 +43,85 @@ class ServiceError(Exception):
         super().__init__(f"{status} {problem.get('title', '')}: {problem.get('detail', '')}".strip())
 
 
+class ServiceUnreachable(ServiceError):
+    """No answer (connection refused, reset...) or still 503 after every retry."""
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date; ``None`` when absent or malformed."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
 class Client:
-    """``Client("http://127.0.0.1:8000").predict(clip)``: clip (T, C, H, W) or clips (B, T, C, H, W),
-    uint8 (0-255) or float (0-1) -> float32 prediction with the same leading axes."""
+    """``Client("http://127.0.0.1:8000").predict(clips)`` against ``stlight serve``.
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", *, timeout: float = 60.0, client: httpx.Client | None = None) -> None:
+    ``retries`` more attempts after a 503 or a connection error, waiting ``Retry-After`` when the
+    server sends it, else ``backoff_s`` doubling up to ``max_backoff_s`` (with jitter). Arrays of
+    more than ``batch_size`` clips go out as ``batch_size`` requests, at most ``concurrency`` in
+    flight. Thread-safe: several threads may share one client."""
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        *,
+        timeout: float = 60.0,
+        client: httpx.Client | None = None,
+        retries: int = 5,
+        backoff_s: float = 0.25,
+        max_backoff_s: float = 8.0,
+        batch_size: int = 8,
+        concurrency: int = 4,
+    ) -> None:
+        if retries < 0 or batch_size < 1 or concurrency < 1 or backoff_s < 0:
+            raise ValueError(f"need retries >= 0, batch_size >= 1, concurrency >= 1, backoff_s >= 0; got {retries}, {batch_size}, {concurrency}, {backoff_s}")
         self.url = url.rstrip("/")
-        self._http = client or httpx.Client(timeout=timeout)
+        self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
+        self.batch_size, self.concurrency = batch_size, concurrency
+        limits = httpx.Limits(max_connections=max(concurrency, 10), max_keepalive_connections=max(concurrency, 10))
+        self._http = client or httpx.Client(timeout=timeout, limits=limits)
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self.retried: Counter[str] = Counter()  # "503" / "connection": retries made, for logs and tests
+        self._spec: ClipSpec | None = None
 
+    # predictions ---------------------------------------------------------------------
     def predict(self, frames: np.ndarray) -> np.ndarray:
+        """(T, C, H, W) -> (T', C, H, W) or (N, T, C, H, W) -> (N, T', C, H, W), float32."""
+        array = np.asarray(frames)
+        if array.ndim != 5 or len(array) <= self.batch_size:
+            return self._post_npy(array)
+        chunks = [array[start : start + self.batch_size] for start in range(0, len(array), self.batch_size)]
+        return np.concatenate(list(self._executor().map(self._post_npy, chunks)))
+
+    def _post_npy(self, array: np.ndarray) -> np.ndarray:
         buffer = io.BytesIO()
-        np.save(buffer, np.asarray(frames), allow_pickle=False)
-        response = self._http.post(f"{self.url}/predict", content=buffer.getvalue(), headers={"Content-Type": NPY, "Accept": NPY})
-        self._check(response)
+        np.save(buffer, array, allow_pickle=False)
+        response = self._send("POST", "/predict", content=buffer.getvalue(), headers={"Content-Type": NPY, "Accept": NPY})
         return np.load(io.BytesIO(response.content), allow_pickle=False)
 
+    # the model -----------------------------------------------------------------------
     def model(self) -> dict[str, Any]:
-        response = self._http.get(f"{self.url}/v1/model")
-        self._check(response)
-        return response.json()
+        """``GET /v1/model``: shapes, provider, batching, sha256 and the model card."""
+        return self._send("GET", "/v1/model").json()
+
+    @property
+    def spec(self) -> ClipSpec:
+        """Shape of the served model's clips (asked once, from ``/v1/model``)."""
+        if self._spec is None:
+            from service.engine import ClipSpec  # dataclass only; onnxruntime is imported with it
+
+            info = self.model()
+            self._spec = ClipSpec(info["in_frames"], info["out_frames"], info["channels"], info["height"], info["width"])
+        return self._spec
 
     def ready(self) -> bool:
         try:
@@ -45,20 +129,119 @@ class Client:
         except httpx.TransportError:
             return False
 
+    # transport -----------------------------------------------------------------------
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request with retries on 503 and connection errors; raises :class:`ServiceError`."""
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = self._http.request(method, f"{self.url}{path}", **kwargs)
+            except RETRY_ERRORS as exc:
+                if last:
+                    raise ServiceUnreachable(0, {"title": "unreachable", "detail": f"{self.url}: {type(exc).__name__}: {exc} (after {self.retries} retries)"}) from None
+                self._wait(attempt, None, "connection")
+                continue
+            if response.status_code in RETRY_STATUSES and not last:
+                self._wait(attempt, retry_after_seconds(response.headers.get("Retry-After")), str(response.status_code))
+                continue
+            if response.status_code in RETRY_STATUSES:
+                problem = self._problem(response)
+                problem["detail"] = f"{problem.get('detail', '')} (after {self.retries} retries)"
+                raise ServiceUnreachable(response.status_code, problem)
+            self._check(response)
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _wait(self, attempt: int, retry_after: float | None, reason: str) -> None:
+        with self._lock:
+            self.retried[reason] += 1
+        if retry_after is not None:
+            delay = min(retry_after, MAX_RETRY_AFTER_S)
+        else:
+            delay = min(self.backoff_s * 2**attempt, self.max_backoff_s)
+        time.sleep(delay * random.uniform(1.0, 1.2))  # jitter: clients told the same delay do not return together
+
     @staticmethod
-    def _check(response: httpx.Response) -> None:
-        if response.is_success:
-            return
+    def _problem(response: httpx.Response) -> dict[str, Any]:
         try:
             problem = response.json()
         except ValueError:
             problem = {"title": response.reason_phrase, "detail": response.text[:200]}
-        raise ServiceError(response.status_code, problem if isinstance(problem, dict) else {"detail": str(problem)})
+        return problem if isinstance(problem, dict) else {"detail": str(problem)}
+
+    @classmethod
+    def _check(cls, response: httpx.Response) -> None:
+        if not response.is_success:
+            raise ServiceError(response.status_code, cls._problem(response))
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="stlight-client")
+            return self._pool
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
         self._http.close()
 
     def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LocalClient:
+    """``LocalClient("model.onnx").predict(clips)``: the same answers as :class:`Client`, computed
+    in this process by ONNX Runtime, ``batch_size`` clips per ``session.run``.
+
+    ``device``: auto (CUDA when it really loads, else CPU), cuda (fail unless it loads) or cpu.
+    ``intra_op_threads``: 0 uses every available CPU. Raises :class:`service.engine.EngineError`
+    for a file that cannot be served, ``ValueError`` for clips of the wrong shape or range."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        device: Literal["auto", "cuda", "cpu"] = "auto",
+        batch_size: int = 8,
+        intra_op_threads: int = 0,
+    ) -> None:
+        from service.engine import Engine
+        from service.settings import available_cpus
+
+        if batch_size < 1 or intra_op_threads < 0:
+            raise ValueError(f"need batch_size >= 1 and intra_op_threads >= 0, got {batch_size} and {intra_op_threads}")
+        self.batch_size = batch_size
+        self.engine: Engine = Engine(model, device, intra_op_threads or available_cpus(), 1)
+        self.spec: ClipSpec = self.engine.spec
+
+    @property
+    def provider(self) -> str:
+        return self.engine.provider
+
+    def model(self) -> dict[str, Any]:
+        """What ``Client.model()`` answers, for the file on disk."""
+        return {**self.engine.describe(), "card": self.engine.card.to_dict()}
+
+    def predict(self, frames: np.ndarray) -> np.ndarray:
+        """(T, C, H, W) -> (T', C, H, W) or (N, T, C, H, W) -> (N, T', C, H, W), float32."""
+        from service import codecs
+        from service.problems import Problem
+
+        try:
+            clips = codecs.check_array(np.asarray(frames), self.spec, "frames")
+        except Problem as exc:
+            raise ValueError(exc.detail) from None
+        inputs = clips.frames  # (N, T, C, H, W) float32 in [0, 1]
+        out = np.concatenate([self.engine.run(inputs[s : s + self.batch_size]) for s in range(0, len(inputs), self.batch_size)])
+        return out if clips.batched else out[0]
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "LocalClient":
         return self
 
     def __exit__(self, *exc: object) -> None:

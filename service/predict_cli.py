@@ -1,0 +1,152 @@
+"""``stlight predict``: flags, then :func:`service.predict.predict_files` with a local or remote
+predictor. Imported to build the parser, so onnxruntime and httpx wait for the handler."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from service.cli import UserError
+
+DEFAULT_BATCH = 8
+DEFAULT_CONCURRENCY = 4
+
+
+def add_predict(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "predict",
+        help="predict the next frames of many clips from files (local ONNX Runtime or a running service)",
+        description=(
+            "Predict every input and write OUT/<stem>.npy (float32, the input's leading shape: (T', C, H, W) "
+            "or (N, T', C, H, W)). Inputs: .npy holding one clip (T, C, H, W) or many (N, T, C, H, W), uint8 0-255 "
+            "or float 0-1; .npz with an array 'clips'; a folder of frame images (one clip, frames in name order); "
+            "animated .gif; folders of these (walked; sub-folders are kept below OUT). Inputs whose outputs exist "
+            "are skipped, so an interrupted run resumes. A bad input is reported with the reason and the others "
+            "go on; the exit status is 1 if any input failed, 2 for a usage mistake."
+        ),
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="files (.npy, .npz, .gif) or folders (of frame images, or of inputs)")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--model", type=Path, metavar="PATH", help="run this ONNX file (from `stlight export`) in this process (default: the model shipped in the package)")
+    where.add_argument("--url", metavar="URL", help="send the clips to a running `stlight serve`, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--png", action="store_true", help="also write each predicted frame as OUT/<stem>/frame_000.png ... (OUT/<stem>/clip_000/... for many clips)")
+    parser.add_argument("--gif", action="store_true", help="also write an animated GIF of the input frames then the predicted ones: OUT/<stem>.gif (OUT/<stem>/clip_000.gif ... for many clips)")
+    parser.add_argument("--overwrite", action="store_true", help="predict inputs again even when their outputs exist (default: skip them)")
+    parser.add_argument(
+        "--has-targets",
+        action="store_true",
+        help="inputs hold T + T' frames (the past, then the true future): predict from the first T and print MSE / MAE / PSNR (OpenSTL definitions) against the last T'",
+    )
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, metavar="N", help=f"clips per session run or request; clips of several inputs share batches (default {DEFAULT_BATCH})")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help=f"with --url: requests in flight at once (default {DEFAULT_CONCURRENCY}); 503 answers and connection errors are retried with backoff",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        help="local mode: auto (CUDA when it really loads, else CPU; the default), cpu, or cuda (fail unless CUDA loads)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (the summary is still printed)")
+    parser.set_defaults(handler=run_predict)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise UserError(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.url is not None:
+        if args.device is not None:
+            raise UserError("--device applies to local mode (--model); the service at --url chose its device when it started (stlight serve --device)")
+        if not args.url.startswith(("http://", "https://")):
+            raise UserError(f"--url must start with http:// or https://, got {args.url!r}")
+    elif args.concurrency is not None:
+        raise UserError("--concurrency applies to --url; local mode runs one batch at a time on every CPU core (use --batch-size)")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} exists and is not a folder")
+
+
+def _local(args: argparse.Namespace):  # -> LocalClient
+    from service.client import LocalClient
+    from service.engine import CPU, CUDA, EngineError
+    from service.settings import DEFAULT_MODEL
+
+    model = args.model
+    if model is None:
+        if not DEFAULT_MODEL.is_file():
+            raise UserError(f"no model given and no default model is shipped ({DEFAULT_MODEL} is missing); pass --model PATH.onnx or --url URL")
+        model = DEFAULT_MODEL
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)  # a CUDA provider that fails to load is reported below, in one line
+    try:
+        client = LocalClient(model, device=args.device or "auto", batch_size=args.batch_size)
+    except EngineError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        ort.set_default_logger_severity(2)  # ONNX Runtime's default: warnings
+    if (args.device or "auto") == "auto" and client.provider == CPU and CUDA in ort.get_available_providers():
+        print("stlight predict: CUDA did not load; running on CPU", file=sys.stderr)
+    return client
+
+
+def _remote(args: argparse.Namespace):  # -> Client
+    from service.client import Client, ServiceError
+
+    concurrency = args.concurrency or DEFAULT_CONCURRENCY
+    client = Client(args.url, batch_size=args.batch_size, concurrency=concurrency)
+    try:
+        client.spec  # noqa: B018 - asks /v1/model once, with retries: a wrong URL fails here, as one line
+    except ServiceError as exc:
+        client.close()
+        raise UserError(f"cannot use the service at {args.url}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        client.close()
+        raise UserError(f"{args.url}/v1/model did not describe a model ({type(exc).__name__}: {exc}); is it `stlight serve`?") from None
+    return client
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    _check_args(args)
+    from service.predict import discover, predict_files
+
+    out = args.out
+    sources, failures = discover(args.inputs, out)
+    if not sources and not failures:
+        raise UserError("no inputs found")
+    predictor = _remote(args) if args.url else _local(args)
+    where = args.url if args.url else f"{predictor.engine.path} on {predictor.provider}"
+    try:
+        if (args.png or args.gif) and predictor.spec.channels not in (1, 3):
+            raise UserError(f"--png/--gif need 1- or 3-channel frames; this model predicts {predictor.spec.channels}")
+        for name, reason in failures:
+            print(f"stlight predict: {name}: {reason}", file=sys.stderr)
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"stlight predict: {len(sources)} input(s) -> {out} with {where}", file=sys.stderr)
+        summary = predict_files(
+            sources,
+            predictor,
+            png=args.png,
+            gif=args.gif,
+            overwrite=args.overwrite,
+            has_targets=args.has_targets,
+            batch_size=args.batch_size,
+            concurrency=args.concurrency or DEFAULT_CONCURRENCY if args.url else 1,
+            progress=not args.no_progress,
+        )
+    finally:
+        predictor.close()
+    summary.failures[:0] = failures
+    summary.inputs += len(failures)
+    for line in summary.lines():
+        print(line)
+    if summary.failures:
+        print(f"failed ({len(summary.failures)}):")
+        for name, reason in summary.failures:
+            print(f"  {name}: {reason}")
+    return 1 if summary.failures else 0
