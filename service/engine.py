@@ -6,7 +6,10 @@ after it is created, so a CUDA provider that failed to load is reported as the C
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import io
 import logging
 import threading
 from dataclasses import dataclass
@@ -52,6 +55,24 @@ class ClipSpec:
         return (self.out_frames, self.channels, self.height, self.width)
 
 
+@functools.cache
+def preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia-* wheels of the ``cuda`` extra (what the Docker image
+    installs), which the CUDA provider does not find on its own (they are not on the library
+    path). Quiet where they are absent: the provider then searches the system as usual."""
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
+    if preload is None:
+        return
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):  # it print()s each library it cannot load
+            preload()
+    except Exception as exc:  # never let this stop the CPU fallback
+        log.debug("onnxruntime.preload_dlls failed: %s", exc)
+    if printed.getvalue().strip():
+        log.debug("onnxruntime.preload_dlls: %s", printed.getvalue().strip())
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -89,6 +110,7 @@ class Engine:
         providers: list[Any] = [CPU]
         if device in ("auto", "cuda"):
             if CUDA in ort.get_available_providers():
+                preload_cuda_libraries()
                 providers = [(CUDA, CUDA_OPTIONS), CPU]
             elif device == "cuda":
                 raise EngineError(
