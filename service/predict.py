@@ -207,7 +207,7 @@ def _frame_count_error(got: int, spec: ClipSpec, has_targets: bool) -> InputErro
         what = f"the model takes T = {spec.in_frames} input frames"
         if got == spec.in_frames + spec.out_frames:
             what += f" ({got} = T + T': pass --has-targets to score the last {spec.out_frames} against the prediction)"
-    return InputError(f"has {got} frames; {what}")
+    return InputError(f"{got} frames; {what}")
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -250,7 +250,7 @@ def _read_frames(folder: Path, spec: ClipSpec, has_targets: bool) -> np.ndarray:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and p.is_file() and not p.name.startswith("."))
     need = _frames_expected(spec, has_targets)
     if len(files) != need:
-        raise _frame_count_error(len(files), spec, has_targets)
+        raise InputError(f"holds {_frame_count_error(len(files), spec, has_targets)} (frame images: {'/'.join(FRAME_SUFFIXES)})")
     images = [(p.name, p.read_bytes()) for p in files]
     try:
         return codecs.decode_images(images, ClipSpec(need, spec.out_frames, spec.channels, spec.height, spec.width)).frames[0]
@@ -286,7 +286,7 @@ def _read_gif(path: Path, spec: ClipSpec, has_targets: bool) -> np.ndarray:
         if sum(repeats) == need:
             frames = [f for f, r in zip(frames, repeats) for _ in range(r)]
     if len(frames) != need:
-        raise _frame_count_error(len(frames), spec, has_targets)
+        raise InputError(f"has {_frame_count_error(len(frames), spec, has_targets)}")
     clip = np.stack(frames)  # (T, H, W) or (T, H, W, 3)
     return clip[:, None] if clip.ndim == 3 else clip.transpose(0, 3, 1, 2)  # (T, C, H, W)
 
