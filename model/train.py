@@ -334,6 +334,7 @@ def train(
                 validated_at = step
             save_checkpoint(out / "last.pt", net, config, **state(step / steps_per_epoch))
     bar.close()
+    loop_seconds = time.perf_counter() - started  # training only: before the final validation
     if validated_at != step:
         validate()
     save_checkpoint(out / "last.pt", net, config, **state(step / steps_per_epoch))
@@ -347,6 +348,7 @@ def train(
         "params": count_params(net),
         "seconds": elapsed,
         "samples_per_s": (step - start_step) * settings.batch_size / elapsed if elapsed > 0 else None,
+        "loop_seconds": loop_seconds,
         "out": str(out),
     }
 
