@@ -326,7 +326,7 @@ def run_train(args: argparse.Namespace) -> int:
             val_every=args.val_every, stop_after=args.stop_after, progress=not args.no_progress,
         )
         summary = train(settings, config, spec, runtime, resume=resume, datasets=datasets)
-    except DataError as exc:
+    except (DataError, FloatingPointError) as exc:
         raise UserError(str(exc)) from None
     except ValueError as exc:
         if "CUDA" in str(exc) or "schedule" in str(exc):

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from model.checkpoint import read_checkpoint, save_checkpoint
 from model.config import STLightConfig
-from model.data import DataSpec, build_datasets
+from model.data import DataError, DataSpec, build_datasets
 from model.metrics import MetricAccumulator
 from model.stlight import STLight, count_params
 
@@ -235,7 +235,11 @@ def train(
     # data
     train_set, val_set = datasets if datasets is not None else build_datasets(spec, config)
     steps_per_epoch = len(train_set) // settings.batch_size
-    assert steps_per_epoch == settings.steps_per_epoch, "steps per epoch changed"
+    if steps_per_epoch != settings.steps_per_epoch:
+        raise DataError(
+            f"the training data now gives {steps_per_epoch} batches per epoch, the run was made with {settings.steps_per_epoch}; "
+            "resume with the same data, or start a new run"
+        )
     sampler = EpochBatches(len(train_set), settings.batch_size, settings.seed)
     loader = loader_for(train_set, settings.batch_size, workers, device, batch_sampler=sampler)
 
