@@ -53,6 +53,7 @@ class Batcher:
         self.run, self.metrics = run, metrics
         self.max_batch_size, self.max_delay_s, self.timeout_s = max_batch_size, max_delay_s, timeout_s
         self.queue: asyncio.Queue[_Request] = asyncio.Queue(maxsize=queue_size)
+        metrics.queue_depth.set_function(self.queue.qsize)  # read at scrape time, never stale
         # one inference thread: session.run already uses every intra-op thread we gave it
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stlight-infer")
         self._task: asyncio.Task[None] | None = None
@@ -97,7 +98,6 @@ class Batcher:
                 f"all {self.queue.maxsize} queue places are taken; retry in about {wait} s",
                 headers={"Retry-After": str(wait)},
             ) from None
-        self.metrics.queue_depth.set(self.queue.qsize())
         watcher = loop.create_task(client_gone()) if client_gone else None
         waiting: set[asyncio.Future[object]] = {request.future} | ({watcher} if watcher else set())  # type: ignore[arg-type]
         try:
@@ -147,8 +147,7 @@ class Batcher:
                 self._count_drop(first)
                 continue
             batch, carry = await self._collect(first)
-            self.metrics.queue_depth.set(self.queue.qsize())
-            # drop requests whose client left or whose time ran out while we were collecting
+                # drop requests whose client left or whose time ran out while we were collecting
             live = []
             for request in batch:
                 if request.future.done():
