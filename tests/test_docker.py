@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "service" / "assets" / "default.onnx"
 BUILD_TIMEOUT_S = 1500  # a cold CUDA build downloads ~2.9 GB of wheels
 READY_TIMEOUT_S = 120
+BASE_IMAGE = "python:3.11-slim-bookworm"  # the Dockerfile's default BASE
 
 
 def _docker_answers() -> bool:
@@ -129,7 +130,12 @@ def image(request: pytest.FixtureRequest, default_model: Path) -> str:
     runtime = request.param
     tag = f"stlight-serve:test-{runtime}"
     began = time.monotonic()
-    docker("build", "--build-arg", f"RUNTIME={runtime}", "-t", tag, str(REPO), timeout=BUILD_TIMEOUT_S)
+    done = docker("build", "--build-arg", f"RUNTIME={runtime}", "-t", tag, str(REPO), timeout=BUILD_TIMEOUT_S, check=False)
+    if done.returncode != 0:
+        hint = "" if docker("image", "inspect", BASE_IMAGE, check=False).returncode == 0 else (
+            f"\n(no local {BASE_IMAGE}: without a registry, ../shared/tools/docker-base.sh makes one)"
+        )
+        pytest.fail(f"docker build of {tag} failed:\n{(done.stdout + done.stderr)[-4000:]}{hint}")
     print(f"built {tag} in {time.monotonic() - began:.0f} s")
     return tag
 
@@ -235,15 +241,21 @@ COMPOSE_TOOLS = {"docker-compose v1": ["docker-compose"], "docker compose v2": [
 
 def compose_tool(name: str) -> list[str]:
     command = COMPOSE_TOOLS[name]
-    probe = subprocess.run([*command, "version"], capture_output=True, text=True, timeout=30) if shutil.which(command[0]) else None
-    if probe is None or probe.returncode != 0:
+    if shutil.which(command[0]) is None:
+        pytest.skip(f"{name} is not installed")
+    probe = subprocess.run([*command, "version"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
         pytest.skip(f"{name} is not installed")
     return command
 
 
-def compose(command: list[str], *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def compose(
+    command: list[str], *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run compose on the repository's file with no STLIGHT_* variables from the caller but ``env``."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("STLIGHT_")} | (env or {})
-    done = subprocess.run([*command, "-f", str(REPO / "docker-compose.yml"), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=environment)
+    argv = [*command, "-f", str(REPO / "docker-compose.yml"), *args]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=environment)
     assert done.returncode == 0, f"{' '.join(command)} {' '.join(args)}:\n{done.stdout}{done.stderr}"
     return done
 
@@ -261,7 +273,8 @@ def test_compose_file_validates(tool: str) -> None:
     if tool.endswith("v2"):
         config = json.loads(compose(command, "--profile", "cpu", "config", "--format", "json").stdout)
         gpu, cpu = config["services"]["stlight"], config["services"]["stlight-cpu"]
-        assert gpu["deploy"]["resources"]["reservations"]["devices"] == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+        gpu_devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+        assert gpu_devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
         assert "deploy" not in cpu
         assert gpu["environment"]["STLIGHT_DEVICE"] == "cuda" and cpu["environment"]["STLIGHT_DEVICE"] == "cpu"
         for service in (gpu, cpu):
