@@ -36,6 +36,7 @@ from service.problems import Problem
 ARRAY_SUFFIXES = (".npy", ".npz")
 GIF_SUFFIX = ".gif"
 # still images that make a frames folder (a .gif is always a clip of its own)
+MEMMAP_BYTES = 256 * 2**20  # outputs larger than this are written through a memory map, not held in RAM
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 Kind = Literal["npy", "npz", "frames", "gif"]
@@ -211,7 +212,7 @@ def _frame_count_error(got: int, spec: ClipSpec, has_targets: bool) -> InputErro
 
 
 def _read_npy(path: Path) -> np.ndarray:
-    """Memory-mapped; the header is checked against the file size first (truncated files)."""
+    """The array (memory-mapped when large); the header is checked against the file size first."""
     with open(path, "rb") as f:
         try:
             version = np.lib.format.read_magic(f)
@@ -222,13 +223,14 @@ def _read_npy(path: Path) -> np.ndarray:
         except Exception as exc:  # noqa: BLE001 - any bad header reads the same to the user
             raise InputError(f"not a readable .npy file ({type(exc).__name__}: {exc}); write it with numpy.save") from None
         offset = f.tell()
-    if dtype.hasobject:
-        raise InputError("is an .npy of Python objects (it would need unpickling, which is refused); save uint8 or float arrays")
-    promised, present = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, path.stat().st_size - offset
-    if present < promised:
-        raise InputError(f"is truncated: its header says {codecs.shape_text(shape)} {dtype} = {promised:,} bytes of data, the file holds {present:,}")
-    if promised == 0:
-        return np.zeros(shape, dtype)
+        if dtype.hasobject:
+            raise InputError("is an .npy of Python objects (it would need unpickling, which is refused); save uint8 or float arrays")
+        promised, present = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, os.fstat(f.fileno()).st_size - offset
+        if present < promised:
+            raise InputError(f"is truncated: its header says {codecs.shape_text(shape)} {dtype} = {promised:,} bytes of data, the file holds {present:,}")
+        if promised <= MEMMAP_BYTES:  # small: read now, from the open file
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
@@ -369,7 +371,8 @@ class Job:
 
     source: Source
     clips: Clips
-    output: np.ndarray  # (N, T', C, H, W) float32, memory-mapped onto a partial .npy
+    output: np.ndarray  # (N, T', C, H, W) float32 view of ``result``
+    result: np.ndarray  # the input's leading shape; in memory, or memory-mapped onto ``partial`` when large
     partial: Path
     remaining: int
     error: str = ""
@@ -435,12 +438,14 @@ class _Run:
         self.bar.write(f"stlight predict: {name}: {reason}", file=sys.stderr)
 
     def finish(self, job: Job) -> None:
-        output, job.output = job.output, np.empty(0)
+        result, job.output, job.result = job.result, np.empty(0), np.empty(0)
         if not job.error:
             try:
-                if isinstance(output, np.memmap):
-                    output.flush()
-                del output  # close the memory map before the rename
+                if not isinstance(result, np.memmap):
+                    with open(job.partial, "wb") as f:
+                        np.save(f, result, allow_pickle=False)
+                # a memory map needs no flush (msync) first: the rename sees the page cache
+                del result
                 os.replace(job.partial, job.source.npy)
                 self.summary.done += 1
             except OSError as exc:
@@ -597,7 +602,10 @@ def predict_files(
                 source.npy.parent.mkdir(parents=True, exist_ok=True)
                 partial = source.npy.with_name(f".{source.npy.name}.partial")
                 shape = (len(clips.raw), *run.spec.output_shape) if clips.batched else run.spec.output_shape
-                output = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
+                if np.prod(shape) * 4 > MEMMAP_BYTES:
+                    output = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
+                else:
+                    output = np.empty(shape, np.float32)
             except InputError as exc:
                 run.fail(source.name, str(exc))
                 run.bar.update(1)
@@ -607,7 +615,7 @@ def predict_files(
                 run.bar.update(1)
                 continue
             view = output if clips.batched else output[None]  # (N, T', C, H, W)
-            run.add(Job(source, clips, view, partial, remaining=len(clips.raw)))
+            run.add(Job(source, clips, view, output, partial, remaining=len(clips.raw)))
         run.drain()
     finally:
         run.pool.shutdown(cancel_futures=True)

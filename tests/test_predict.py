@@ -406,3 +406,14 @@ def test_every_flag_has_help() -> None:
     for flag in ("--out", "--model", "--url", "--png", "--gif", "--overwrite", "--has-targets", "--batch-size", "--concurrency", "--device"):
         assert flag in flags
     assert all(a.help for a in predict._actions), [a.dest for a in predict._actions if not a.help]
+
+
+def test_large_inputs_stream_through_memory_maps(inputs, reference, tiny_onnx: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """Arrays over MEMMAP_BYTES are read and written through memory maps (here: every array)."""
+    import service.predict
+
+    monkeypatch.setattr(service.predict, "MEMMAP_BYTES", 1)
+    root, expected = inputs
+    code, stdout, _ = stlight(capsys, str(root / "many.npy"), str(root / "one.npy"), "--out", str(tmp_path), "--model", str(tiny_onnx), "--batch-size", "2")
+    assert code == 0, stdout
+    check_outputs(tmp_path, {k: expected[k] for k in ("many.npy", "one.npy")}, reference)
