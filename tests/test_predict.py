@@ -417,3 +417,12 @@ def test_large_inputs_stream_through_memory_maps(inputs, reference, tiny_onnx: P
     code, stdout, _ = stlight(capsys, str(root / "many.npy"), str(root / "one.npy"), "--out", str(tmp_path), "--model", str(tiny_onnx), "--batch-size", "2")
     assert code == 0, stdout
     check_outputs(tmp_path, {k: expected[k] for k in ("many.npy", "one.npy")}, reference)
+
+
+def test_no_model_and_no_shipped_default_says_what_to_pass(tmp_path: Path, capsys, monkeypatch) -> None:
+    import service.settings
+
+    monkeypatch.setattr(service.settings, "DEFAULT_MODEL", tmp_path / "missing.onnx")
+    np.save(tmp_path / "x.npy", np.zeros((T, 1, 64, 64), np.uint8))
+    code, _, err = stlight(capsys, str(tmp_path / "x.npy"), "--out", str(tmp_path / "out"))
+    assert code == 2 and "no default model is shipped" in err and "--model" in err, err
