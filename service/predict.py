@@ -467,7 +467,7 @@ class _Run:
             label = f"clips {start}-{start + len(chunk) - 1}" if job.clips.batched else "clip"
             try:
                 inputs, targets = split_checked(chunk, self.spec, self.has_targets, label)
-            except InputError as exc:
+            except (InputError, OSError) as exc:
                 job.error, job.remaining = str(exc), job.remaining - (len(raw) - start)
                 break
             self._queue(Segment(job, start, inputs, targets))
@@ -593,7 +593,7 @@ def predict_files(
                 if has_targets:
                     try:
                         run.score_existing(source)
-                    except InputError as exc:
+                    except (InputError, OSError) as exc:
                         run.fail(source.name, str(exc))
                 run.bar.update(1)
                 continue
@@ -611,7 +611,11 @@ def predict_files(
                 run.bar.update(1)
                 continue
             except OSError as exc:
-                run.fail(source.name, f"cannot write its output: {exc}")
+                run.fail(source.name, f"cannot read it or write its output: {exc}")
+                run.bar.update(1)
+                continue
+            except Exception as exc:  # noqa: BLE001 - whatever a decoder raises, one input must not stop the run
+                run.fail(source.name, f"unreadable ({type(exc).__name__}: {exc})")
                 run.bar.update(1)
                 continue
             view = output if clips.batched else output[None]  # (N, T', C, H, W)
