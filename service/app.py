@@ -58,7 +58,7 @@ def resolve_model(settings: ServeSettings) -> str:
 def load_engine(settings: ServeSettings) -> Engine:
     """Create the session and log the provider ONNX Runtime really uses."""
     engine = Engine(resolve_model(settings), settings.device, settings.resolved_intra_op_threads, settings.inter_op_threads)
-    fallback = " (CUDA did not load; falling back to CPU)" if settings.device == "auto" and engine.provider == CPU else ""
+    fallback = " (CUDA did not load; falling back to CPU; --device cuda shows why)" if settings.device == "auto" and engine.provider == CPU else ""
     log.info(
         "serving %s (%s, sha256 %s) on %s%s with %d intra-op / %d inter-op threads",
         engine.name, engine.path, engine.sha256[:12], engine.provider, fallback, engine.intra_op_threads, engine.inter_op_threads,

@@ -117,10 +117,17 @@ class Engine:
                     "--device cuda: this onnxruntime build has no CUDAExecutionProvider "
                     f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu or use --device cpu"
                 )
+        # With "auto", a CUDA provider that fails to load is expected on CPU hosts: silence ONNX
+        # Runtime's multi-line error and let the caller report the fallback in one line.
+        # "cuda" keeps it, since there it says why the start fails.
+        if device == "auto":
+            ort.set_default_logger_severity(4)
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise EngineError(f"cannot load {self.path} with ONNX Runtime: {exc}") from None
+        finally:
+            ort.set_default_logger_severity(2)  # ONNX Runtime's default: warnings
         self.provider: str = self.session.get_providers()[0]
         if device == "cuda" and self.provider != CUDA:
             raise EngineError(

@@ -83,13 +83,10 @@ def _local(args: argparse.Namespace):  # -> LocalClient
         model = DEFAULT_MODEL
     import onnxruntime as ort
 
-    ort.set_default_logger_severity(4)  # a CUDA provider that fails to load is reported below, in one line
     try:
         client = LocalClient(model, device=args.device or "auto", batch_size=args.batch_size)
     except EngineError as exc:
         raise UserError(str(exc)) from None
-    finally:
-        ort.set_default_logger_severity(2)  # ONNX Runtime's default: warnings
     if (args.device or "auto") == "auto" and client.provider == CPU and CUDA in ort.get_available_providers():
         print("stlight predict: CUDA did not load; running on CPU", file=sys.stderr)
     return client
