@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     to_u8 = lambda a: np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)  # noqa: E731
     for i, clip in enumerate(clips[:3]):
         np.save(examples / f"clip{i}.npy", to_u8(clip[: config.in_frames]))  # (T, C, H, W): input only
-    np.save(examples / "clips-with-targets.npy", to_u8(np.stack(clips)))  # (N, T+T', C, H, W)
+    with_targets = args.out / "examples-with-targets"  # apart: `stlight predict --has-targets` wants T+T' frames
+    with_targets.mkdir(parents=True, exist_ok=True)
+    np.save(with_targets / "moving-mnist.npy", to_u8(np.stack(clips)))  # (N, T+T', C, H, W)
 
     # the card
     curve = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines() if line.strip()]
