@@ -40,10 +40,8 @@ class STLightConfig:
         p = self.patch_size
         if self.dim % (p * p):
             lo = self.dim - self.dim % (p * p)
-            raise ValueError(
-                f"dim ({self.dim}) must be divisible by patch_size**2 ({p * p}) for the PixelShuffle decoder; "
-                f"use dim={lo or p * p} or dim={lo + p * p}"
-            )
+            fix = f"dim={lo} or dim={lo + p * p}" if lo else f"dim={p * p}"
+            raise ValueError(f"dim ({self.dim}) must be divisible by patch_size**2 ({p * p}) for the PixelShuffle decoder; use {fix}")
         for name in ("height", "width"):
             size = getattr(self, name)
             if size % p:
