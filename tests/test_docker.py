@@ -16,7 +16,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -27,6 +26,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+from serving import free_port
 
 from service.card import ModelCard
 
@@ -91,12 +91,6 @@ def start(image: str, *run_args: str) -> tuple[str, str]:
     cid = docker("run", "-d", "--health-interval", "1s", "-p", "127.0.0.1::8000", *run_args, image).stdout.strip()
     host_port = docker("port", cid, "8000/tcp").stdout.split()[0]  # "127.0.0.1:49153"
     return cid, f"http://{host_port}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def mnist_digits(mnist_dir: Path, count: int) -> np.ndarray:

@@ -7,54 +7,26 @@ session gives on the same file.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
 from PIL import Image
 
 from service.cli import build_parser, main
+from serving import Server, free_port, run_cli, to_uint8
 from service.client import Client, LocalClient, ServiceError, ServiceUnreachable
 
-REPO = Path(__file__).resolve().parents[1]
 T, T_OUT = 10, 10  # the tiny preset: 10 -> 10 frames of 1 x 64 x 64
-
-NO_TORCH = """
-import importlib.abc, sys
-class _NoTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"torch is blocked in this process (import of {name!r})")
-        return None
-sys.meta_path.insert(0, _NoTorch())
-from service.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 # ---------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(frames, 0, 1) * 255).astype(np.uint8)
 
 
 def save_gif(path: Path, frames: np.ndarray, duration: int = 100) -> None:
@@ -135,34 +107,13 @@ def inputs(clips: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> tuple
     return root, expected
 
 
-class Server:
-    """``stlight serve`` in a subprocess with torch blocked, on a port chosen here."""
-
-    def __init__(self, log_path: Path, model: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path, self.log = log_path, open(log_path, "wb")
-        args = ["serve", "--model", str(model), "--port", str(self.port), "--max-batch-size", "8", "--device", "cpu"]
-        self.proc = subprocess.Popen([sys.executable, "-c", NO_TORCH, *args], stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **env})
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
-
-
 @pytest.fixture(scope="module")
 def served(tiny_onnx: Path, clips: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, np.ndarray, dict[str, int]]]:
     """The tiny model served; a client asks for a prediction the moment the process starts, so it
     meets refused connections (not listening yet) and 503 + Retry-After (warming up: 40 warm-up
     runs). Yields the server, that first answer and the client's retry counts."""
-    server = Server(tmp_path_factory.mktemp("serve") / "serve.log", tiny_onnx, {"STLIGHT_WARMUP_RUNS": "40"})
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    server = Server(log, "--model", str(tiny_onnx), "--max-batch-size", "8", "--device", "cpu", port=free_port(), env={"STLIGHT_WARMUP_RUNS": "40"})
     try:
         with Client(server.url, retries=200, backoff_s=0.02, max_backoff_s=0.2) as client:
             first = client.predict(clips[0, :T])
@@ -170,7 +121,7 @@ def served(tiny_onnx: Path, clips: np.ndarray, tmp_path_factory: pytest.TempPath
         yield server, first, retried
     finally:
         code = server.stop()
-    assert code == 0, server.log_path.read_text(errors="replace")
+    assert code == 0, server.text()
 
 
 # ---------------------------------------------------------------------------------------
@@ -202,7 +153,7 @@ def test_remote_cli_without_torch_matches_in_process_session(served, inputs, ref
     server, _, _ = served
     root, expected = inputs
     args = ["predict", str(root), "--out", str(tmp_path / "out"), "--url", server.url, "--batch-size", "3", "--concurrency", "3", "--no-progress"]
-    result = subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+    result = run_cli(*args, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     check_outputs(tmp_path / "out", expected, reference)
     assert "12 clip(s) from 6 input(s)" in result.stdout

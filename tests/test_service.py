@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import re
 import signal
 import socket
@@ -26,75 +25,13 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from serving import NO_TORCH, REPO, Server, run_cli, to_uint8
 
-REPO = Path(__file__).resolve().parents[1]
 NPY, JSON, ZIP, GIF, PROBLEM = "application/x-npy", "application/json", "application/zip", "image/gif", "application/problem+json"
-
-# the serving image has no torch: every server in this file runs with ``import torch`` failing
-NO_TORCH = """
-import importlib.abc, sys
-class _NoTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"torch is blocked in this process (import of {name!r})")
-        return None
-sys.meta_path.insert(0, _NoTorch())
-"""
-SERVE = NO_TORCH + "from service.cli import main\nsys.exit(main(sys.argv[1:]))\n"
-
 
 # ---------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------
-
-
-class Server:
-    """``stlight serve --port 0`` in a subprocess; the bound port is read from uvicorn's log."""
-
-    def __init__(self, log_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.log_path = log_path
-        self.log = open(log_path, "wb")
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVE, "serve", "--port", "0", *args], stdout=self.log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO)
-        self.url = ""
-
-    def text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_listening(self, timeout: float = 60.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = re.search(r"Uvicorn running on (http://[\d.]+:\d+)", self.text())
-            if found:
-                self.url = found.group(1)
-                return self.url
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.text()}")
-            time.sleep(0.01)
-        raise AssertionError(f"server did not start within {timeout} s:\n{self.text()}")
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if httpx.get(self.url + "/readyz").status_code == 200:
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"/readyz not 200 within {timeout} s:\n{self.text()}")
-
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        text = httpx.get(self.url + "/metrics").text
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples}
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
 
 
 def metric(values: dict, name: str, **labels: str) -> float:
@@ -115,10 +52,6 @@ def png_bytes(frame: np.ndarray, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(frame).save(buffer, format=fmt)
     return buffer.getvalue()
-
-
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(frames, 0, 1) * 255).astype(np.uint8)
 
 
 def moving_digits(digits: np.ndarray, index: int, frames: int = 10, size: int = 64) -> np.ndarray:
@@ -597,7 +530,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(slow_server: tup
 
 
 def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", SERVE, "serve", *args], capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, **(env or {})})
+    return run_cli("serve", *args, env=env)
 
 
 def test_start_up_mistakes_are_one_line_errors(tmp_path: Path, tiny_onnx: Path) -> None:

@@ -1,0 +1,102 @@
+"""``stlight`` in a subprocess with torch blocked from import (the serving image has no torch),
+and a real ``stlight serve`` process on loopback; shared by the service and predict tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parents[1]
+
+# prepended to code run with ``python -c``: any ``import torch`` in that process fails
+NO_TORCH = """
+import importlib.abc, sys
+class _NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"torch is blocked in this process (import of {name!r})")
+        return None
+sys.meta_path.insert(0, _NoTorch())
+"""
+# ``python -c CLI serve ...`` is ``stlight serve ...`` without torch
+CLI = NO_TORCH + "from service.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``stlight ARGS`` without torch, to completion; output captured as text."""
+    return subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(frames, 0, 1) * 255).astype(np.uint8)
+
+
+class Server:
+    """``stlight serve ARGS --port PORT`` in a subprocess, its output in ``log_path``.
+
+    ``port=0`` (the default) lets the server pick one; ``wait_listening`` reads it from uvicorn's
+    log. A fixed port (``free_port()``) gives ``url`` at once, before the server listens.
+    """
+
+    def __init__(self, log_path: Path, *args: str, port: int = 0, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        argv = [sys.executable, "-c", CLI, "serve", "--port", str(port), *args]
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO)
+        self.url = f"http://127.0.0.1:{port}" if port else ""
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_listening(self, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(r"Uvicorn running on (http://[\d.]+:\d+)", self.text())
+            if found:
+                self.url = found.group(1)
+                return self.url
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.text()}")
+            time.sleep(0.01)
+        raise AssertionError(f"server did not start within {timeout} s:\n{self.text()}")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if httpx.get(self.url + "/readyz").status_code == 200:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"/readyz not 200 within {timeout} s:\n{self.text()}")
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = httpx.get(self.url + "/metrics").text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def stop(self) -> int:
+        """SIGTERM (uvicorn's graceful stop), a kill after 30 s; the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
