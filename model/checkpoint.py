@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from model.stlight import STLight, STLightConfig
+from service.engine import file_sha256  # noqa: F401 - re-exported: checkpoints and ONNX files hash alike
 
 FORMAT_VERSION = 1
 
@@ -50,11 +50,3 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     net.load_state_dict(payload["model"])
     net.eval()
     return net, config
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

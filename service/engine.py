@@ -73,7 +73,8 @@ def preload_cuda_libraries() -> None:
         log.debug("onnxruntime.preload_dlls: %s", printed.getvalue().strip())
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
