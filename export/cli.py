@@ -28,15 +28,21 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("checkpoint", nargs="?", type=Path, help="training checkpoint (.pt) to export; or use --preset")
     parser.add_argument("--out", type=Path, required=True, metavar="PATH", help="ONNX file to write (e.g. model.onnx)")
-    add_config_args(parser, default_preset=None)
+    add_config_args(parser, default_preset=None, preset_help="export this configuration with seeded random weights instead of a checkpoint")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights with --preset (default: 0)")
     parser.add_argument("--fp16", action="store_true", help="store half-precision weights and compute in half; inputs and outputs stay float32")
     parser.add_argument("--opset", type=int, default=None, metavar="N", help="ONNX opset (default: the exporter's, 18 or newer)")
     parser.add_argument(
-        "--provider", choices=["cpu", "cuda"], default="cpu", help="ONNX Runtime provider to validate on (default: cpu; cuda fails when unavailable)"
+        "--device",
+        "--provider",
+        dest="provider",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="ONNX Runtime provider to validate on (default: cpu; cuda fails when unavailable)",
     )
     parser.add_argument("--validate-only", action="store_true", help="do not export: validate the existing --out file against the checkpoint or preset")
-    parser.add_argument("--json", action="store_true", help='print the report as JSON with "passed": true|false')
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar while validating (the table is still printed)")
+    parser.add_argument("--json", action="store_true", help='print the report as JSON with "passed": true|false (no progress bar)')
     parser.set_defaults(handler=run_export)
 
 
@@ -93,7 +99,7 @@ def run_export(args: argparse.Namespace) -> int:
             raise UserError(str(exc)) from None
         export_s = time.perf_counter() - start
         log(f"exported in {export_s:.1f} s, {args.out.stat().st_size / 2**20:.2f} MiB")
-    report = validate(args.out, net, config, provider=args.provider, progress=not args.json)
+    report = validate(args.out, net, config, provider=args.provider, progress=not (args.json or args.no_progress))
 
     if args.json:
         print(json.dumps({**report.to_dict(), "size_bytes": args.out.stat().st_size, "export_s": round(export_s, 2), "card": card.to_dict()}, indent=2))

@@ -29,12 +29,12 @@ _FIELD_HELP = {
 }
 
 
-def add_config_args(parser: argparse.ArgumentParser, *, default_preset: str | None = "tiny") -> None:
+def add_config_args(parser: argparse.ArgumentParser, *, default_preset: str | None = "tiny", preset_help: str | None = None) -> None:
     """``--preset`` plus one override flag per ``STLightConfig`` field."""
     from model.config import PRESETS
 
     group = parser.add_argument_group("model config (a preset, then per-field overrides)")
-    group.add_argument("--preset", default=default_preset, choices=list(PRESETS), help=f"named configuration (default: {default_preset})")
+    group.add_argument("--preset", default=default_preset, choices=list(PRESETS), help=preset_help or f"named configuration (default: {default_preset})")
     for name in CONFIG_FIELDS:
         flag = "--" + name.replace("_", "-")
         group.add_argument(flag, dest=name, type=int, default=None, metavar="N", help=f"override {_FIELD_HELP[name]}")
@@ -186,10 +186,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                     "Writes last.pt, best.pt, metrics.jsonl and a PNG strip per validation under --out.",
     )
     _add_data_args(parser)
-    add_config_args(parser, default_preset=None)
-    for action in parser._actions:
-        if action.dest == "preset":
-            action.help = "named configuration (default per dataset: mmnist-xs, npz tiny, taxibj-s, frames kth-xs)"
+    add_config_args(parser, default_preset=None, preset_help="named configuration (default per dataset: mmnist-xs, npz tiny, taxibj-s, frames kth-xs)")
     group = parser.add_argument_group("optimisation (defaults: the paper's Table 2 for the dataset)")
     group.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (OneCycle max_lr, cosine start)")
     group.add_argument("--schedule", choices=("onecycle", "cosine"), default=None, help="learning-rate schedule, stepped per optimizer step")
@@ -364,7 +361,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (auto: CUDA when available)")
     group.add_argument("--no-amp", action="store_true", help="on CUDA, run in fp32 instead of mixed precision")
     group.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="torch CPU threads (default: all cores)")
-    group.add_argument("--json", action="store_true", help='print {"mse", "mae", "ssim", "psnr", "per_frame_mse": [...]}')
+    group.add_argument("--no-progress", action="store_true", help="no progress bar (the metrics are still printed)")
+    group.add_argument("--json", action="store_true", help='print {"mse", "mae", "ssim", "psnr", "per_frame_mse": [...]} (no progress bar)')
     parser.set_defaults(handler=run_eval)
 
 
@@ -395,7 +393,7 @@ def run_eval(args: argparse.Namespace) -> int:
         dataset = build_test_dataset(spec, config)
     except (DataError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    metrics, _ = evaluate(net.to(device), dataset, device, batch_size=args.batch_size, amp=not args.no_amp, progress=not args.json)
+    metrics, _ = evaluate(net.to(device), dataset, device, batch_size=args.batch_size, amp=not args.no_amp, progress=not (args.json or args.no_progress))
     report = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()}
     if args.json:
         print(json.dumps(report))

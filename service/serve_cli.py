@@ -29,11 +29,11 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", metavar="PATH", help="ONNX file from `stlight export` (default: the model shipped in the package) [STLIGHT_MODEL]")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 for all interfaces) [STLIGHT_HOST]")
-    parser.add_argument("--port", type=int, help="TCP port (default 8000) [STLIGHT_PORT]")
+    parser.add_argument("--port", type=int, help="TCP port; 0 picks a free one (default 8000) [STLIGHT_PORT]")
     parser.add_argument(
         "--device",
-        choices=("auto", "cuda", "cpu"),
-        help="auto: CUDA when it really loads, else CPU; cuda: fail at start unless CUDA loads; cpu (default auto) [STLIGHT_DEVICE]",
+        choices=("auto", "cpu", "cuda"),
+        help="auto (the default): CUDA when it really loads, else CPU; cpu; cuda: fail at start unless CUDA loads [STLIGHT_DEVICE]",
     )
     parser.add_argument("--max-batch-size", type=int, metavar="N", help="most clips per session.run; 1 turns batching off (default 8) [STLIGHT_MAX_BATCH_SIZE]")
     parser.add_argument("--max-delay-ms", type=float, metavar="MS", help="longest wait for more clips after the first (default 5) [STLIGHT_MAX_DELAY_MS]")
