@@ -106,5 +106,6 @@ def run_export(args: argparse.Namespace) -> int:
     else:
         print(report.table())
         if not report.passed:
-            print(f"\n{args.out} was written but does NOT match the torch model; do not serve it.", file=sys.stderr)
+            written = "" if args.validate_only else " was written but"
+            print(f"\n{args.out}{written} does NOT match the torch model; do not serve it.", file=sys.stderr)
     return 0 if report.passed else 1
