@@ -207,11 +207,17 @@ async def _read_clips(request: Request, request_type: str, engine: Engine, setti
             raise
         except Exception as exc:  # malformed multipart (missing boundary, broken parts...)
             raise Problem(400, "undecodable-multipart", f"cannot parse the multipart body: {getattr(exc, 'detail', None) or exc}") from None
-        parts = form.getlist("frames")
-        if any(not isinstance(part, UploadFile) for part in parts):
-            raise Problem(422, "missing-frames", "'frames' parts must be image files (with a filename), not text fields")
-        files = [(part.filename or "", await part.read()) for part in parts if isinstance(part, UploadFile)]
-        await form.close()
+        try:
+            parts = form.getlist("frames")
+            if not parts:
+                names = sorted(set(form.keys()))
+                got = f"parts named {names}" if names else "no complete part (is the closing boundary missing?)"
+                raise Problem(422, "missing-frames", f"expected {engine.spec.in_frames} image files in parts named 'frames', in order; got {got}")
+            if any(not isinstance(part, UploadFile) for part in parts):
+                raise Problem(422, "missing-frames", "'frames' parts must be image files (with a filename), not text fields")
+            files = [(part.filename or "", await part.read()) for part in parts if isinstance(part, UploadFile)]
+        finally:
+            await form.close()
         return await asyncio.to_thread(codecs.decode_images, files, engine.spec)
     body = await request.body()
     if not body:

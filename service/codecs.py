@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ def shape_text(shape: Sequence[int | str]) -> str:
 def check_array(array: np.ndarray, spec: ClipSpec, source: str) -> Clips:
     """Validate rank, shape, dtype and values; return float32 clips in [0, 1]."""
     expected = f"(T, C, H, W) = {shape_text(spec.input_shape)} or (B, T, C, H, W) = {shape_text(('B', *spec.input_shape))}"
+    if array.dtype.kind == "f" and not array.dtype.isnative:  # e.g. big-endian '>f4': same numbers, other byte order
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype != np.uint8 and array.dtype not in FLOAT_DTYPES:
         raise Problem(422, "wrong-dtype", f"{source}: dtype {array.dtype} is not accepted; send uint8 (0-255) or float16/float32/float64 (0-1)")
     if array.ndim not in (4, 5):
@@ -107,7 +110,9 @@ def decode_npy(body: bytes, spec: ClipSpec) -> Clips:
         raise Problem(400, "undecodable-npy", f"body has no readable .npy header ({type(exc).__name__}: {exc}); write it with numpy.save") from None
     if dtype.hasobject:
         raise Problem(400, "undecodable-npy", "body is an .npy of Python objects (it would need unpickling, which is refused); send uint8 or float numbers")
-    promised, present = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, len(body) - stream.tell()
+    if any(n < 0 for n in shape):
+        raise Problem(400, "undecodable-npy", f".npy header has a negative dimension in its shape {shape_text(shape)}; write it with numpy.save")
+    promised, present = math.prod(shape) * dtype.itemsize, len(body) - stream.tell()  # Python ints: no overflow
     if promised != present:
         raise Problem(400, "undecodable-npy", f".npy header says {shape_text(shape)} {dtype} = {promised:,} bytes of data, the body carries {present:,}")
     try:
@@ -122,7 +127,7 @@ def decode_npy(body: bytes, spec: ClipSpec) -> Clips:
 def decode_json(body: bytes, spec: ClipSpec) -> Clips:
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, integers over 4300 digits
         raise Problem(400, "undecodable-json", f"body is not valid JSON: {exc}") from None
     if not isinstance(document, dict) or "frames" not in document:
         got = f"an object with keys {sorted(document)}" if isinstance(document, dict) else f"a JSON {type(document).__name__}"
@@ -135,7 +140,8 @@ def decode_json(body: bytes, spec: ClipSpec) -> Clips:
     except (ValueError, TypeError) as exc:  # ragged lists
         raise Problem(422, "invalid-json", f'"frames" must be a rectangular nested list of numbers (T, C, H, W) or (B, T, C, H, W): {exc}') from None
     if array.dtype.kind not in "iuf":
-        raise Problem(422, "invalid-json", f'"frames" must hold only numbers, got JSON values that make a {array.dtype} array')
+        got = {"U": "strings", "b": "true/false", "O": "null, objects or integers beyond 64 bits"}.get(array.dtype.kind, f"values of numpy type {array.dtype}")
+        raise Problem(422, "invalid-json", f'"frames" must hold only numbers (floats 0-1, or integers 0-255 with "dtype": "uint8"), got {got}')
     array = array.astype(np.float64)
     if dtype == "uint8":
         if array.ndim and array.size and (not np.isfinite(array).all() or (array != np.round(array)).any() or array.min() < 0 or array.max() > 255):
@@ -161,8 +167,10 @@ def decode_images(files: Sequence[tuple[str, bytes]], spec: ClipSpec) -> Clips:
             with Image.open(io.BytesIO(data)) as image:
                 if image.size != (spec.width, spec.height):  # checked before decoding pixels: no decompression bombs
                     raise Problem(422, "wrong-size", f"{label}: expected {spec.width}x{spec.height} (W x H) pixels, got {image.size[0]}x{image.size[1]}")
+                if getattr(image, "n_frames", 1) > 1:  # only the first would be used: refuse rather than lose the rest
+                    raise Problem(422, "animated-image", f"{label}: expected one still image per 'frames' part, got an animation of {image.n_frames} frames; send each frame as its own part")
                 image.load()
-                frames.append(np.asarray(image.convert(mode), dtype=np.uint8))
+                frames.append(_pixels(image, mode, label))
         except Problem:
             raise
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -170,6 +178,22 @@ def decode_images(files: Sequence[tuple[str, bytes]], spec: ClipSpec) -> Clips:
     clip = np.stack(frames)  # (T, H, W) or (T, H, W, 3)
     clip = clip[:, None] if clip.ndim == 3 else clip.transpose(0, 3, 1, 2)  # (T, C, H, W)
     return check_array(clip, spec, "images")
+
+
+def _pixels(image: Image.Image, mode: str, label: str) -> np.ndarray:
+    """One decoded image -> float32 (H, W) for mode "L" or (H, W, 3) for "RGB", in [0, 1].
+    16-bit grey is scaled by 65535 (Pillow's own conversion to 8 bits would clip it at 255)."""
+    if image.mode.startswith("I;16"):
+        grey = np.asarray(image, dtype=np.float32) / np.float32(65535)  # (H, W)
+        return grey if mode == "L" else np.repeat(grey[:, :, None], 3, axis=2)  # (H, W, 3)
+    if image.mode in ("I", "F"):
+        raise Problem(
+            422,
+            "wrong-dtype",
+            f"{label}: expected an 8- or 16-bit image, got a 32-bit {'float' if image.mode == 'F' else 'integer'} one (mode {image.mode}), "
+            "which has no fixed pixel range; send 8/16-bit images, or the values in [0, 1] as application/x-npy",
+        )
+    return np.asarray(image.convert(mode), dtype=np.float32) / np.float32(255)
 
 
 # ---------------------------------------------------------------------------------------
@@ -192,7 +216,9 @@ def choose_answer_type(accept: str | None, request_type: str) -> str:
                 try:
                     q = float(param[2:])
                 except ValueError:
-                    q = 0.0
+                    q = math.nan
+                if not 0.0 <= q <= 1.0:  # also NaN
+                    raise Problem(400, "invalid-accept", f"Accept: expected q-values from 0 to 1 (e.g. 'application/json;q=0.5'), got {param!r} in {item.strip()!r}")
         if kind and q > 0:
             ranked.append((-q, position, kind))
     for _, _, kind in sorted(ranked):

@@ -287,6 +287,8 @@ def _bad_requests(digits: np.ndarray) -> list[tuple[str, dict, int, tuple[str, .
     nan[2, 0, 5, 5] = np.nan
     png = png_bytes(clip[0, 0])
     small_png = png_bytes(clip[0, 0, :32, :32])
+    animation, stills = io.BytesIO(), [Image.fromarray(frame) for frame in clip[:, 0]]
+    stills[0].save(animation, format="GIF", save_all=True, append_images=stills[1:])  # the whole clip in one GIF
     npy = lambda a: {"content": npy_bytes(a), "headers": {"Content-Type": NPY}}  # noqa: E731
     js = lambda doc: {"content": json.dumps(doc), "headers": {"Content-Type": JSON}}  # noqa: E731
     frames = lambda images: {"files": [("frames", (f"f{i}.png", data, "image/png")) for i, data in enumerate(images)]}  # noqa: E731
@@ -318,7 +320,7 @@ def _bad_requests(digits: np.ndarray) -> list[tuple[str, dict, int, tuple[str, .
         ("undecodable image", frames([png] * 9 + [b"GIF89a but not really"]), 400, ("frame 9", "not a readable image")),
         ("image size", frames([png] * 9 + [small_png]), 422, ("frame 9", "64x64", "32x32")),
         ("image count", frames([png] * 4), 422, ("expected 10", "got 4")),
-        ("multipart without frames", {"files": [("other", ("x.png", png, "image/png"))]}, 422, ("'frames'",)),
+        ("multipart without frames", {"files": [("other", ("x.png", png, "image/png"))]}, 422, ("'frames'", "parts named ['other']")),
         ("multipart text field", {"data": {"frames": "hello"}, "files": [("x", ("x.png", png, "image/png"))]}, 422, ("image files",)),
         ("broken multipart", {"content": b"--nope\r\n", "headers": {"Content-Type": "multipart/form-data"}}, 400, ("multipart",)),
         ("text/plain", {"content": b"1 2 3", "headers": {"Content-Type": "text/plain"}}, 415, ("text/plain", NPY)),
@@ -326,6 +328,11 @@ def _bad_requests(digits: np.ndarray) -> list[tuple[str, dict, int, tuple[str, .
         ("empty npy", {"content": b"", "headers": {"Content-Type": NPY}}, 400, ("empty",)),
         ("empty JSON", {"content": b"", "headers": {"Content-Type": JSON}}, 400, ("empty",)),
         ("unacceptable Accept", {**npy(clip), "headers": {"Content-Type": NPY, "Accept": "text/csv"}}, 406, ("text/csv", NPY)),
+        # found by fuzzing: the first two were 500s, the third a 200 that used one frame of the animation
+        ("npy shape past int64", {"content": npy_bytes(clip).replace(b"(10, 1, 64, 64)", b"(%d,)" % 2**70), "headers": {"Content-Type": NPY}}, 400, ("header says",)),
+        ("JSON 5000-digit integer", {"content": b'{"frames": [' + b"9" * 5000 + b"]}", "headers": {"Content-Type": JSON}}, 400, ("not valid json", "digits")),
+        ("animated GIF as a frame", frames([png] * 9 + [animation.getvalue()]), 422, ("frame 9", "animation of 10 frames")),
+        ("invalid q in Accept", {**npy(clip), "headers": {"Content-Type": NPY, "Accept": "application/json;q=nan"}}, 400, ("q=nan", "0 to 1")),
     ]
 
 

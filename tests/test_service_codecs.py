@@ -104,3 +104,86 @@ def test_npy_and_json_answers_round_trip_exactly() -> None:
     document = json.loads(codecs.encode(codecs.JSON, codecs.Clips(prediction[:1], batched=False), prediction[:1]))
     assert document["shape"] == [3, 1, 8, 8]
     np.testing.assert_array_equal(np.array(document["frames"], np.float32), prediction[0])
+
+
+# ---------------------------------------------------------------------------------------
+# hostile inputs found by fuzzing a live server: each was a 500 or a silently wrong answer
+# ---------------------------------------------------------------------------------------
+
+SPEC = ClipSpec(in_frames=4, out_frames=4, channels=1, height=28, width=28)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _problem(call, *args) -> Problem:
+    with pytest.raises(Problem) as caught:
+        call(*args)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("shape", "needle"),
+    [
+        (f"({2**70},)", "header says"),  # np.prod(..., int64) raised OverflowError: a 500
+        ("(9223372036854775807, 9223372036854775807)", "85,070,591,730,234,615,847,396,907,784,232,501,249 bytes"),  # wrapped to "1 bytes"
+        ("(0, 99999999999999999999)", "header says"),
+        ("(-4, 1, 28, 28)", "negative dimension"),
+    ],
+)
+def test_forged_npy_shapes_are_400_with_exact_sizes(shape: str, needle: str) -> None:
+    body = _npy(np.zeros((4, 1, 28, 28), np.uint8)).replace(b"(4, 1, 28, 28)", shape.encode(), 1)
+    problem = _problem(codecs.decode_npy, body, SPEC)
+    assert problem.status == 400 and needle in problem.detail, problem.detail
+
+
+def test_big_endian_floats_are_the_same_numbers(rgb_clip: np.ndarray) -> None:
+    clip = (rgb_clip[:, :1] / 255.0).astype(np.float32)  # (4, 1, 28, 28) real digits
+    for dtype in (">f2", ">f4", ">f8"):
+        decoded = codecs.decode_npy(_npy(clip.astype(dtype)), SPEC).frames
+        np.testing.assert_array_equal(decoded[0], clip.astype(dtype).astype(np.float32), err_msg=dtype)
+
+
+def test_json_giant_integers_and_non_numbers_say_what_came() -> None:
+    giant = _problem(codecs.decode_json, b'{"frames": [' + b"9" * 5000 + b"]}", SPEC)  # ValueError from json: was a 500
+    assert giant.status == 400 and "4300 digits" in giant.detail
+    for frames, got in (([[1, 2**70]], "beyond 64 bits"), ([None], "null"), (["a", 1], "strings"), ([True], "true/false")):
+        problem = _problem(codecs.decode_json, json.dumps({"frames": frames}).encode(), SPEC)
+        assert problem.status == 422 and got in problem.detail and "numbers" in problem.detail, problem.detail
+
+
+def _encoded(images: list[Image.Image], fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    images[0].save(buffer, format=fmt, save_all=len(images) > 1, append_images=images[1:], **options)
+    return buffer.getvalue()
+
+
+def test_16_bit_images_are_scaled_not_clipped(rgb_clip: np.ndarray) -> None:
+    digits = rgb_clip[:, 0].astype(np.uint16) * 257  # (4, 28, 28): 0-255 -> 0-65535
+    files = [("", _encoded([Image.fromarray(frame)])) for frame in digits]
+    assert Image.open(io.BytesIO(files[0][1])).mode.startswith("I;16")
+    frames = codecs.decode_images(files, SPEC).frames  # Pillow's convert("L") would clip all of 1-65535 to 255
+    np.testing.assert_allclose(frames[0, :, 0], rgb_clip[:, 0] / 255.0, atol=1e-6)
+    rgb = codecs.decode_images(files, RGB).frames  # (1, 4, 3, 28, 28): grey copied to R, G and B
+    np.testing.assert_array_equal(rgb[0, :, 2], frames[0, :, 0])
+
+
+def test_animated_and_32_bit_frames_are_422(rgb_clip: np.ndarray) -> None:
+    still = _encoded([Image.fromarray(rgb_clip[0, 0])])
+    stills = [Image.fromarray(frame) for frame in rgb_clip[:, 0]]
+    for fmt in ("GIF", "PNG"):  # an animated GIF / APNG in one part: only its first frame would be used
+        problem = _problem(codecs.decode_images, [("", still)] * 3 + [("anim", _encoded(stills, fmt))], SPEC)
+        assert problem.status == 422 and "frame 3" in problem.detail and "animation of 4 frames" in problem.detail, (fmt, problem.detail)
+    for mode in ("I", "F"):  # no fixed pixel range
+        image = Image.fromarray(rgb_clip[0, 0]).convert(mode)
+        problem = _problem(codecs.decode_images, [("", _encoded([image], "TIFF"))] * 4, SPEC)
+        assert problem.status == 422 and f"mode {mode}" in problem.detail and "8- or 16-bit" in problem.detail, problem.detail
+
+
+@pytest.mark.parametrize("accept", ["application/json;q=abc", "application/json;q=nan", "application/json;q=2", "*/*;q=-1"])
+def test_accept_with_an_invalid_q_is_400_naming_it(accept: str) -> None:
+    problem = _problem(codecs.choose_answer_type, accept, codecs.NPY)
+    assert problem.status == 400 and accept.split(";")[1] in problem.detail and "0 to 1" in problem.detail
