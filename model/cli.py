@@ -269,6 +269,8 @@ def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder; give a run folder (created if missing)")
     resume = None
     if args.resume:
         from model.train import load_resume
