@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", required=True, help="folder with the MNIST digits (idx) used for validation clips")
     parser.add_argument("--val-clips", type=int, default=1000, help="fixed validation clips to score on (default 1000)")
     parser.add_argument("--wall-minutes", type=float, required=True, help="training wall time, from the run's log")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads the training used (for the card)")
+    parser.add_argument("--threads", default="1", help="CPU threads the training used, as text for the card (e.g. '1, then 2')")
     parser.add_argument("--command", default="", help="the stlight train command line(s) that made the run")
     parser.add_argument("--out", type=Path, default=ASSETS, help="assets folder (default: service/assets)")
     args = parser.parse_args(argv)
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| checkpoint | best validation MSE at step {steps:,}; sha256 `{file_sha256(ckpt)[:16]}…` |",
         f"| training | {steps:,} optimizer steps of {settings.get('batch_size', '?')} clips ({steps * int(settings.get('batch_size', 0) or 0):,} clips), "
         f"Adam, {settings.get('schedule', '?')} (max lr {settings.get('lr', '?')}), MSE loss, clips made on the fly from 8,000 MNIST test-set digits |",
-        f"| wall time | {args.wall_minutes:.0f} min on {args.threads} thread(s) of a shared 2-core {_cpu_name()} |",
+        f"| wall time | {args.wall_minutes:.0f} min on {args.threads} torch thread(s) of a 2-core {_cpu_name()} shared with development work |",
         f"| command | `{args.command}` |" if args.command else "",
         "",
         f"## Validation ({args.val_clips} fixed Moving MNIST clips, OpenSTL metrics)",
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "For scale: the paper's STLight-L (32.9 M parameters, 200 epochs on a GPU) reaches 21.8.",
         "",
-        "## Learning curve (validation during training)",
+        f"## Learning curve (the run's own validation: the first {settings.get('val_clips', '?')} of the same fixed clips)",
         "",
         "| step | train loss | val MSE | val SSIM |",
         "|---|---|---|---|",

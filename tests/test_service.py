@@ -356,7 +356,13 @@ def test_every_bad_input_gets_a_4xx_problem(server: Server, digits: np.ndarray) 
         assert_problem(http.delete("/healthz"), 405, "DELETE")
         assert http.get("/healthz").json() == {"status": "alive"}  # and still alive
     values = server.metrics()
-    assert not [key for key, v in values.items() if key[0] == "stlight_requests_total" and dict(key[1])["status"].startswith("5") and v]
+    # /readyz answers 503 by design while the model warms up (the fixture polls it); nothing else may 5xx
+    server_errors = [
+        key
+        for key, v in values.items()
+        if key[0] == "stlight_requests_total" and dict(key[1])["status"].startswith("5") and dict(key[1])["route"] != "/readyz" and v
+    ]
+    assert not server_errors
     assert "Traceback" not in server.text()
 
 
