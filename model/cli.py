@@ -288,7 +288,7 @@ def run_train(args: argparse.Namespace) -> int:
         settings = config = spec = None
 
     from model.data import DataError, build_datasets
-    from model.train import DEFAULT_PRESET, TABLE2, RunSettings, Runtime, train
+    from model.train import DEFAULT_PRESET, TABLE2, RunSettings, Runtime, SetupError, train
 
     try:
         if settings is None:
@@ -325,12 +325,8 @@ def run_train(args: argparse.Namespace) -> int:
             val_every=args.val_every, stop_after=args.stop_after, progress=not args.no_progress,
         )
         summary = train(settings, config, spec, runtime, resume=resume, datasets=datasets)
-    except (DataError, FloatingPointError) as exc:
+    except (DataError, SetupError, FloatingPointError) as exc:
         raise UserError(str(exc)) from None
-    except ValueError as exc:
-        if "CUDA" in str(exc) or "schedule" in str(exc):
-            raise UserError(str(exc)) from None
-        raise
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

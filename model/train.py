@@ -43,6 +43,10 @@ DEFAULT_PRESET = {"mmnist": "mmnist-xs", "taxibj": "taxibj-s", "frames": "kth-xs
 COSINE_MIN_LR = 1e-6  # OpenSTL's min_lr for its cosine schedule
 
 
+class SetupError(ValueError):
+    """A run that cannot start as asked (no CUDA for --device cuda, unknown schedule)."""
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """What defines a run: stored in the checkpoint; ``--resume`` must not change it."""
@@ -84,7 +88,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu")
+        raise SetupError("--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu")
     return torch.device(name)
 
 
@@ -137,7 +141,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, settings: RunSettings) -> t
         )
     if settings.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.total_steps, eta_min=min(COSINE_MIN_LR, settings.lr))
-    raise ValueError(f"unknown schedule {settings.schedule!r}; choose onecycle or cosine")
+    raise SetupError(f"unknown schedule {settings.schedule!r}; choose onecycle or cosine")
 
 
 def autocast_for(device: torch.device, amp: bool) -> tuple[Any, torch.dtype | None]:
