@@ -39,10 +39,17 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["tiny", "mmnist-xs"], help="presets to compare (default: tiny mmnist-xs)")
+    parser.add_argument(
+        "--presets", nargs="+", default=["tiny", "mmnist-xs"], help="presets to compare (default: tiny mmnist-xs)"
+    )
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8], help="batch sizes (default: 1 8)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per cell (median reported; default 5)")
-    parser.add_argument("--threads", type=int, default=1, help="threads for both runtimes (default: 1; on a shared box more threads measure contention)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads for both runtimes (default: 1; on a shared box more threads measure contention)",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -74,7 +81,9 @@ def main() -> None:
     print("| preset | batch | torch eager ms | ORT CPU ms | torch / ORT | ORT clips/s | .onnx MiB | export s |")
     print("|---|---|---|---|---|---|---|---|")
     for name, batch, torch_ms, ort_ms, mib, export_s in rows:
-        print(f"| {name} | {batch} | {torch_ms:.1f} | {ort_ms:.1f} | {torch_ms / ort_ms:.2f} | {1e3 * batch / ort_ms:.1f} | {mib:.1f} | {export_s:.1f} |")
+        print(
+            f"| {name} | {batch} | {torch_ms:.1f} | {ort_ms:.1f} | {torch_ms / ort_ms:.2f} | {1e3 * batch / ort_ms:.1f} | {mib:.1f} | {export_s:.1f} |"
+        )
 
 
 if __name__ == "__main__":

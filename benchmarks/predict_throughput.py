@@ -33,9 +33,15 @@ from service.settings import DEFAULT_MODEL  # noqa: E402
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, help="ONNX file (default: the shipped model, else the tiny preset exported with seed 0; needs torch)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="ONNX file (default: the shipped model, else the tiny preset exported with seed 0; needs torch)",
+    )
     parser.add_argument("--clips", type=int, default=256, help="clips per measurement (default 256)")
-    parser.add_argument("--batch-size", type=int, default=8, help="--batch-size of stlight predict and the server's max batch (default 8)")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="--batch-size of stlight predict and the server's max batch (default 8)"
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4], help="remote requests in flight (default 1 4)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement, the best is shown (default 3)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cuda", "cpu"), help="device of both modes (default cpu)")
@@ -61,14 +67,29 @@ def make_clips(n: int, shape: tuple[int, int, int, int]) -> np.ndarray:
         rng = np.random.default_rng(0)
         t, c, h, w = shape
         return np.stack([moving_mnist_clip(rng, digits, t, h) for _ in range(n)])[:, :, None].repeat(c, axis=2)
-    except Exception:  # noqa: BLE001 - throughput does not depend on the pixels
+    except Exception:
         return np.random.default_rng(0).integers(0, 256, (n, *shape), dtype=np.uint8)
 
 
 def start_server(model: Path, batch: int, device: str, log: Path) -> tuple[subprocess.Popen, str]:
-    command = [sys.executable, "-m", "service.cli", "serve", "--model", str(model), "--port", "0", "--device", device, "--max-batch-size", str(batch)]
+    command = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "serve",
+        "--model",
+        str(model),
+        "--port",
+        "0",
+        "--device",
+        device,
+        "--max-batch-size",
+        str(batch),
+    ]
     handle = open(log, "wb")
-    proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         found = re.search(r"Uvicorn running on (http://[\d.]+:\d+)", log.read_text(errors="replace"))
@@ -120,9 +141,17 @@ def main() -> None:
         for i, clip in enumerate(clips):
             np.save(small / f"clip_{i:05d}.npy", clip)
 
-        rows: list[tuple[str, str, float]] = [("session.run (no files)", "-", bare_session(local, clips, args.batch_size, args.repeat))]
+        rows: list[tuple[str, str, float]] = [
+            ("session.run (no files)", "-", bare_session(local, clips, args.batch_size, args.repeat))
+        ]
         for name, inputs in (("1 file", big), (f"{len(clips)} files", small)):
-            rows.append((f"local --model ({local.provider})", name, measure(inputs, local, args.batch_size, 1, workdir, f"local-{name}", args.repeat)))
+            rows.append(
+                (
+                    f"local --model ({local.provider})",
+                    name,
+                    measure(inputs, local, args.batch_size, 1, workdir, f"local-{name}", args.repeat),
+                )
+            )
         proc, url = start_server(model, args.batch_size, args.device, workdir / "serve.log")
         try:
             with Client(url) as probe:
@@ -131,13 +160,23 @@ def main() -> None:
             for concurrency in args.concurrency:
                 with Client(url, batch_size=args.batch_size, concurrency=concurrency) as remote:
                     for name, inputs in (("1 file", big), (f"{len(clips)} files", small)):
-                        rows.append((f"remote --url, concurrency {concurrency}", name, measure(inputs, remote, args.batch_size, concurrency, workdir, f"r{concurrency}-{name}", args.repeat)))
+                        rows.append(
+                            (
+                                f"remote --url, concurrency {concurrency}",
+                                name,
+                                measure(
+                                    inputs, remote, args.batch_size, concurrency, workdir, f"r{concurrency}-{name}", args.repeat
+                                ),
+                            )
+                        )
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
 
     base = rows[0][2]
-    print(f"\n{len(clips)} clips of {local.spec.input_shape}, batch {args.batch_size}, {model.name}, {os.cpu_count()} CPUs, best of {args.repeat}")
+    print(
+        f"\n{len(clips)} clips of {local.spec.input_shape}, batch {args.batch_size}, {model.name}, {os.cpu_count()} CPUs, best of {args.repeat}"
+    )
     print("| mode | inputs | clips/s | vs session.run |\n|---|---|---|---|")
     for mode, inputs_name, rate in rows:
         print(f"| {mode} | {inputs_name} | {rate:.0f} | {rate / base:.2f} |")

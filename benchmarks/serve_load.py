@@ -35,7 +35,9 @@ NPY = "application/x-npy"
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, help="ONNX file to serve (default: export the tiny preset with seed 0; needs torch)")
+    parser.add_argument(
+        "--model", type=Path, help="ONNX file to serve (default: export the tiny preset with seed 0; needs torch)"
+    )
     parser.add_argument("--requests", type=int, default=200, help="requests measured per configuration (default 200)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients (default 1 8 32)")
     parser.add_argument("--max-batch-size", type=int, default=8, help="max batch with batching on (default 8)")
@@ -68,7 +70,12 @@ def in_process(model: Path, clip: np.ndarray, batch: int, runs: int, device: str
         engine.run(clips)
         latencies.append(time.perf_counter() - start)
     elapsed = time.perf_counter() - began
-    return {"provider": engine.provider, "p50": percentile_ms(latencies, 50), "p99": percentile_ms(latencies, 99), "clips_s": batch * len(latencies) / elapsed}
+    return {
+        "provider": engine.provider,
+        "p50": percentile_ms(latencies, 50),
+        "p99": percentile_ms(latencies, 99),
+        "clips_s": batch * len(latencies) / elapsed,
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -140,10 +147,20 @@ def main() -> None:
     rows: list[tuple[str, str, dict[str, float | str]]] = []
     single = in_process(model, clip, 1, args.requests, args.device)
     rows.append(("in-process ORT, batch 1", "1", single))
-    rows.append((f"in-process ORT, batch {args.max_batch_size}", "-", in_process(model, clip, args.max_batch_size, args.requests * 2, args.device)))
+    rows.append(
+        (
+            f"in-process ORT, batch {args.max_batch_size}",
+            "-",
+            in_process(model, clip, args.max_batch_size, args.requests * 2, args.device),
+        )
+    )
     configs = [
         ("service, batching off (max batch 1)", 1, 0.0),
-        (f"service, batching on (max batch {args.max_batch_size}, {args.max_delay_ms:g} ms)", args.max_batch_size, args.max_delay_ms),
+        (
+            f"service, batching on (max batch {args.max_batch_size}, {args.max_delay_ms:g} ms)",
+            args.max_batch_size,
+            args.max_delay_ms,
+        ),
         (f"service, batching on (max batch {args.max_batch_size}, 0 ms: only what is queued)", args.max_batch_size, 0.0),
     ]
     progress = tqdm(total=len(configs) * len(args.concurrency), desc="load", unit="run")
@@ -153,7 +170,18 @@ def main() -> None:
             provider = httpx.get(url + "/readyz").json()["provider"]
             for concurrency in args.concurrency:
                 latencies, elapsed = asyncio.run(load(url, body, concurrency, args.requests))
-                rows.append((label, str(concurrency), {"provider": provider, "p50": percentile_ms(latencies, 50), "p99": percentile_ms(latencies, 99), "clips_s": len(latencies) / elapsed}))
+                rows.append(
+                    (
+                        label,
+                        str(concurrency),
+                        {
+                            "provider": provider,
+                            "p50": percentile_ms(latencies, 50),
+                            "p99": percentile_ms(latencies, 99),
+                            "clips_s": len(latencies) / elapsed,
+                        },
+                    )
+                )
                 progress.update()
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -162,11 +190,15 @@ def main() -> None:
 
     base = float(single["clips_s"])
     cpus = len(os.sched_getaffinity(0))
-    print(f"\nmodel {model.name} ({os.path.getsize(model) / 1e6:.1f} MB), clip {tuple(shape)}, {args.requests} requests per row, {cpus} CPUs")
+    print(
+        f"\nmodel {model.name} ({os.path.getsize(model) / 1e6:.1f} MB), clip {tuple(shape)}, {args.requests} requests per row, {cpus} CPUs"
+    )
     print("| mode | clients | provider | p50 ms | p99 ms | clips/s | clips/s vs in-process batch 1 |")
     print("|---|---|---|---|---|---|---|")
     for label, concurrency, r in rows:
-        print(f"| {label} | {concurrency} | {r['provider']} | {r['p50']:.1f} | {r['p99']:.1f} | {r['clips_s']:.0f} | {float(r['clips_s']) / base:.2f}x |")
+        print(
+            f"| {label} | {concurrency} | {r['provider']} | {r['p50']:.1f} | {r['p99']:.1f} | {r['clips_s']:.0f} | {float(r['clips_s']) / base:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -52,13 +52,24 @@ def bare_loop(config: STLightConfig, batch: int, steps: int, device: torch.devic
     return time.perf_counter() - start
 
 
-def train_loop(name: str, config: STLightConfig, batch: int, steps: int, device: str, workers: int, threads: int, amp: bool, data_dir: Path) -> float:
+def train_loop(
+    name: str, config: STLightConfig, batch: int, steps: int, device: str, workers: int, threads: int, amp: bool, data_dir: Path
+) -> float:
     """Seconds of ``model.train.train``'s loop for ``steps`` steps on Moving MNIST."""
     spec = DataSpec("mmnist", data_dir=str(data_dir), clips_per_epoch=batch * (steps + 1), val_clips=batch)
     settings = RunSettings(
-        dataset="mmnist", preset=name, lr=1e-3, schedule="onecycle", final_div_factor=TABLE2["mmnist"]["final_div_factor"],
-        batch_size=batch, total_steps=steps, steps_per_epoch=steps + 1, seed=0, clips_per_epoch=spec.clips_per_epoch,
-        val_clips=batch, val_fraction=0.1,
+        dataset="mmnist",
+        preset=name,
+        lr=1e-3,
+        schedule="onecycle",
+        final_div_factor=TABLE2["mmnist"]["final_div_factor"],
+        batch_size=batch,
+        total_steps=steps,
+        steps_per_epoch=steps + 1,
+        seed=0,
+        clips_per_epoch=spec.clips_per_epoch,
+        val_clips=batch,
+        val_fraction=0.1,
     )
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
         runtime = Runtime(out=Path(out), device=device, workers=workers, threads=threads, amp=amp, progress=False)
@@ -67,12 +78,18 @@ def train_loop(name: str, config: STLightConfig, batch: int, steps: int, device:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["tiny", "tiny:dim=32,depth=2"],
-                        help="presets, optionally with overrides after a colon (default: tiny tiny:dim=32,depth=2)")
+    parser.add_argument(
+        "--presets",
+        nargs="+",
+        default=["tiny", "tiny:dim=32,depth=2"],
+        help="presets, optionally with overrides after a colon (default: tiny tiny:dim=32,depth=2)",
+    )
     parser.add_argument("--batch", type=int, default=16, help="clips per step (default 16, the paper's Moving MNIST batch)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per run (default 20)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per cell; the best is reported (default 3)")
-    parser.add_argument("--workers", nargs="+", type=int, default=[0, 1], help="data-loader workers of the train loop (default: 0 1)")
+    parser.add_argument(
+        "--workers", nargs="+", type=int, default=[0, 1], help="data-loader workers of the train loop (default: 0 1)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both loops (default 1)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="device for both loops (default cpu)")
     parser.add_argument("--no-amp", action="store_true", help="on CUDA, fp32 instead of mixed precision in both loops")
@@ -93,13 +110,19 @@ def main() -> None:
             bare, loop = [], []
             for _ in range(args.repeats):
                 bare.append(bare_loop(config, args.batch, args.steps, device, not args.no_amp))
-                loop.append(train_loop(name, config, args.batch, args.steps, args.device, workers, args.threads, not args.no_amp, args.data_dir))
+                loop.append(
+                    train_loop(
+                        name, config, args.batch, args.steps, args.device, workers, args.threads, not args.no_amp, args.data_dir
+                    )
+                )
                 bar.update(1)
             samples = args.batch * args.steps
             rows.append((label, workers, samples / min(bare), samples / min(loop)))
     bar.close()
 
-    print(f"\ndevice {device} ({torch.get_num_threads()} threads), batch {args.batch}, {args.steps} steps, best of {args.repeats}")
+    print(
+        f"\ndevice {device} ({torch.get_num_threads()} threads), batch {args.batch}, {args.steps} steps, best of {args.repeats}"
+    )
     print("| config | workers | bare loop (samples/s) | stlight train (samples/s) | ratio train/bare |")
     print("|---|---|---|---|---|")
     for label, workers, bare_rate, loop_rate in rows:

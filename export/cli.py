@@ -28,9 +28,13 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("checkpoint", nargs="?", type=Path, help="training checkpoint (.pt) to export; or use --preset")
     parser.add_argument("--out", type=Path, required=True, metavar="PATH", help="ONNX file to write (e.g. model.onnx)")
-    add_config_args(parser, default_preset=None, preset_help="export this configuration with seeded random weights instead of a checkpoint")
+    add_config_args(
+        parser, default_preset=None, preset_help="export this configuration with seeded random weights instead of a checkpoint"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights with --preset (default: 0)")
-    parser.add_argument("--fp16", action="store_true", help="store half-precision weights and compute in half; inputs and outputs stay float32")
+    parser.add_argument(
+        "--fp16", action="store_true", help="store half-precision weights and compute in half; inputs and outputs stay float32"
+    )
     parser.add_argument("--opset", type=int, default=None, metavar="N", help="ONNX opset (default: the exporter's, 18 or newer)")
     parser.add_argument(
         "--device",
@@ -40,9 +44,17 @@ def add_export(sub: argparse._SubParsersAction) -> None:
         default="cpu",
         help="ONNX Runtime provider to validate on (default: cpu; cuda fails when unavailable)",
     )
-    parser.add_argument("--validate-only", action="store_true", help="do not export: validate the existing --out file against the checkpoint or preset")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar while validating (the table is still printed)")
-    parser.add_argument("--json", action="store_true", help='print the report as JSON with "passed": true|false (no progress bar)')
+    parser.add_argument(
+        "--validate-only",
+        action="store_true",
+        help="do not export: validate the existing --out file against the checkpoint or preset",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar while validating (the table is still printed)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help='print the report as JSON with "passed": true|false (no progress bar)'
+    )
     parser.set_defaults(handler=run_export)
 
 
@@ -52,7 +64,9 @@ def _source(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     if args.checkpoint is not None and args.preset is not None:
         raise UserError(f"give a checkpoint or --preset, not both (got {args.checkpoint} and --preset {args.preset})")
     if args.checkpoint is None and args.preset is None:
-        raise UserError("nothing to export: give a checkpoint file (stlight export run/best.pt --out model.onnx) or --preset NAME")
+        raise UserError(
+            "nothing to export: give a checkpoint file (stlight export run/best.pt --out model.onnx) or --preset NAME"
+        )
     if args.checkpoint is not None:
         if overrides:
             raise UserError(f"--{overrides[0].replace('_', '-')} only applies to --preset; a checkpoint carries its own config")
@@ -71,7 +85,9 @@ def _source(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from service import __version__
     from service.card import ModelCard
 
-    card = ModelCard.from_config(config.to_dict(), preset=args.preset if config == preset(args.preset) else "", version=__version__)
+    card = ModelCard.from_config(
+        config.to_dict(), preset=args.preset if config == preset(args.preset) else "", version=__version__
+    )
     return random_model(config, args.seed), config, card
 
 
@@ -88,7 +104,7 @@ def run_export(args: argparse.Namespace) -> int:
     from export.onnx_export import to_onnx
     from export.validation import validate
 
-    log = (lambda *_: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))  # noqa: E731
+    log = (lambda *_: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     export_s = 0.0
     if not args.validate_only:
         log(f"exporting {args.checkpoint or 'preset ' + args.preset} -> {args.out} ({'fp16' if args.fp16 else 'fp32'}) ...")
@@ -102,7 +118,17 @@ def run_export(args: argparse.Namespace) -> int:
     report = validate(args.out, net, config, provider=args.provider, progress=not (args.json or args.no_progress))
 
     if args.json:
-        print(json.dumps({**report.to_dict(), "size_bytes": args.out.stat().st_size, "export_s": round(export_s, 2), "card": card.to_dict()}, indent=2))
+        print(
+            json.dumps(
+                {
+                    **report.to_dict(),
+                    "size_bytes": args.out.stat().st_size,
+                    "export_s": round(export_s, 2),
+                    "card": card.to_dict(),
+                },
+                indent=2,
+            )
+        )
     else:
         print(report.table())
         if not report.passed:

@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|",
         *[f"| {name} | {m['mse']:.1f} | {m['mae']:.1f} | {m['ssim']:.4f} | {m['psnr']:.2f} |" for name, m in scores.items()],
         "",
-        "Per-frame MSE of the model (frames 1 … 10 ahead): " + ", ".join(f"{v:.0f}" for v in scores["STLight (this model)"]["per_frame_mse"]),
+        "Per-frame MSE of the model (frames 1 … 10 ahead): "
+        + ", ".join(f"{v:.0f}" for v in scores["STLight (this model)"]["per_frame_mse"]),
         "",
         "For scale: the paper's STLight-L (32.9 M parameters, 200 epochs on a GPU) reaches 21.8.",
         "",

@@ -78,7 +78,9 @@ def to_onnx(
     float32. ``card`` defaults to one built from ``config`` (no preset, dataset or metrics).
     """
     if opset is not None and opset < MIN_OPSET:
-        raise ValueError(f"opset {opset} is too old for the torch.export-based exporter; use --opset {MIN_OPSET} or newer (or leave it out)")
+        raise ValueError(
+            f"opset {opset} is too old for the torch.export-based exporter; use --opset {MIN_OPSET} or newer (or leave it out)"
+        )
     precision = "fp16" if fp16 else "fp32"
     if card is None:
         card = ModelCard.from_config(config.to_dict(), version=__version__, precision=precision)
@@ -92,7 +94,9 @@ def to_onnx(
     with torch.no_grad():  # reference forward: fail here, with torch's message, not inside the exporter
         out = net(example)
     if tuple(out.shape[1:]) != config.output_shape:
-        raise ValueError(f"model output {tuple(out.shape)} does not match the config's (B, {config.output_shape}); wrong config for this net?")
+        raise ValueError(
+            f"model output {tuple(out.shape)} does not match the config's (B, {config.output_shape}); wrong config for this net?"
+        )
     module: nn.Module = HalfPrecision(net) if fp16 else net
 
     batch = torch.export.Dim("batch", min=1, max=4096)

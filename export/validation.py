@@ -68,7 +68,13 @@ class ValidationReport:
                 if row[key] is not None and not math.isfinite(row[key]):
                     row[key] = str(row[key])
             checks.append(row)
-        return {"passed": self.passed, "onnx_path": self.onnx_path, "provider": self.provider, "precision": self.precision, "checks": checks}
+        return {
+            "passed": self.passed,
+            "onnx_path": self.onnx_path,
+            "provider": self.provider,
+            "precision": self.precision,
+            "checks": checks,
+        }
 
     def table(self) -> str:
         """The human report: one row per check, then what failed and why."""
@@ -81,7 +87,9 @@ class ValidationReport:
         if self.passed:
             lines.append(f"PASSED: {len(self.checks)} checks on {self.provider} ({self.precision}) for {self.onnx_path}")
         else:
-            lines.append(f"FAILED: {len(self.failed)} of {len(self.checks)} checks on {self.provider} ({self.precision}) for {self.onnx_path}")
+            lines.append(
+                f"FAILED: {len(self.failed)} of {len(self.checks)} checks on {self.provider} ({self.precision}) for {self.onnx_path}"
+            )
             lines += [f"  - {c.name}: {c.detail or 'error above tolerance'}" for c in self.failed]
         return "\n".join(lines)
 
@@ -165,7 +173,7 @@ def _shapes(model: onnx.ModelProto) -> dict[str, tuple[list[Any], int]]:
     """Tensor name -> (dims, elem_type) from ONNX shape inference; symbolic dims stay strings."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - a broken graph just gets no shapes
+    except Exception:
         inferred = model
     out = {}
     for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
@@ -174,14 +182,18 @@ def _shapes(model: onnx.ModelProto) -> dict[str, tuple[list[Any], int]]:
     return out
 
 
-def _real_shape(name: str, shapes: dict[str, tuple[list[Any], int]], fallback: tuple[int, ...], batch: int = 2) -> tuple[list[int], int]:
+def _real_shape(
+    name: str, shapes: dict[str, tuple[list[Any], int]], fallback: tuple[int, ...], batch: int = 2
+) -> tuple[list[int], int]:
     dims, elem = shapes.get(name, ([], onnx.TensorProto.FLOAT))
     if len(dims) != len(fallback) + 1 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
         return [batch, *fallback], elem or onnx.TensorProto.FLOAT
     return [batch, *dims[1:]], elem
 
 
-def _one_node_model(node: onnx.NodeProto, x_shape: list[int], elem: int, initializers: list[onnx.TensorProto], opset: int) -> onnx.ModelProto:
+def _one_node_model(
+    node: onnx.NodeProto, x_shape: list[int], elem: int, initializers: list[onnx.TensorProto], opset: int
+) -> onnx.ModelProto:
     """The node alone: input ``x``, output ``y``, its weights as initializers, its attributes as in the file."""
     single = helper.make_node(node.op_type, ["x", *node.input[1:]], ["y"], name=node.name or node.op_type)
     single.attribute.extend(node.attribute)
@@ -208,7 +220,9 @@ def _is_dilated(node: onnx.NodeProto) -> bool:
 # ---------------------------------------------------------------------------------------
 
 
-def _check_depth_to_space(node: onnx.NodeProto, index: int, shapes: dict, config: STLightConfig, opset: int, provider: str, seed: int) -> Check:
+def _check_depth_to_space(
+    node: onnx.NodeProto, index: int, shapes: dict, config: STLightConfig, opset: int, provider: str, seed: int
+) -> Check:
     name = f"DepthToSpace #{index} (CRD) vs PixelShuffle"
     attrs = _attrs(node)
     mode, block = attrs.get("mode", "DCR"), int(attrs.get("blocksize", 0))
@@ -220,7 +234,7 @@ def _check_depth_to_space(node: onnx.NodeProto, index: int, shapes: dict, config
         y = _run(_session(_one_node_model(node, x_shape, elem, [], opset), provider), None, {"x": x})
         ref = nn.PixelShuffle(block)(torch.from_numpy(x.astype(np.float32))).numpy()
         err = _max_abs(y, ref)
-    except Exception as exc:  # noqa: BLE001 - any failure is this check's failure
+    except Exception as exc:
         return Check(name, False, math.inf, 0.0, "; ".join([*problems, f"{type(exc).__name__}: {exc}"]))
     if err > 0.0:
         problems.append(f"differs from PixelShuffle({block}) on {x_shape}")
@@ -228,7 +242,16 @@ def _check_depth_to_space(node: onnx.NodeProto, index: int, shapes: dict, config
 
 
 def _check_dilated_conv(
-    node: onnx.NodeProto, index: int, shapes: dict, inits: dict[str, onnx.TensorProto], config: STLightConfig, dilation: int, opset: int, provider: str, precision: str, seed: int
+    node: onnx.NodeProto,
+    index: int,
+    shapes: dict,
+    inits: dict[str, onnx.TensorProto],
+    config: STLightConfig,
+    dilation: int,
+    opset: int,
+    provider: str,
+    precision: str,
+    seed: int,
 ) -> Check:
     name = f"dilated depthwise Conv #{index} vs F.conv2d"
     attrs = _attrs(node)
@@ -263,7 +286,7 @@ def _check_dilated_conv(
                 groups=channels,
             ).numpy()
         err, tol = _max_abs(y, ref), _tolerance(ref, precision)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return Check(name, False, math.inf, None, "; ".join([*problems, f"{type(exc).__name__}: {exc}"]))
     if not err <= tol:
         problems.append(f"max abs error {err:.3g} > {tol:.3g} on {x_shape}")
@@ -300,7 +323,7 @@ def validate(
     report = ValidationReport(str(onnx_path), PROVIDERS[provider], "fp32")
     try:
         model = onnx.load(onnx_path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         report.checks.append(Check("load ONNX file", False, detail=f"{type(exc).__name__}: {exc}"))
         return report
     inits = {t.name: t for t in model.graph.initializer}
@@ -331,7 +354,7 @@ def validate(
             with torch.no_grad():
                 ref = net(torch.from_numpy(clips)).numpy()
             err, tol = _max_abs(y, ref), _tolerance(ref, report.precision)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return Check(name, False, math.inf, None, f"{type(exc).__name__}: {exc}")
         return Check(name, err <= tol, err, tol, "" if err <= tol else f"max abs error {err:.3g} > {tol:.3g}")
 
@@ -339,10 +362,20 @@ def validate(
         for batch in batches:
             steps.append((f"{kind} b{batch}", lambda kind=kind, batch=batch: whole(kind, batch)))
     for i, node in enumerate(d2s):
-        steps.append((f"DepthToSpace #{i}", lambda node=node, i=i: _check_depth_to_space(node, i, shapes, config, opset, provider, seed + i)))
+        steps.append(
+            (
+                f"DepthToSpace #{i}",
+                lambda node=node, i=i: _check_depth_to_space(node, i, shapes, config, opset, provider, seed + i),
+            )
+        )
     for i, node in enumerate(convs):
         steps.append(
-            (f"dilated Conv #{i}", lambda node=node, i=i: _check_dilated_conv(node, i, shapes, inits, config, dilation, opset, provider, report.precision, seed + i))
+            (
+                f"dilated Conv #{i}",
+                lambda node=node, i=i: _check_dilated_conv(
+                    node, i, shapes, inits, config, dilation, opset, provider, report.precision, seed + i
+                ),
+            )
         )
 
     with tqdm(steps, desc="validating", unit="check", file=sys.stderr, disable=not progress, leave=False) as bar:
@@ -355,7 +388,7 @@ def validate(
 def _check_checker(path: Path) -> Check:
     try:
         onnx.checker.check_model(str(path), full_check=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return Check("onnx.checker (full_check)", False, detail=f"{type(exc).__name__}: {exc}".splitlines()[0])
     return Check("onnx.checker (full_check)", True)
 

@@ -35,7 +35,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+    except Exception as exc:
         raise ValueError(f"{path} is not a readable STLight checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(payload, dict) or "config" not in payload or "model" not in payload:
         raise ValueError(f"{path} is not an STLight checkpoint: expected a dict with 'config' and 'model'")

@@ -12,7 +12,19 @@ from typing import Any
 
 from service.cli import UserError
 
-CONFIG_FIELDS = ("in_frames", "out_frames", "channels", "height", "width", "dim", "depth", "patch_size", "overlap", "kernel_1", "kernel_2")
+CONFIG_FIELDS = (
+    "in_frames",
+    "out_frames",
+    "channels",
+    "height",
+    "width",
+    "dim",
+    "depth",
+    "patch_size",
+    "overlap",
+    "kernel_1",
+    "kernel_2",
+)
 
 _FIELD_HELP = {
     "in_frames": "input frames T",
@@ -29,12 +41,19 @@ _FIELD_HELP = {
 }
 
 
-def add_config_args(parser: argparse.ArgumentParser, *, default_preset: str | None = "tiny", preset_help: str | None = None) -> None:
+def add_config_args(
+    parser: argparse.ArgumentParser, *, default_preset: str | None = "tiny", preset_help: str | None = None
+) -> None:
     """``--preset`` plus one override flag per ``STLightConfig`` field."""
     from model.config import PRESETS
 
     group = parser.add_argument_group("model config (a preset, then per-field overrides)")
-    group.add_argument("--preset", default=default_preset, choices=list(PRESETS), help=preset_help or f"named configuration (default: {default_preset})")
+    group.add_argument(
+        "--preset",
+        default=default_preset,
+        choices=list(PRESETS),
+        help=preset_help or f"named configuration (default: {default_preset})",
+    )
     for name in CONFIG_FIELDS:
         flag = "--" + name.replace("_", "-")
         group.add_argument(flag, dest=name, type=int, default=None, metavar="N", help=f"override {_FIELD_HELP[name]}")
@@ -142,22 +161,53 @@ def _positive_float(text: str) -> float:
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", choices=DATASET_CHOICES, default="mmnist",
-                       help="mmnist: Moving MNIST made on the fly; npz: your clips (N, T+T', C, H, W) in a .npz/.npy; "
-                            "taxibj: OpenSTL's dataset.npz; frames: a folder of clip folders of images (default: mmnist)")
-    group.add_argument("--data-dir", default=None, metavar="DIR",
-                       help="mmnist: folder with *-images-idx3-ubyte(.gz) (downloaded there if absent; default data/mnist) "
-                            "and optionally mnist_test_seq.npy; frames: the folder of clip folders; taxibj: folder with dataset.npz")
-    group.add_argument("--data-path", default=None, metavar="FILE",
-                       help="npz: the .npz (array 'clips') or .npy file; taxibj: dataset.npz; mmnist eval: mnist_test_seq.npy")
-    group.add_argument("--val-path", default=None, metavar="PATH",
-                       help="npz/frames: a separate validation file or folder instead of a seeded split of the training data")
-    group.add_argument("--val-fraction", type=float, default=None, metavar="F",
-                       help="npz/frames: fraction of clips held out for validation, split with --seed (default 0.1)")
-    group.add_argument("--val-clips", type=_positive_int, default=None, metavar="N",
-                       help="mmnist: validation clips, generated from a fixed seed so they are the same every run (default 1000)")
-    group.add_argument("--clips-per-epoch", type=_positive_int, default=None, metavar="N",
-                       help="mmnist: clips generated per epoch (default 10000, OpenSTL's epoch)")
+    group.add_argument(
+        "--dataset",
+        choices=DATASET_CHOICES,
+        default="mmnist",
+        help="mmnist: Moving MNIST made on the fly; npz: your clips (N, T+T', C, H, W) in a .npz/.npy; "
+        "taxibj: OpenSTL's dataset.npz; frames: a folder of clip folders of images (default: mmnist)",
+    )
+    group.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="mmnist: folder with *-images-idx3-ubyte(.gz) (downloaded there if absent; default data/mnist) "
+        "and optionally mnist_test_seq.npy; frames: the folder of clip folders; taxibj: folder with dataset.npz",
+    )
+    group.add_argument(
+        "--data-path",
+        default=None,
+        metavar="FILE",
+        help="npz: the .npz (array 'clips') or .npy file; taxibj: dataset.npz; mmnist eval: mnist_test_seq.npy",
+    )
+    group.add_argument(
+        "--val-path",
+        default=None,
+        metavar="PATH",
+        help="npz/frames: a separate validation file or folder instead of a seeded split of the training data",
+    )
+    group.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="npz/frames: fraction of clips held out for validation, split with --seed (default 0.1)",
+    )
+    group.add_argument(
+        "--val-clips",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="mmnist: validation clips, generated from a fixed seed so they are the same every run (default 1000)",
+    )
+    group.add_argument(
+        "--clips-per-epoch",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="mmnist: clips generated per epoch (default 10000, OpenSTL's epoch)",
+    )
 
 
 def _data_spec(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> Any:
@@ -182,29 +232,76 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a model (Moving MNIST, your own clips, TaxiBJ, image folders)",
         description="Train STLight with Adam on the MSE loss. Defaults per dataset follow the paper's Table 2 "
-                    "(Moving MNIST: lr 3e-3, OneCycle with final_div_factor 1e4, batch 16, 200 epochs). "
-                    "Writes last.pt, best.pt, metrics.jsonl and a PNG strip per validation under --out.",
+        "(Moving MNIST: lr 3e-3, OneCycle with final_div_factor 1e4, batch 16, 200 epochs). "
+        "Writes last.pt, best.pt, metrics.jsonl and a PNG strip per validation under --out.",
     )
     _add_data_args(parser)
-    add_config_args(parser, default_preset=None, preset_help="named configuration (default per dataset: mmnist-xs, npz tiny, taxibj-s, frames kth-xs)")
+    add_config_args(
+        parser,
+        default_preset=None,
+        preset_help="named configuration (default per dataset: mmnist-xs, npz tiny, taxibj-s, frames kth-xs)",
+    )
     group = parser.add_argument_group("optimisation (defaults: the paper's Table 2 for the dataset)")
     group.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (OneCycle max_lr, cosine start)")
-    group.add_argument("--schedule", choices=("onecycle", "cosine"), default=None, help="learning-rate schedule, stepped per optimizer step")
-    group.add_argument("--final-div-factor", type=_positive_float, default=None, metavar="F", help="OneCycle: final lr = lr / 25 / F (default 1e4)")
+    group.add_argument(
+        "--schedule", choices=("onecycle", "cosine"), default=None, help="learning-rate schedule, stepped per optimizer step"
+    )
+    group.add_argument(
+        "--final-div-factor",
+        type=_positive_float,
+        default=None,
+        metavar="F",
+        help="OneCycle: final lr = lr / 25 / F (default 1e4)",
+    )
     group.add_argument("--batch-size", type=_positive_int, default=None, metavar="N", help="clips per optimizer step")
-    group.add_argument("--epochs", type=_positive_int, default=None, metavar="N", help="epochs to train (ignored when --max-steps is given)")
-    group.add_argument("--max-steps", type=_positive_int, default=None, metavar="N", help="optimizer steps to train; the schedule spans exactly these")
-    group.add_argument("--seed", type=int, default=None, help="seed of weights, data order, generated clips and the split (default 0)")
+    group.add_argument(
+        "--epochs", type=_positive_int, default=None, metavar="N", help="epochs to train (ignored when --max-steps is given)"
+    )
+    group.add_argument(
+        "--max-steps",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="optimizer steps to train; the schedule spans exactly these",
+    )
+    group.add_argument(
+        "--seed", type=int, default=None, help="seed of weights, data order, generated clips and the split (default 0)"
+    )
     group = parser.add_argument_group("run")
     group.add_argument("--out", required=True, metavar="DIR", help="run folder: last.pt, best.pt, metrics.jsonl, val_step*.png")
-    group.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt (settings come from the checkpoint)")
-    group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train (auto: CUDA when available)")
-    group.add_argument("--no-amp", action="store_true", help="on CUDA, train in fp32 instead of mixed precision (bf16, or fp16 with loss scaling)")
-    group.add_argument("--workers", type=_non_negative_int, default=None, metavar="N", help="data-loader worker processes (default: 0 on CPU, min(8, cores) on CUDA)")
+    group.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last.pt (settings come from the checkpoint)"
+    )
+    group.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train (auto: CUDA when available)"
+    )
+    group.add_argument(
+        "--no-amp",
+        action="store_true",
+        help="on CUDA, train in fp32 instead of mixed precision (bf16, or fp16 with loss scaling)",
+    )
+    group.add_argument(
+        "--workers",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="data-loader worker processes (default: 0 on CPU, min(8, cores) on CUDA)",
+    )
     group.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="torch CPU threads (default: all cores)")
-    group.add_argument("--val-every", type=_non_negative_int, default=0, metavar="STEPS", help="validate (and save last.pt) every STEPS steps; 0: once per epoch (default)")
-    group.add_argument("--stop-after", type=_positive_int, default=None, metavar="STEPS",
-                       help="leave after STEPS steps of this invocation, saving last.pt, to continue later with --resume")
+    group.add_argument(
+        "--val-every",
+        type=_non_negative_int,
+        default=0,
+        metavar="STEPS",
+        help="validate (and save last.pt) every STEPS steps; 0: once per epoch (default)",
+    )
+    group.add_argument(
+        "--stop-after",
+        type=_positive_int,
+        default=None,
+        metavar="STEPS",
+        help="leave after STEPS steps of this invocation, saving last.pt, to continue later with --resume",
+    )
     group.add_argument("--no-progress", action="store_true", help="no progress bar (validation lines are still printed)")
     group.add_argument("--json", action="store_true", help="print the final summary as JSON")
     parser.set_defaults(handler=run_train)
@@ -235,8 +332,10 @@ def _resume_settings(args: argparse.Namespace, payload: dict[str, Any]) -> tuple
     if args.epochs is not None and args.max_steps is None and args.epochs * saved["steps_per_epoch"] != saved["total_steps"]:
         clashes.append(f"--epochs {args.epochs} (run: {saved['total_steps'] / saved['steps_per_epoch']:g} epochs)")
     if clashes:
-        raise UserError(f"--resume continues the run in {args.out} unchanged, but these flags differ from it: {'; '.join(clashes)}. "
-                        "Drop them, or start a new run with another --out")
+        raise UserError(
+            f"--resume continues the run in {args.out} unchanged, but these flags differ from it: {'; '.join(clashes)}. "
+            "Drop them, or start a new run with another --out"
+        )
     spec = _data_spec(args, payload.get("data"))
     return RunSettings(**saved), config, spec
 
@@ -302,7 +401,9 @@ def run_train(args: argparse.Namespace) -> int:
             batch_size = args.batch_size or defaults["batch_size"]
             steps_per_epoch = len(datasets[0]) // batch_size
             if steps_per_epoch == 0:
-                raise UserError(f"the training split has {len(datasets[0])} clips, fewer than --batch-size {batch_size}; lower --batch-size")
+                raise UserError(
+                    f"the training split has {len(datasets[0])} clips, fewer than --batch-size {batch_size}; lower --batch-size"
+                )
             total = args.max_steps or (args.epochs or defaults["epochs"]) * steps_per_epoch
             settings = RunSettings(
                 dataset=args.dataset,
@@ -321,8 +422,14 @@ def run_train(args: argparse.Namespace) -> int:
         else:
             datasets = build_datasets(spec, config)
         runtime = Runtime(
-            out=out, device=args.device, workers=args.workers, threads=args.threads, amp=not args.no_amp,
-            val_every=args.val_every, stop_after=args.stop_after, progress=not args.no_progress,
+            out=out,
+            device=args.device,
+            workers=args.workers,
+            threads=args.threads,
+            amp=not args.no_amp,
+            val_every=args.val_every,
+            stop_after=args.stop_after,
+            progress=not args.no_progress,
         )
         summary = train(settings, config, spec, runtime, resume=resume, datasets=datasets)
     except (DataError, SetupError, FloatingPointError) as exc:
@@ -330,7 +437,11 @@ def run_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        state = "finished" if summary["finished"] else f"stopped at step {summary['step']}/{summary['total_steps']} (continue with --resume)"
+        state = (
+            "finished"
+            if summary["finished"]
+            else f"stopped at step {summary['step']}/{summary['total_steps']} (continue with --resume)"
+        )
         print(f"{state}: best val mse {summary['best_mse']:.3f}, {summary['samples_per_s']:.1f} samples/s; checkpoints in {out}")
     return 0
 
@@ -345,22 +456,40 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="OpenSTL metrics (MSE, MAE, SSIM, PSNR, per-frame MSE) of a checkpoint on a test split",
         description="Evaluate a checkpoint on the dataset's test split: every clip of an npz/npy file, Moving MNIST's "
-                    "fixed validation clips (or mnist_test_seq.npy), TaxiBJ's X_test/Y_test, every clip folder of a frames dataset.",
+        "fixed validation clips (or mnist_test_seq.npy), TaxiBJ's X_test/Y_test, every clip folder of a frames dataset.",
     )
     parser.add_argument("checkpoint", metavar="CKPT", help="a .pt file written by stlight train (last.pt, best.pt)")
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", choices=DATASET_CHOICES, default=None, help="dataset kind (default: the one the checkpoint was trained on)")
-    group.add_argument("--data-dir", default=None, metavar="DIR",
-                       help="mmnist: folder with MNIST digits and optionally mnist_test_seq.npy; frames: folder of clip folders; taxibj: folder with dataset.npz")
-    group.add_argument("--data-path", default=None, metavar="FILE", help="npz: the clips file; taxibj: dataset.npz; mmnist: mnist_test_seq.npy")
-    group.add_argument("--val-clips", type=_positive_int, default=1000, metavar="N", help="mmnist without mnist_test_seq.npy: fixed-seed clips to generate (default 1000)")
+    group.add_argument(
+        "--dataset", choices=DATASET_CHOICES, default=None, help="dataset kind (default: the one the checkpoint was trained on)"
+    )
+    group.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="mmnist: folder with MNIST digits and optionally mnist_test_seq.npy; frames: folder of clip folders; taxibj: folder with dataset.npz",
+    )
+    group.add_argument(
+        "--data-path", default=None, metavar="FILE", help="npz: the clips file; taxibj: dataset.npz; mmnist: mnist_test_seq.npy"
+    )
+    group.add_argument(
+        "--val-clips",
+        type=_positive_int,
+        default=1000,
+        metavar="N",
+        help="mmnist without mnist_test_seq.npy: fixed-seed clips to generate (default 1000)",
+    )
     group = parser.add_argument_group("run")
     group.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="clips per forward pass (default 32)")
-    group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (auto: CUDA when available)")
+    group.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (auto: CUDA when available)"
+    )
     group.add_argument("--no-amp", action="store_true", help="on CUDA, run in fp32 instead of mixed precision")
     group.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="torch CPU threads (default: all cores)")
     group.add_argument("--no-progress", action="store_true", help="no progress bar (the metrics are still printed)")
-    group.add_argument("--json", action="store_true", help='print {"mse", "mae", "ssim", "psnr", "per_frame_mse": [...]} (no progress bar)')
+    group.add_argument(
+        "--json", action="store_true", help='print {"mse", "mae", "ssim", "psnr", "per_frame_mse": [...]} (no progress bar)'
+    )
     parser.set_defaults(handler=run_eval)
 
 
@@ -391,7 +520,14 @@ def run_eval(args: argparse.Namespace) -> int:
         dataset = build_test_dataset(spec, config)
     except (DataError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    metrics, _ = evaluate(net.to(device), dataset, device, batch_size=args.batch_size, amp=not args.no_amp, progress=not (args.json or args.no_progress))
+    metrics, _ = evaluate(
+        net.to(device),
+        dataset,
+        device,
+        batch_size=args.batch_size,
+        amp=not args.no_amp,
+        progress=not (args.json or args.no_progress),
+    )
     report = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()}
     if args.json:
         print(json.dumps(report))

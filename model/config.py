@@ -28,7 +28,18 @@ class STLightConfig:
     kernel_2: int = 7  # k2, second depthwise conv (dilation 3)
 
     def __post_init__(self) -> None:
-        for name in ("in_frames", "out_frames", "channels", "height", "width", "dim", "depth", "patch_size", "kernel_1", "kernel_2"):
+        for name in (
+            "in_frames",
+            "out_frames",
+            "channels",
+            "height",
+            "width",
+            "dim",
+            "depth",
+            "patch_size",
+            "kernel_1",
+            "kernel_2",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -36,16 +47,22 @@ class STLightConfig:
             raise ValueError(f"overlap must be an integer >= 0, got {self.overlap!r}")
         for name in ("kernel_1", "kernel_2"):
             if getattr(self, name) % 2 == 0:
-                raise ValueError(f"{name} must be odd so that padding='same' is symmetric, got {getattr(self, name)}; use {getattr(self, name) + 1}")
+                raise ValueError(
+                    f"{name} must be odd so that padding='same' is symmetric, got {getattr(self, name)}; use {getattr(self, name) + 1}"
+                )
         p = self.patch_size
         if self.dim % (p * p):
             lo = self.dim - self.dim % (p * p)
             fix = f"dim={lo} or dim={lo + p * p}" if lo else f"dim={p * p}"
-            raise ValueError(f"dim ({self.dim}) must be divisible by patch_size**2 ({p * p}) for the PixelShuffle decoder; use {fix}")
+            raise ValueError(
+                f"dim ({self.dim}) must be divisible by patch_size**2 ({p * p}) for the PixelShuffle decoder; use {fix}"
+            )
         for name in ("height", "width"):
             size = getattr(self, name)
             if size % p:
-                raise ValueError(f"{name} ({size}) must be divisible by patch_size ({p}); resize frames or choose another patch_size")
+                raise ValueError(
+                    f"{name} ({size}) must be divisible by patch_size ({p}); resize frames or choose another patch_size"
+                )
         out = self.latent_size(self.height)
         if out != self.height // p:
             raise ValueError(
@@ -78,14 +95,14 @@ class STLightConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "STLightConfig":
+    def from_dict(cls, data: dict) -> STLightConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown STLightConfig fields: {', '.join(unknown)}")
         return cls(**data)
 
-    def replace(self, **changes: int) -> "STLightConfig":
+    def replace(self, **changes: int) -> STLightConfig:
         return dataclasses.replace(self, **changes)
 
 

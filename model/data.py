@@ -66,7 +66,9 @@ def read_idx_images(path: str | Path) -> np.ndarray:
         raise DataError(f"{path} is not an idx3 image file (expected magic number 2051 at the start)")
     n, rows, cols = (int.from_bytes(raw[i : i + 4], "big") for i in (4, 8, 12))
     if len(raw) != 16 + n * rows * cols:
-        raise DataError(f"{path} is truncated: header says {n} images of {rows}x{cols} ({16 + n * rows * cols} bytes), file has {len(raw)}")
+        raise DataError(
+            f"{path} is truncated: header says {n} images of {rows}x{cols} ({16 + n * rows * cols} bytes), file has {len(raw)}"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, rows, cols)  # (N, 28, 28)
 
 
@@ -107,7 +109,7 @@ def download_mnist(
         tmp_path = data_dir / (MNIST_TRAIN_FILE + ".tmp")
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
-            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp_path, "wb") as tmp:  # noqa: S310 - fixed mirrors or the caller's URL
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp_path, "wb") as tmp:
                 shutil.copyfileobj(response, tmp)
         except (OSError, ValueError) as exc:
             problems.append(f"{url}: {exc}")
@@ -170,7 +172,9 @@ def random_trajectory(rng: np.random.Generator, frames: int, canvas: int, step: 
     return (canvas * ys).astype(np.int64), (canvas * xs).astype(np.int64)
 
 
-def moving_mnist_clip(rng: np.random.Generator, digits: np.ndarray, frames: int, size: int = 64, num_digits: int = 2) -> np.ndarray:
+def moving_mnist_clip(
+    rng: np.random.Generator, digits: np.ndarray, frames: int, size: int = 64, num_digits: int = 2
+) -> np.ndarray:
     """One clip ``(frames, size, size)`` uint8: ``num_digits`` bouncing digits combined by max."""
     digit_size = digits.shape[-1]
     canvas = size - digit_size
@@ -191,11 +195,22 @@ class MovingMNIST(Dataset):
     a fixed seed and epoch, so it is the same clips every run.
     """
 
-    def __init__(self, digits: np.ndarray, length: int, in_frames: int = 10, out_frames: int = 10, size: int = 64, seed: int = 0, num_digits: int = 2) -> None:
+    def __init__(
+        self,
+        digits: np.ndarray,
+        length: int,
+        in_frames: int = 10,
+        out_frames: int = 10,
+        size: int = 64,
+        seed: int = 0,
+        num_digits: int = 2,
+    ) -> None:
         if digits.ndim != 3 or digits.shape[1] != digits.shape[2]:
             raise DataError(f"MNIST digits must be (N, S, S) square images, got shape {digits.shape}")
         if size < digits.shape[-1]:
-            raise DataError(f"Moving MNIST frames of {size}x{size} cannot hold {digits.shape[-1]}x{digits.shape[-1]} digits; use --height/--width >= {digits.shape[-1]}")
+            raise DataError(
+                f"Moving MNIST frames of {size}x{size} cannot hold {digits.shape[-1]}x{digits.shape[-1]} digits; use --height/--width >= {digits.shape[-1]}"
+            )
         self.digits = digits
         self.length, self.in_frames, self.out_frames = length, in_frames, out_frames
         self.size, self.seed, self.num_digits = size, seed, num_digits
@@ -247,12 +262,16 @@ def check_clips(clips: np.ndarray, config: STLightConfig, source: str) -> None:
     t_need = config.in_frames + config.out_frames
     want = f"(N, {t_need}, {config.channels}, {config.height}, {config.width})"
     if clips.ndim != 5:
-        raise DataError(f"{source}: expected clips shaped (N, T+T', C, H, W) = {want}, got rank {clips.ndim} shape {tuple(clips.shape)}")
+        raise DataError(
+            f"{source}: expected clips shaped (N, T+T', C, H, W) = {want}, got rank {clips.ndim} shape {tuple(clips.shape)}"
+        )
     n, t, c, h, w = clips.shape
     if n == 0:
         raise DataError(f"{source}: holds no clips; expected {want}")
     if t < t_need:
-        raise DataError(f"{source}: clips have {t} frames, the model needs in_frames + out_frames = {config.in_frames} + {config.out_frames} = {t_need}")
+        raise DataError(
+            f"{source}: clips have {t} frames, the model needs in_frames + out_frames = {config.in_frames} + {config.out_frames} = {t_need}"
+        )
     if (c, h, w) != (config.channels, config.height, config.width):
         raise DataError(
             f"{source}: frames are C×H×W = {c}×{h}×{w}, the model config expects {config.channels}×{config.height}×{config.width}; "
@@ -299,7 +318,7 @@ def _load_clip_file(name: str, mtime_ns: int) -> np.ndarray:
             return clips
     except DataError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+    except Exception as exc:
         raise DataError(f"{path} is not a readable .npz/.npy file ({type(exc).__name__}: {exc})") from None
 
 
@@ -307,7 +326,7 @@ def load_mmnist_test_seq(path: str | Path, config: STLightConfig) -> ClipArray:
     """The standard ``mnist_test_seq.npy`` (20, N, 64, 64) uint8 as clips ``(N, 20, 1, 64, 64)``."""
     try:
         seq = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DataError(f"{path} is not a readable .npy file ({type(exc).__name__}: {exc})") from None
     if seq.ndim != 4:
         raise DataError(f"{path}: expected mnist_test_seq.npy shaped (frames, N, 64, 64), got {tuple(seq.shape)}")
@@ -322,7 +341,9 @@ def load_taxibj(path: str | Path, config: STLightConfig) -> tuple[ClipArray, Cli
     if path.is_dir():
         path = path / "dataset.npz"
     if not path.is_file():
-        raise DataError(f"TaxiBJ file {path} does not exist; expected OpenSTL's dataset.npz with X_train, Y_train, X_test, Y_test")
+        raise DataError(
+            f"TaxiBJ file {path} does not exist; expected OpenSTL's dataset.npz with X_train, Y_train, X_test, Y_test"
+        )
     with np.load(path, allow_pickle=False) as archive:
         missing = [k for k in ("X_train", "Y_train", "X_test", "Y_test") if k not in archive]
         if missing:
@@ -334,7 +355,9 @@ def load_taxibj(path: str | Path, config: STLightConfig) -> tuple[ClipArray, Cli
                 raise DataError(f"{path}: X_{part} {x.shape} and Y_{part} {y.shape} must both be (N, T, C, H, W) with the same N")
             clips = (np.concatenate([x, y], axis=1).astype(np.float32) + 1) / 2  # (N, T+T', C, H, W), [-1, 1] -> [0, 1]
             if x.shape[1] != config.in_frames or y.shape[1] != config.out_frames:
-                raise DataError(f"{path}: {x.shape[1]} -> {y.shape[1]} frames, the model config is {config.in_frames} -> {config.out_frames}; use --preset taxibj-s")
+                raise DataError(
+                    f"{path}: {x.shape[1]} -> {y.shape[1]} frames, the model config is {config.in_frames} -> {config.out_frames}; use --preset taxibj-s"
+                )
             check_clips(np.clip(clips, 0, 1) if np.isfinite(clips).all() else clips, config, f"{path} ({part})")
             splits.append(ClipArray(np.clip(clips, 0, 1), config.in_frames, config.out_frames))
     return splits[0], splits[1]
@@ -369,10 +392,12 @@ class FrameFolders(Dataset):
                 try:
                     with Image.open(frame) as image:
                         got = image.size
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     raise DataError(f"{frame} is not a readable image ({exc})") from None
                 if got != size:
-                    raise DataError(f"{frame} is {got[0]}x{got[1]} (W×H); the model config expects {size[0]}x{size[1]}; pass --width {got[0]} --height {got[1]} or resize")
+                    raise DataError(
+                        f"{frame} is {got[0]}x{got[1]} (W×H); the model config expects {size[0]}x{size[1]}; pass --width {got[0]} --height {got[1]} or resize"
+                    )
 
     def set_epoch(self, epoch: int) -> None:
         pass
@@ -434,7 +459,9 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _mmnist_checks(config: STLightConfig) -> None:
     if config.channels != 1 or config.height != config.width:
-        raise DataError(f"Moving MNIST is grey and square: the config needs channels=1 and height == width, got {config.channels}×{config.height}×{config.width}")
+        raise DataError(
+            f"Moving MNIST is grey and square: the config needs channels=1 and height == width, got {config.channels}×{config.height}×{config.width}"
+        )
 
 
 def data_shape(spec: DataSpec) -> dict[str, int] | None:
@@ -477,9 +504,13 @@ def build_datasets(spec: DataSpec, config: STLightConfig) -> tuple[Dataset, Data
         if spec.val_path:
             val_clips = load_clip_file(spec.val_path)
             check_clips(val_clips, config, spec.val_path)
-            return ClipArray(clips, config.in_frames, config.out_frames), ClipArray(val_clips, config.in_frames, config.out_frames)
+            return ClipArray(clips, config.in_frames, config.out_frames), ClipArray(
+                val_clips, config.in_frames, config.out_frames
+            )
         train_idx, val_idx = _split(len(clips), spec.val_fraction, spec.seed)
-        return ClipArray(clips, config.in_frames, config.out_frames, train_idx), ClipArray(clips, config.in_frames, config.out_frames, val_idx)
+        return ClipArray(clips, config.in_frames, config.out_frames, train_idx), ClipArray(
+            clips, config.in_frames, config.out_frames, val_idx
+        )
     if name == "taxibj":
         return load_taxibj(spec.data_path or spec.data_dir or "dataset.npz", config)
     if name == "frames":

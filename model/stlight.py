@@ -117,5 +117,3 @@ def count_macs(config: STLightConfig) -> int:
     block = hp * wp * d * (config.kernel_1**2 + config.kernel_2**2 + d)
     decoder = config.height * config.width * (d // config.patch_size**2) * config.out_frames * config.channels
     return encoder + config.depth * block + decoder
-
-

@@ -140,7 +140,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, settings: RunSettings) -> t
             optimizer, max_lr=settings.lr, total_steps=settings.total_steps, final_div_factor=settings.final_div_factor
         )
     if settings.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.total_steps, eta_min=min(COSINE_MIN_LR, settings.lr))
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=settings.total_steps, eta_min=min(COSINE_MIN_LR, settings.lr)
+        )
     raise SetupError(f"unknown schedule {settings.schedule!r}; choose onecycle or cosine")
 
 
@@ -152,7 +154,9 @@ def autocast_for(device: torch.device, amp: bool) -> tuple[Any, torch.dtype | No
     return torch.autocast("cuda", dtype=dtype), dtype
 
 
-def loader_for(dataset: Dataset, batch_size: int, workers: int, device: torch.device, batch_sampler: Sampler | None = None) -> DataLoader:
+def loader_for(
+    dataset: Dataset, batch_size: int, workers: int, device: torch.device, batch_sampler: Sampler | None = None
+) -> DataLoader:
     kwargs: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
     if batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=batch_sampler, generator=torch.Generator().manual_seed(0), **kwargs)
@@ -161,7 +165,13 @@ def loader_for(dataset: Dataset, batch_size: int, workers: int, device: torch.de
 
 @torch.no_grad()
 def evaluate(
-    net: STLight, dataset: Dataset, device: torch.device, batch_size: int = 32, workers: int = 0, amp: bool = True, progress: bool = False
+    net: STLight,
+    dataset: Dataset,
+    device: torch.device,
+    batch_size: int = 32,
+    workers: int = 0,
+    amp: bool = True,
+    progress: bool = False,
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """OpenSTL metrics of ``net`` on every clip of ``dataset``, and the first clip's
     ``(inputs, truth, prediction)`` for a picture."""
@@ -284,12 +294,22 @@ def train(
 
     def validate() -> None:
         nonlocal best_mse, last_metrics
-        metrics, (inp, truth, pred) = evaluate(net, val_set, device, batch_size=max(settings.batch_size, 32), workers=workers, amp=runtime.amp)
-        last_metrics = {"step": step, "epoch": round(step / steps_per_epoch, 4), "lr": scheduler.get_last_lr()[0], "train_loss": window_loss(), **metrics}
+        metrics, (inp, truth, pred) = evaluate(
+            net, val_set, device, batch_size=max(settings.batch_size, 32), workers=workers, amp=runtime.amp
+        )
+        last_metrics = {
+            "step": step,
+            "epoch": round(step / steps_per_epoch, 4),
+            "lr": scheduler.get_last_lr()[0],
+            "train_loss": window_loss(),
+            **metrics,
+        }
         with open(out / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(last_metrics) + "\n")
         save_strip(out / f"val_step{step:07d}.png", inp, truth, pred, scale=2 if config.height <= 64 else 1)
-        log(f"step {step}: val mse {metrics['mse']:.2f}  mae {metrics['mae']:.2f}  ssim {metrics['ssim']:.4f}  psnr {metrics['psnr']:.2f}")
+        log(
+            f"step {step}: val mse {metrics['mse']:.2f}  mae {metrics['mae']:.2f}  ssim {metrics['ssim']:.4f}  psnr {metrics['psnr']:.2f}"
+        )
         if metrics["mse"] < best_mse:
             best_mse = metrics["mse"]
             save_checkpoint(out / "best.pt", net, config, **state(step / steps_per_epoch))
@@ -305,8 +325,15 @@ def train(
     start_step, started = step, time.perf_counter()
     end_step = settings.total_steps if runtime.stop_after is None else min(settings.total_steps, step + runtime.stop_after)
     interactive = sys.stderr.isatty()
-    bar = tqdm(total=settings.total_steps, initial=step, desc="train", unit="step", disable=not runtime.progress,
-               mininterval=0.5 if interactive else 30, dynamic_ncols=True)
+    bar = tqdm(
+        total=settings.total_steps,
+        initial=step,
+        desc="train",
+        unit="step",
+        disable=not runtime.progress,
+        mininterval=0.5 if interactive else 30,
+        dynamic_ncols=True,
+    )
     ema, validated_at = None, -1
     while step < end_step:
         epoch, offset = divmod(step, steps_per_epoch)

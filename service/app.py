@@ -24,7 +24,8 @@ from service import __version__, codecs
 from service.batching import Batcher, ClientGone
 from service.engine import CPU, Engine, EngineError
 from service.metrics import ServiceMetrics
-from service.problems import MEDIA_TYPE as PROBLEM, BodyLimitMiddleware, Problem, register_problem_handlers
+from service.problems import MEDIA_TYPE as PROBLEM
+from service.problems import BodyLimitMiddleware, Problem, register_problem_handlers
 from service.settings import DEFAULT_MODEL, ServeSettings
 
 log = logging.getLogger("stlight.service")
@@ -52,13 +53,19 @@ def resolve_model(settings: ServeSettings) -> str:
         return str(settings.model)
     if DEFAULT_MODEL.is_file():
         return str(DEFAULT_MODEL)
-    raise EngineError(f"no model given and no default model is shipped ({DEFAULT_MODEL} is missing); pass --model PATH.onnx (or set STLIGHT_MODEL)")
+    raise EngineError(
+        f"no model given and no default model is shipped ({DEFAULT_MODEL} is missing); pass --model PATH.onnx (or set STLIGHT_MODEL)"
+    )
 
 
 def load_engine(settings: ServeSettings) -> Engine:
     """Create the session and log the provider ONNX Runtime really uses."""
     engine = Engine(resolve_model(settings), settings.device, settings.resolved_intra_op_threads, settings.inter_op_threads)
-    fallback = " (CUDA did not load; falling back to CPU; --device cuda shows why)" if settings.device == "auto" and engine.provider == CPU else ""
+    fallback = (
+        " (CUDA did not load; falling back to CPU; --device cuda shows why)"
+        if settings.device == "auto" and engine.provider == CPU
+        else ""
+    )
     log.info(
         "serving %s (%s, sha256 %s) on %s%s with %d intra-op / %d inter-op threads",
         engine.name, engine.path, engine.sha256[:12], engine.provider, fallback, engine.intra_op_threads, engine.inter_op_threads,
@@ -136,19 +143,31 @@ PREDICT_OPENAPI: dict[str, Any] = {
         "required": True,
         "description": "One clip (T, C, H, W) or a batch (B, T, C, H, W) of past frames, in one of three formats.",
         "content": {
-            codecs.NPY: {"schema": {"type": "string", "format": "binary"}, "description": "numpy.save of uint8 (0-255) or float16/32/64 (0-1)"},
+            codecs.NPY: {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "numpy.save of uint8 (0-255) or float16/32/64 (0-1)",
+            },
             codecs.JSON: {
                 "schema": {
                     "type": "object",
                     "required": ["frames"],
-                    "properties": {"frames": _CLIP, "dtype": {"type": "string", "enum": ["float32", "uint8"], "default": "float32"}},
+                    "properties": {
+                        "frames": _CLIP,
+                        "dtype": {"type": "string", "enum": ["float32", "uint8"], "default": "float32"},
+                    },
                 }
             },
             codecs.MULTIPART: {
                 "schema": {
                     "type": "object",
                     "required": ["frames"],
-                    "properties": {"frames": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "T image files (PNG, JPEG, ...), in order"}},
+                    "properties": {
+                        "frames": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "T image files (PNG, JPEG, ...), in order",
+                        }
+                    },
                 }
             },
         },
@@ -157,7 +176,12 @@ PREDICT_OPENAPI: dict[str, Any] = {
 
 
 def _problem_doc(description: str) -> dict[str, Any]:
-    schema = {"type": "object", "properties": {k: {"type": t} for k, t in (("type", "string"), ("title", "string"), ("status", "integer"), ("detail", "string"))}}
+    schema = {
+        "type": "object",
+        "properties": {
+            k: {"type": t} for k, t in (("type", "string"), ("title", "string"), ("status", "integer"), ("detail", "string"))
+        },
+    }
     return {"description": description, "content": {PROBLEM: {"schema": schema}}}
 
 
@@ -166,9 +190,17 @@ PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "The predicted frames (T', C, H, W) or (B, T', C, H, W), in the type chosen by Accept (default: the request's family).",
         "content": {
             codecs.NPY: {"schema": {"type": "string", "format": "binary"}, "description": "float32 .npy"},
-            codecs.JSON: {"schema": {"type": "object", "properties": {"frames": _CLIP, "shape": {"type": "array", "items": {"type": "integer"}}}}},
+            codecs.JSON: {
+                "schema": {
+                    "type": "object",
+                    "properties": {"frames": _CLIP, "shape": {"type": "array", "items": {"type": "integer"}}},
+                }
+            },
             codecs.ZIP: {"schema": {"type": "string", "format": "binary"}, "description": "one PNG per predicted frame"},
-            codecs.GIF: {"schema": {"type": "string", "format": "binary"}, "description": "animated: the input, then the prediction"},
+            codecs.GIF: {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "animated: the input, then the prediction",
+            },
         },
     },
     400: _problem_doc("Empty or undecodable body (npy, JSON or image)"),
@@ -199,20 +231,32 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 async def _read_clips(request: Request, request_type: str, engine: Engine, settings: ServeSettings) -> codecs.Clips:
     if request.headers.get("content-length") == "0":
-        raise Problem(400, "empty-body", f"the request body is empty; expected {request_type} with {codecs.shape_text(engine.spec.input_shape)} frames")
+        raise Problem(
+            400,
+            "empty-body",
+            f"the request body is empty; expected {request_type} with {codecs.shape_text(engine.spec.input_shape)} frames",
+        )
     if request_type == codecs.MULTIPART:
         try:
-            form = await request.form(max_files=4 * engine.spec.in_frames + 16, max_fields=64, max_part_size=settings.max_body_bytes)
+            form = await request.form(
+                max_files=4 * engine.spec.in_frames + 16, max_fields=64, max_part_size=settings.max_body_bytes
+            )
         except Problem:
             raise
         except Exception as exc:  # malformed multipart (missing boundary, broken parts...)
-            raise Problem(400, "undecodable-multipart", f"cannot parse the multipart body: {getattr(exc, 'detail', None) or exc}") from None
+            raise Problem(
+                400, "undecodable-multipart", f"cannot parse the multipart body: {getattr(exc, 'detail', None) or exc}"
+            ) from None
         try:
             parts = form.getlist("frames")
             if not parts:
                 names = sorted(set(form.keys()))
                 got = f"parts named {names}" if names else "no complete part (is the closing boundary missing?)"
-                raise Problem(422, "missing-frames", f"expected {engine.spec.in_frames} image files in parts named 'frames', in order; got {got}")
+                raise Problem(
+                    422,
+                    "missing-frames",
+                    f"expected {engine.spec.in_frames} image files in parts named 'frames', in order; got {got}",
+                )
             if any(not isinstance(part, UploadFile) for part in parts):
                 raise Problem(422, "missing-frames", "'frames' parts must be image files (with a filename), not text fields")
             files = [(part.filename or "", await part.read()) for part in parts if isinstance(part, UploadFile)]
@@ -221,7 +265,11 @@ async def _read_clips(request: Request, request_type: str, engine: Engine, setti
         return await asyncio.to_thread(codecs.decode_images, files, engine.spec)
     body = await request.body()
     if not body:
-        raise Problem(400, "empty-body", f"the request body is empty; expected {request_type} with {codecs.shape_text(engine.spec.input_shape)} frames")
+        raise Problem(
+            400,
+            "empty-body",
+            f"the request body is empty; expected {request_type} with {codecs.shape_text(engine.spec.input_shape)} frames",
+        )
     decode = codecs.decode_npy if request_type == codecs.NPY else codecs.decode_json
     return await asyncio.to_thread(decode, body, engine.spec)
 
@@ -268,7 +316,13 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
 
-    @app.post("/predict", openapi_extra=PREDICT_OPENAPI, responses=PREDICT_RESPONSES, response_class=Response, summary="Predict the next frames")
+    @app.post(
+        "/predict",
+        openapi_extra=PREDICT_OPENAPI,
+        responses=PREDICT_RESPONSES,
+        response_class=Response,
+        summary="Predict the next frames",
+    )
     async def predict(request: Request, ready: ReadyDep) -> Response:
         """Accepts npy, JSON or multipart images; answers npy, JSON, a zip of PNGs or an animated GIF."""
         engine, batcher = ready.engine, ready.batcher
@@ -289,7 +343,9 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     async def healthz() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/readyz", summary="Readiness: 200 once the model is warmed up", responses={503: _problem_doc("Loading or warming up")})
+    @app.get(
+        "/readyz", summary="Readiness: 200 once the model is warmed up", responses={503: _problem_doc("Loading or warming up")}
+    )
     async def readyz(ready: ReadyDep) -> dict[str, Any]:
         assert ready.engine is not None
         return {"status": "ready", "provider": ready.engine.provider, "model": ready.engine.name}
@@ -304,7 +360,9 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
             "card": engine.card.to_dict(),
         }
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    @app.get(
+        "/metrics", summary="Prometheus metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}}
+    )
     async def metrics(service: ServiceDep) -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -325,5 +383,10 @@ async def _warm_up(service: ServiceState) -> None:
         log.error("%s", service.error)
         return
     service.set_state("ready")
-    log.info("ready on %s: warm-up (%d runs at batch %d and 1) took %.2f s", engine.provider, settings.warmup_runs, settings.max_batch_size, time.perf_counter() - began)
-
+    log.info(
+        "ready on %s: warm-up (%d runs at batch %d and 1) took %.2f s",
+        engine.provider,
+        settings.warmup_runs,
+        settings.max_batch_size,
+        time.perf_counter() - began,
+    )

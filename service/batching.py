@@ -70,7 +70,9 @@ class Batcher:
         while not self.queue.empty():
             request = self.queue.get_nowait()
             if not request.future.done():
-                request.future.set_exception(Problem(503, "shutting-down", "the server is shutting down; retry on another instance"))
+                request.future.set_exception(
+                    Problem(503, "shutting-down", "the server is shutting down; retry on another instance")
+                )
         self.executor.shutdown(wait=True)
 
     async def run_in_worker(self, fn: Callable[[], object]) -> object:
@@ -112,7 +114,11 @@ class Batcher:
         if request.dropped == "disconnected":
             raise ClientGone()
         self.metrics.timeouts.inc()
-        raise Problem(504, "timeout", f"no prediction within {self.timeout_s:g} s (request_timeout_s); the server is overloaded, retry later")
+        raise Problem(
+            504,
+            "timeout",
+            f"no prediction within {self.timeout_s:g} s (request_timeout_s); the server is overloaded, retry later",
+        )
 
     # the loop ------------------------------------------------------------------------
     async def _collect(self, first: _Request) -> tuple[list[_Request], _Request | None]:
@@ -147,7 +153,7 @@ class Batcher:
                 self._count_drop(first)
                 continue
             batch, carry = await self._collect(first)
-                # drop requests whose client left or whose time ran out while we were collecting
+            # drop requests whose client left or whose time ran out while we were collecting
             live = []
             for request in batch:
                 if request.future.done():
@@ -178,7 +184,9 @@ class Batcher:
                 elapsed = time.perf_counter() - began
                 self.metrics.inference.observe(elapsed)
                 self.metrics.batch_size.observe(len(chunk))
-                self._seconds_per_clip = 0.8 * self._seconds_per_clip + 0.2 * elapsed / len(chunk) if self._seconds_per_clip else elapsed / len(chunk)
+                self._seconds_per_clip = (
+                    0.8 * self._seconds_per_clip + 0.2 * elapsed / len(chunk) if self._seconds_per_clip else elapsed / len(chunk)
+                )
             output = np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
             if len(output) != len(inputs):
                 raise RuntimeError(f"inference returned {len(output)} clips for {len(inputs)} inputs")

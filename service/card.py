@@ -45,7 +45,7 @@ class ModelCard:
     precision: str = "fp32"
 
     @classmethod
-    def from_config(cls, config: dict[str, int], **rest: Any) -> "ModelCard":
+    def from_config(cls, config: dict[str, int], **rest: Any) -> ModelCard:
         sizes = {k: int(config[k]) for k in ("in_frames", "out_frames", "channels", "height", "width")}
         return cls(config=dict(config), **sizes, **rest)
 
@@ -65,11 +65,15 @@ class ModelCard:
         return out
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, str]) -> "ModelCard":
+    def from_metadata(cls, metadata: dict[str, str]) -> ModelCard:
         """Parse a card; raises ``ValueError`` naming the missing or malformed key."""
-        missing = [PREFIX + k for k in ("config", "in_frames", "out_frames", "channels", "height", "width") if PREFIX + k not in metadata]
+        missing = [
+            PREFIX + k for k in ("config", "in_frames", "out_frames", "channels", "height", "width") if PREFIX + k not in metadata
+        ]
         if missing:
-            raise ValueError(f"ONNX file has no STLight model card: missing metadata {', '.join(missing)} (export it with `stlight export`)")
+            raise ValueError(
+                f"ONNX file has no STLight model card: missing metadata {', '.join(missing)} (export it with `stlight export`)"
+            )
         try:
             get = lambda k, default="": metadata.get(PREFIX + k, default)  # noqa: E731
             return cls(

@@ -82,7 +82,9 @@ class Client:
         concurrency: int = 4,
     ) -> None:
         if retries < 0 or batch_size < 1 or concurrency < 1 or backoff_s < 0:
-            raise ValueError(f"need retries >= 0, batch_size >= 1, concurrency >= 1, backoff_s >= 0; got {retries}, {batch_size}, {concurrency}, {backoff_s}")
+            raise ValueError(
+                f"need retries >= 0, batch_size >= 1, concurrency >= 1, backoff_s >= 0; got {retries}, {batch_size}, {concurrency}, {backoff_s}"
+            )
         self.url = url.rstrip("/")
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
         self.batch_size, self.concurrency = batch_size, concurrency
@@ -138,7 +140,13 @@ class Client:
                 response = self._http.request(method, f"{self.url}{path}", **kwargs)
             except RETRY_ERRORS as exc:
                 if last:
-                    raise ServiceUnreachable(0, {"title": "unreachable", "detail": f"{self.url}: {type(exc).__name__}: {exc} (after {self.retries} retries)"}) from None
+                    raise ServiceUnreachable(
+                        0,
+                        {
+                            "title": "unreachable",
+                            "detail": f"{self.url}: {type(exc).__name__}: {exc} (after {self.retries} retries)",
+                        },
+                    ) from None
                 self._wait(attempt, None, "connection")
                 continue
             if response.status_code in RETRY_STATUSES and not last:
@@ -185,7 +193,7 @@ class Client:
             self._pool.shutdown()
         self._http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -241,7 +249,7 @@ class LocalClient:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "LocalClient":
+    def __enter__(self) -> LocalClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

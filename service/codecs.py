@@ -62,18 +62,34 @@ def check_array(array: np.ndarray, spec: ClipSpec, source: str) -> Clips:
     if array.dtype.kind == "f" and not array.dtype.isnative:  # e.g. big-endian '>f4': same numbers, other byte order
         array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype != np.uint8 and array.dtype not in FLOAT_DTYPES:
-        raise Problem(422, "wrong-dtype", f"{source}: dtype {array.dtype} is not accepted; send uint8 (0-255) or float16/float32/float64 (0-1)")
+        raise Problem(
+            422,
+            "wrong-dtype",
+            f"{source}: dtype {array.dtype} is not accepted; send uint8 (0-255) or float16/float32/float64 (0-1)",
+        )
     if array.ndim not in (4, 5):
-        raise Problem(422, "wrong-rank", f"{source}: expected {expected}, got rank {array.ndim} array of shape {shape_text(array.shape)}")
+        raise Problem(
+            422, "wrong-rank", f"{source}: expected {expected}, got rank {array.ndim} array of shape {shape_text(array.shape)}"
+        )
     batched = array.ndim == 5
     clips = array if batched else array[None]  # (B, T, C, H, W)
     if clips.shape[0] == 0:
-        raise Problem(422, "wrong-shape", f"{source}: the batch is empty (shape {shape_text(array.shape)}); send at least one clip")
+        raise Problem(
+            422, "wrong-shape", f"{source}: the batch is empty (shape {shape_text(array.shape)}); send at least one clip"
+        )
     got_t, got_c, got_h, got_w = clips.shape[1:]
     if got_t != spec.in_frames:
-        raise Problem(422, "wrong-frame-count", f"{source}: expected {spec.in_frames} input frames (T), got {got_t} (shape {shape_text(array.shape)}; expected {expected})")
+        raise Problem(
+            422,
+            "wrong-frame-count",
+            f"{source}: expected {spec.in_frames} input frames (T), got {got_t} (shape {shape_text(array.shape)}; expected {expected})",
+        )
     if got_c != spec.channels:
-        raise Problem(422, "wrong-channels", f"{source}: expected {spec.channels} channel(s) (C), got {got_c} (shape {shape_text(array.shape)}; expected {expected})")
+        raise Problem(
+            422,
+            "wrong-channels",
+            f"{source}: expected {spec.channels} channel(s) (C), got {got_c} (shape {shape_text(array.shape)}; expected {expected})",
+        )
     if (got_h, got_w) != (spec.height, spec.width):
         raise Problem(
             422,
@@ -98,7 +114,11 @@ def check_array(array: np.ndarray, spec: ClipSpec, source: str) -> Clips:
 
 def decode_npy(body: bytes, spec: ClipSpec) -> Clips:
     if not body.startswith(b"\x93NUMPY"):
-        raise Problem(400, "undecodable-npy", f"body is not an .npy array: it starts with {body[:8]!r}, not the .npy magic b'\\x93NUMPY'; write it with numpy.save")
+        raise Problem(
+            400,
+            "undecodable-npy",
+            f"body is not an .npy array: it starts with {body[:8]!r}, not the .npy magic b'\\x93NUMPY'; write it with numpy.save",
+        )
     stream = io.BytesIO(body)
     try:  # the header first: a forged shape must not make np.load allocate it
         version = np.lib.format.read_magic(stream)
@@ -107,18 +127,34 @@ def decode_npy(body: bytes, spec: ClipSpec) -> Clips:
             raise ValueError(f"npy format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
         shape, _, dtype = read_header(stream)
     except Exception as exc:
-        raise Problem(400, "undecodable-npy", f"body has no readable .npy header ({type(exc).__name__}: {exc}); write it with numpy.save") from None
+        raise Problem(
+            400, "undecodable-npy", f"body has no readable .npy header ({type(exc).__name__}: {exc}); write it with numpy.save"
+        ) from None
     if dtype.hasobject:
-        raise Problem(400, "undecodable-npy", "body is an .npy of Python objects (it would need unpickling, which is refused); send uint8 or float numbers")
+        raise Problem(
+            400,
+            "undecodable-npy",
+            "body is an .npy of Python objects (it would need unpickling, which is refused); send uint8 or float numbers",
+        )
     if any(n < 0 for n in shape):
-        raise Problem(400, "undecodable-npy", f".npy header has a negative dimension in its shape {shape_text(shape)}; write it with numpy.save")
+        raise Problem(
+            400,
+            "undecodable-npy",
+            f".npy header has a negative dimension in its shape {shape_text(shape)}; write it with numpy.save",
+        )
     promised, present = math.prod(shape) * dtype.itemsize, len(body) - stream.tell()  # Python ints: no overflow
     if promised != present:
-        raise Problem(400, "undecodable-npy", f".npy header says {shape_text(shape)} {dtype} = {promised:,} bytes of data, the body carries {present:,}")
+        raise Problem(
+            400,
+            "undecodable-npy",
+            f".npy header says {shape_text(shape)} {dtype} = {promised:,} bytes of data, the body carries {present:,}",
+        )
     try:
         array = np.load(io.BytesIO(body), allow_pickle=False)
     except Exception as exc:  # ValueError, EOFError, OSError, pickle refusal... all mean "not a valid .npy"
-        raise Problem(400, "undecodable-npy", f"body is not a readable .npy array ({type(exc).__name__}: {exc}); write it with numpy.save") from None
+        raise Problem(
+            400, "undecodable-npy", f"body is not a readable .npy array ({type(exc).__name__}: {exc}); write it with numpy.save"
+        ) from None
     if not isinstance(array, np.ndarray):  # pragma: no cover - np.load of npz returns NpzFile
         raise Problem(400, "undecodable-npy", "body is an .npz archive; send a single .npy array")
     return check_array(array, spec, "npy body")
@@ -131,20 +167,36 @@ def decode_json(body: bytes, spec: ClipSpec) -> Clips:
         raise Problem(400, "undecodable-json", f"body is not valid JSON: {exc}") from None
     if not isinstance(document, dict) or "frames" not in document:
         got = f"an object with keys {sorted(document)}" if isinstance(document, dict) else f"a JSON {type(document).__name__}"
-        raise Problem(422, "invalid-json", f'expected an object {{"frames": nested list, "dtype": "float32" | "uint8" (optional)}}, got {got}')
+        raise Problem(
+            422,
+            "invalid-json",
+            f'expected an object {{"frames": nested list, "dtype": "float32" | "uint8" (optional)}}, got {got}',
+        )
     dtype = document.get("dtype", "float32")
     if dtype not in ("float32", "uint8"):
         raise Problem(422, "wrong-dtype", f'"dtype" must be "float32" (values 0-1) or "uint8" (integers 0-255), got {dtype!r}')
     try:
         array = np.array(document["frames"])
     except (ValueError, TypeError) as exc:  # ragged lists
-        raise Problem(422, "invalid-json", f'"frames" must be a rectangular nested list of numbers (T, C, H, W) or (B, T, C, H, W): {exc}') from None
+        raise Problem(
+            422, "invalid-json", f'"frames" must be a rectangular nested list of numbers (T, C, H, W) or (B, T, C, H, W): {exc}'
+        ) from None
     if array.dtype.kind not in "iuf":
-        got = {"U": "strings", "b": "true/false", "O": "null, objects or integers beyond 64 bits"}.get(array.dtype.kind, f"values of numpy type {array.dtype}")
-        raise Problem(422, "invalid-json", f'"frames" must hold only numbers (floats 0-1, or integers 0-255 with "dtype": "uint8"), got {got}')
+        got = {"U": "strings", "b": "true/false", "O": "null, objects or integers beyond 64 bits"}.get(
+            array.dtype.kind, f"values of numpy type {array.dtype}"
+        )
+        raise Problem(
+            422,
+            "invalid-json",
+            f'"frames" must hold only numbers (floats 0-1, or integers 0-255 with "dtype": "uint8"), got {got}',
+        )
     array = array.astype(np.float64)
     if dtype == "uint8":
-        if array.ndim and array.size and (not np.isfinite(array).all() or (array != np.round(array)).any() or array.min() < 0 or array.max() > 255):
+        if (
+            array.ndim
+            and array.size
+            and (not np.isfinite(array).all() or (array != np.round(array)).any() or array.min() < 0 or array.max() > 255)
+        ):
             raise Problem(422, "out-of-range", '"dtype": "uint8" frames must be integers in 0-255')
         array = array.astype(np.uint8)
     return check_array(array, spec, "JSON frames")
@@ -154,10 +206,16 @@ def decode_images(files: Sequence[tuple[str, bytes]], spec: ClipSpec) -> Clips:
     """One clip from image files in order (multipart ``frames`` parts); converted to grey (C=1)
     or RGB (C=3). Other channel counts have no image form: send npy or JSON."""
     if not files:
-        raise Problem(422, "missing-frames", f"multipart body has no 'frames' file parts; expected {spec.in_frames} images, in order")
+        raise Problem(
+            422, "missing-frames", f"multipart body has no 'frames' file parts; expected {spec.in_frames} images, in order"
+        )
     mode = {1: "L", 3: "RGB"}.get(spec.channels)
     if mode is None:
-        raise Problem(415, "unsupported-media-type", f"this model takes {spec.channels}-channel frames, which images cannot carry; send application/x-npy or application/json")
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            f"this model takes {spec.channels}-channel frames, which images cannot carry; send application/x-npy or application/json",
+        )
     if len(files) != spec.in_frames:
         raise Problem(422, "wrong-frame-count", f"expected {spec.in_frames} 'frames' images, got {len(files)}")
     frames = []
@@ -166,9 +224,17 @@ def decode_images(files: Sequence[tuple[str, bytes]], spec: ClipSpec) -> Clips:
         try:
             with Image.open(io.BytesIO(data)) as image:
                 if image.size != (spec.width, spec.height):  # checked before decoding pixels: no decompression bombs
-                    raise Problem(422, "wrong-size", f"{label}: expected {spec.width}x{spec.height} (W x H) pixels, got {image.size[0]}x{image.size[1]}")
+                    raise Problem(
+                        422,
+                        "wrong-size",
+                        f"{label}: expected {spec.width}x{spec.height} (W x H) pixels, got {image.size[0]}x{image.size[1]}",
+                    )
                 if getattr(image, "n_frames", 1) > 1:  # only the first would be used: refuse rather than lose the rest
-                    raise Problem(422, "animated-image", f"{label}: expected one still image per 'frames' part, got an animation of {image.n_frames} frames; send each frame as its own part")
+                    raise Problem(
+                        422,
+                        "animated-image",
+                        f"{label}: expected one still image per 'frames' part, got an animation of {image.n_frames} frames; send each frame as its own part",
+                    )
                 image.load()
                 frames.append(_pixels(image, mode, label))
         except Problem:
@@ -218,7 +284,11 @@ def choose_answer_type(accept: str | None, request_type: str) -> str:
                 except ValueError:
                     q = math.nan
                 if not 0.0 <= q <= 1.0:  # also NaN
-                    raise Problem(400, "invalid-accept", f"Accept: expected q-values from 0 to 1 (e.g. 'application/json;q=0.5'), got {param!r} in {item.strip()!r}")
+                    raise Problem(
+                        400,
+                        "invalid-accept",
+                        f"Accept: expected q-values from 0 to 1 (e.g. 'application/json;q=0.5'), got {param!r} in {item.strip()!r}",
+                    )
         if kind and q > 0:
             ranked.append((-q, position, kind))
     for _, _, kind in sorted(ranked):
@@ -254,9 +324,17 @@ def _image(frame: np.ndarray) -> Image.Image:
 def check_answerable(answer_type: str, channels: int, clip_count: int, batched: bool) -> None:
     """Raise 406 before inference when the chosen answer cannot carry this prediction."""
     if answer_type in (ZIP, GIF) and channels not in (1, 3):
-        raise Problem(406, "not-acceptable", f"{answer_type} needs 1- or 3-channel frames, this model predicts {channels}; ask for application/x-npy or application/json")
+        raise Problem(
+            406,
+            "not-acceptable",
+            f"{answer_type} needs 1- or 3-channel frames, this model predicts {channels}; ask for application/x-npy or application/json",
+        )
     if answer_type == GIF and batched and clip_count != 1:
-        raise Problem(406, "not-acceptable", f"image/gif animates one clip, the request has {clip_count}; send (T, C, H, W) or ask for application/zip")
+        raise Problem(
+            406,
+            "not-acceptable",
+            f"image/gif animates one clip, the request has {clip_count}; send (T, C, H, W) or ask for application/zip",
+        )
 
 
 def encode_npy(prediction: np.ndarray) -> bytes:

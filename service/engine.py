@@ -150,7 +150,9 @@ class Engine:
             raise EngineError(f"{self.path}: input {self.input_name!r} has type {inputs[0].type}; expected a float tensor")
         shape = inputs[0].shape  # [B, T, C, H, W]; B is a name when the batch axis is dynamic
         if len(shape) != 5 or any(isinstance(d, int) and d != want for d, want in zip(shape[1:], self.spec.input_shape)):
-            raise EngineError(f"{self.path}: input shape {shape} does not match the model card's (B, {', '.join(map(str, self.spec.input_shape))})")
+            raise EngineError(
+                f"{self.path}: input shape {shape} does not match the model card's (B, {', '.join(map(str, self.spec.input_shape))})"
+            )
         # a fixed batch axis (export without a dynamic batch) is served by padding to it
         self.fixed_batch: int | None = shape[0] if isinstance(shape[0], int) else None
         self.sha256 = file_sha256(self.path)

@@ -146,7 +146,9 @@ def discover(inputs: Sequence[str | Path], out_dir: Path) -> tuple[list[Source],
 
     def add(path: Path, kind: Kind, base: Path) -> None:
         if base in taken:
-            failures.append((str(path), f"would write {base}.npy, which {taken[base]} also writes; rename one of them or run them separately"))
+            failures.append(
+                (str(path), f"would write {base}.npy, which {taken[base]} also writes; rename one of them or run them separately")
+            )
             return
         taken[base] = str(path)
         sources.append(Source(path, kind, base))
@@ -157,13 +159,20 @@ def discover(inputs: Sequence[str | Path], out_dir: Path) -> tuple[list[Source],
         elif given.is_file():
             kind = _kind(given)
             if kind is None:
-                failures.append((str(given), f"not a supported input: expected .npy, .npz, .gif, or a folder (of frame images {'/'.join(FRAME_SUFFIXES)}, or of inputs)"))
+                failures.append(
+                    (
+                        str(given),
+                        f"not a supported input: expected .npy, .npz, .gif, or a folder (of frame images {'/'.join(FRAME_SUFFIXES)}, or of inputs)",
+                    )
+                )
             else:
                 add(given, kind, out_dir / given.stem)
         else:
             found = list(_walk(given, out_resolved))
             if not found:
-                failures.append((str(given), f"folder holds no inputs (.npy, .npz, .gif, or frame images {'/'.join(FRAME_SUFFIXES)})"))
+                failures.append(
+                    (str(given), f"folder holds no inputs (.npy, .npz, .gif, or frame images {'/'.join(FRAME_SUFFIXES)})")
+                )
             for path, kind in found:
                 if path == given:  # the folder itself is a clip of frames
                     add(path, kind, out_dir / (given.resolve().name or "frames"))
@@ -220,14 +229,18 @@ def _read_npy(path: Path) -> np.ndarray:
             if read_header is None:
                 raise ValueError(f"npy format version {version} is not supported")
             shape, _, dtype = read_header(f)
-        except Exception as exc:  # noqa: BLE001 - any bad header reads the same to the user
+        except Exception as exc:
             raise InputError(f"not a readable .npy file ({type(exc).__name__}: {exc}); write it with numpy.save") from None
         offset = f.tell()
         if dtype.hasobject:
-            raise InputError("is an .npy of Python objects (it would need unpickling, which is refused); save uint8 or float arrays")
+            raise InputError(
+                "is an .npy of Python objects (it would need unpickling, which is refused); save uint8 or float arrays"
+            )
         promised, present = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, os.fstat(f.fileno()).st_size - offset
         if present < promised:
-            raise InputError(f"is truncated: its header says {codecs.shape_text(shape)} {dtype} = {promised:,} bytes of data, the file holds {present:,}")
+            raise InputError(
+                f"is truncated: its header says {codecs.shape_text(shape)} {dtype} = {promised:,} bytes of data, the file holds {present:,}"
+            )
         if promised <= MEMMAP_BYTES:  # small: read now, from the open file
             f.seek(0)
             return np.load(f, allow_pickle=False)
@@ -242,14 +255,16 @@ def _read_npz(path: Path) -> np.ndarray:
                 return archive["clips"]
             if len(keys) == 1:
                 return archive[keys[0]]
-    except Exception as exc:  # noqa: BLE001 - zip, pickle and format errors alike
+    except Exception as exc:
         raise InputError(f"not a readable .npz file ({type(exc).__name__}: {exc})") from None
     raise InputError(f"expected an array named 'clips' (or a single array), found {', '.join(keys) or 'none'}")
 
 
 def _read_frames(folder: Path, spec: ClipSpec, has_targets: bool) -> np.ndarray:
     """(T, C, H, W) float32 from the folder's images in name order (decoded by service.codecs)."""
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and p.is_file() and not p.name.startswith("."))
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and p.is_file() and not p.name.startswith(".")
+    )
     need = _frames_expected(spec, has_targets)
     if len(files) != need:
         raise InputError(f"holds {_frame_count_error(len(files), spec, has_targets)} (frame images: {'/'.join(FRAME_SUFFIXES)})")
@@ -272,7 +287,9 @@ def _read_gif(path: Path, spec: ClipSpec, has_targets: bool) -> np.ndarray:
             if image.format != "GIF":
                 raise InputError(f"is not a GIF (Pillow reads it as {image.format})")
             if image.size != (spec.width, spec.height):
-                raise InputError(f"frames are {image.size[0]}x{image.size[1]} (W x H); the model expects {spec.width}x{spec.height}")
+                raise InputError(
+                    f"frames are {image.size[0]}x{image.size[1]} (W x H); the model expects {spec.width}x{spec.height}"
+                )
             frames, durations = [], []
             for frame in ImageSequence.Iterator(image):
                 if len(frames) > 4 * need:
@@ -308,10 +325,14 @@ def read_source(source: Source, spec: ClipSpec, has_targets: bool) -> Clips:
     if len(clips) == 0:
         raise InputError(f"holds no clips (shape {codecs.shape_text(array.shape)})")
     if clips.shape[1] != need:
-        raise InputError(f"shape {codecs.shape_text(array.shape)}: clips have {_frame_count_error(clips.shape[1], spec, has_targets)}")
+        raise InputError(
+            f"shape {codecs.shape_text(array.shape)}: clips have {_frame_count_error(clips.shape[1], spec, has_targets)}"
+        )
     if clips.shape[2:] != spec.input_shape[1:]:
         c, h, w = spec.input_shape[1:]
-        raise InputError(f"shape {codecs.shape_text(array.shape)}: expected frames of C x H x W = {c} x {h} x {w}, got {' x '.join(map(str, clips.shape[2:]))}")
+        raise InputError(
+            f"shape {codecs.shape_text(array.shape)}: expected frames of C x H x W = {c} x {h} x {w}, got {' x '.join(map(str, clips.shape[2:]))}"
+        )
     return Clips(clips, batched=array.ndim == 5)
 
 
@@ -340,7 +361,9 @@ def _image(frame: np.ndarray) -> Image.Image:
     return Image.fromarray(frame[0]) if frame.shape[0] == 1 else Image.fromarray(frame.transpose(1, 2, 0), "RGB")
 
 
-def write_images(source: Source, batched: bool, first: int, inputs: np.ndarray, prediction: np.ndarray, png: bool, gif: bool) -> None:
+def write_images(
+    source: Source, batched: bool, first: int, inputs: np.ndarray, prediction: np.ndarray, png: bool, gif: bool
+) -> None:
     """PNG frames and/or GIFs of clips ``first ...`` of ``source`` (inputs (n, T, ...), prediction (n, T', ...))."""
     for offset, (clip_in, clip_out) in enumerate(zip(inputs, prediction)):
         folder = source.base / f"clip_{first + offset:03d}" if batched else source.base
@@ -409,7 +432,9 @@ class Summary:
         ]
         if self.metrics is not None:
             m = self.metrics
-            out.append(f"metrics over {self.scored_clips} clip(s): MSE {m['mse']:.4f}  MAE {m['mae']:.4f}  PSNR {m['psnr']:.4f} dB")
+            out.append(
+                f"metrics over {self.scored_clips} clip(s): MSE {m['mse']:.4f}  MAE {m['mae']:.4f}  PSNR {m['psnr']:.4f} dB"
+            )
         if self.stopped:
             out.append(f"stopped early: {self.stopped}")
         return out
@@ -418,7 +443,18 @@ class Summary:
 class _Run:
     """State of one :func:`predict_files` call."""
 
-    def __init__(self, predictor: Predictor, total: int, *, png: bool, gif: bool, has_targets: bool, batch_size: int, concurrency: int, progress: bool) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        total: int,
+        *,
+        png: bool,
+        gif: bool,
+        has_targets: bool,
+        batch_size: int,
+        concurrency: int,
+        progress: bool,
+    ) -> None:
         from tqdm import tqdm
 
         self.predictor, self.spec = predictor, predictor.spec
@@ -479,10 +515,17 @@ class _Run:
         across two batches (one input's clips in several batches, several inputs in one)."""
         while len(segment.inputs):
             room = self.batch_size - self.pending_clips
-            head = Segment(segment.job, segment.start, segment.inputs[:room], None if segment.targets is None else segment.targets[:room])
+            head = Segment(
+                segment.job, segment.start, segment.inputs[:room], None if segment.targets is None else segment.targets[:room]
+            )
             self.pending.append(head)
             self.pending_clips += len(head.inputs)
-            segment = Segment(segment.job, segment.start + room, segment.inputs[room:], None if segment.targets is None else segment.targets[room:])
+            segment = Segment(
+                segment.job,
+                segment.start + room,
+                segment.inputs[room:],
+                None if segment.targets is None else segment.targets[room:],
+            )
             if self.pending_clips == self.batch_size:
                 self.submit()
 
@@ -507,7 +550,7 @@ class _Run:
             except ServiceUnreachable as exc:
                 self.summary.stopped = str(exc)
                 prediction, error = None, f"not predicted: {exc}"
-            except Exception as exc:  # noqa: BLE001 - a batch that fails fails its inputs, not the run
+            except Exception as exc:
                 prediction, error = None, f"prediction failed: {type(exc).__name__}: {exc}"
             offset = 0
             for segment in segments:
@@ -552,7 +595,9 @@ class _Run:
         expected = (len(clips.raw), *self.spec.output_shape)
         got = prediction.shape if clips.batched else (1, *prediction.shape)
         if tuple(got) != expected:
-            raise InputError(f"its existing output {source.npy} has shape {codecs.shape_text(prediction.shape)}, not the model's; pass --overwrite")
+            raise InputError(
+                f"its existing output {source.npy} has shape {codecs.shape_text(prediction.shape)}, not the model's; pass --overwrite"
+            )
         prediction = prediction.reshape(expected)
         for start in range(0, len(clips.raw), self.batch_size):
             _, targets = split_checked(clips.raw[start : start + self.batch_size], self.spec, True, "clips")
@@ -580,7 +625,16 @@ def predict_files(
     (read back from their outputs), so a resumed run reports the whole set."""
     if (png or gif) and predictor.spec.channels not in (1, 3):
         raise ValueError(f"--png/--gif need 1- or 3-channel frames; this model predicts {predictor.spec.channels}")
-    run = _Run(predictor, len(sources), png=png, gif=gif, has_targets=has_targets, batch_size=batch_size, concurrency=concurrency, progress=progress)
+    run = _Run(
+        predictor,
+        len(sources),
+        png=png,
+        gif=gif,
+        has_targets=has_targets,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        progress=progress,
+    )
     run.summary.inputs = len(sources)
     began = time.perf_counter()
     try:
@@ -614,7 +668,7 @@ def predict_files(
                 run.fail(source.name, f"cannot read it or write its output: {exc}")
                 run.bar.update(1)
                 continue
-            except Exception as exc:  # noqa: BLE001 - whatever a decoder raises, one input must not stop the run
+            except Exception as exc:
                 run.fail(source.name, f"unreadable ({type(exc).__name__}: {exc})")
                 run.bar.update(1)
                 continue
@@ -633,4 +687,3 @@ def predict_files(
     if run.scores.frames:
         run.summary.metrics = run.scores.result()
     return run.summary
-

@@ -26,20 +26,43 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
             "go on; the exit status is 1 if any input failed, 2 for a usage mistake."
         ),
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="files (.npy, .npz, .gif) or folders (of frame images, or of inputs)")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="files (.npy, .npz, .gif) or folders (of frame images, or of inputs)"
+    )
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--model", type=Path, metavar="PATH", help="run this ONNX file (from `stlight export`) in this process (default: the model shipped in the package)")
+    where.add_argument(
+        "--model",
+        type=Path,
+        metavar="PATH",
+        help="run this ONNX file (from `stlight export`) in this process (default: the model shipped in the package)",
+    )
     where.add_argument("--url", metavar="URL", help="send the clips to a running `stlight serve`, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--png", action="store_true", help="also write each predicted frame as OUT/<stem>/frame_000.png ... (OUT/<stem>/clip_000/... for many clips)")
-    parser.add_argument("--gif", action="store_true", help="also write an animated GIF of the input frames then the predicted ones: OUT/<stem>.gif (OUT/<stem>/clip_000.gif ... for many clips)")
-    parser.add_argument("--overwrite", action="store_true", help="predict inputs again even when their outputs exist (default: skip them)")
+    parser.add_argument(
+        "--png",
+        action="store_true",
+        help="also write each predicted frame as OUT/<stem>/frame_000.png ... (OUT/<stem>/clip_000/... for many clips)",
+    )
+    parser.add_argument(
+        "--gif",
+        action="store_true",
+        help="also write an animated GIF of the input frames then the predicted ones: OUT/<stem>.gif (OUT/<stem>/clip_000.gif ... for many clips)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="predict inputs again even when their outputs exist (default: skip them)"
+    )
     parser.add_argument(
         "--has-targets",
         action="store_true",
         help="inputs hold T + T' frames (the past, then the true future): predict from the first T and print MSE / MAE / PSNR (OpenSTL definitions) against the last T'",
     )
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, metavar="N", help=f"clips per session run or request; clips of several inputs share batches (default {DEFAULT_BATCH})")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH,
+        metavar="N",
+        help=f"clips per session run or request; clips of several inputs share batches (default {DEFAULT_BATCH})",
+    )
     parser.add_argument(
         "--concurrency",
         type=int,
@@ -62,11 +85,15 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--concurrency must be at least 1, got {args.concurrency}")
     if args.url is not None:
         if args.device is not None:
-            raise UserError("--device applies to local mode (--model); the service at --url chose its device when it started (stlight serve --device)")
+            raise UserError(
+                "--device applies to local mode (--model); the service at --url chose its device when it started (stlight serve --device)"
+            )
         if not args.url.startswith(("http://", "https://")):
             raise UserError(f"--url must start with http:// or https://, got {args.url!r}")
     elif args.concurrency is not None:
-        raise UserError("--concurrency applies to --url; local mode runs one batch at a time on every CPU core (use --batch-size)")
+        raise UserError(
+            "--concurrency applies to --url; local mode runs one batch at a time on every CPU core (use --batch-size)"
+        )
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} exists and is not a folder")
 
@@ -79,7 +106,9 @@ def _local(args: argparse.Namespace):  # -> LocalClient
     model = args.model
     if model is None:
         if not DEFAULT_MODEL.is_file():
-            raise UserError(f"no model given and no default model is shipped ({DEFAULT_MODEL} is missing); pass --model PATH.onnx or --url URL")
+            raise UserError(
+                f"no model given and no default model is shipped ({DEFAULT_MODEL} is missing); pass --model PATH.onnx or --url URL"
+            )
         model = DEFAULT_MODEL
     import onnxruntime as ort
 
@@ -104,7 +133,9 @@ def _remote(args: argparse.Namespace):  # -> Client
         raise UserError(f"cannot use the service at {args.url}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         client.close()
-        raise UserError(f"{args.url}/v1/model did not describe a model ({type(exc).__name__}: {exc}); is it `stlight serve`?") from None
+        raise UserError(
+            f"{args.url}/v1/model did not describe a model ({type(exc).__name__}: {exc}); is it `stlight serve`?"
+        ) from None
     return client
 
 

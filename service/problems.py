@@ -24,7 +24,16 @@ TYPE_BASE = "urn:stlight:problem:"  # a stable identifier per kind of problem, n
 class Problem(Exception):
     """An error answer. ``kind`` becomes the ``type`` URI (``urn:stlight:problem:<kind>``)."""
 
-    def __init__(self, status: int, kind: str, detail: str, *, title: str | None = None, headers: dict[str, str] | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        detail: str,
+        *,
+        title: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail)
         self.status, self.kind, self.detail = status, kind, detail
         self.title = title or HTTPStatus(status).phrase
@@ -43,7 +52,15 @@ class BodyTooLarge(Problem):
         )
 
 
-def problem_response(status: int, detail: str, *, kind: str | None = None, title: str | None = None, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    kind: str | None = None,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
     body = {
         "type": TYPE_BASE + kind if kind else "about:blank",
         "title": title or HTTPStatus(status).phrase,
@@ -55,7 +72,9 @@ def problem_response(status: int, detail: str, *, kind: str | None = None, title
 
 
 def _from_problem(problem: Problem) -> JSONResponse:
-    return problem_response(problem.status, problem.detail, kind=problem.kind, title=problem.title, headers=problem.headers, **problem.extra)
+    return problem_response(
+        problem.status, problem.detail, kind=problem.kind, title=problem.title, headers=problem.headers, **problem.extra
+    )
 
 
 async def _problem_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -114,7 +133,9 @@ class BodyLimitMiddleware:
             except ValueError:
                 size = -1
             if size > self.limit:
-                await problem_response(413, BodyTooLarge(self.limit, size, True).detail, kind="body-too-large", limit_bytes=self.limit)(scope, receive, send)
+                await problem_response(
+                    413, BodyTooLarge(self.limit, size, True).detail, kind="body-too-large", limit_bytes=self.limit
+                )(scope, receive, send)
                 return
         seen = 0
 

@@ -27,7 +27,11 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
             "STLIGHT_WARMUP_RUNS (2)."
         ),
     )
-    parser.add_argument("--model", metavar="PATH", help="ONNX file from `stlight export` (default: the model shipped in the package) [STLIGHT_MODEL]")
+    parser.add_argument(
+        "--model",
+        metavar="PATH",
+        help="ONNX file from `stlight export` (default: the model shipped in the package) [STLIGHT_MODEL]",
+    )
     parser.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 for all interfaces) [STLIGHT_HOST]")
     parser.add_argument("--port", type=int, help="TCP port; 0 picks a free one (default 8000) [STLIGHT_PORT]")
     parser.add_argument(
@@ -35,10 +39,27 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         choices=("auto", "cpu", "cuda"),
         help="auto (the default): CUDA when it really loads, else CPU; cpu; cuda: fail at start unless CUDA loads [STLIGHT_DEVICE]",
     )
-    parser.add_argument("--max-batch-size", type=int, metavar="N", help="most clips per session.run; 1 turns batching off (default 8) [STLIGHT_MAX_BATCH_SIZE]")
-    parser.add_argument("--max-delay-ms", type=float, metavar="MS", help="longest wait for more clips after the first (default 5) [STLIGHT_MAX_DELAY_MS]")
-    parser.add_argument("--max-body-mb", type=float, metavar="MB", help="largest request body in MiB; larger ones get 413 (default 64) [STLIGHT_MAX_BODY_MB]")
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log verbosity (default info)")
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        metavar="N",
+        help="most clips per session.run; 1 turns batching off (default 8) [STLIGHT_MAX_BATCH_SIZE]",
+    )
+    parser.add_argument(
+        "--max-delay-ms",
+        type=float,
+        metavar="MS",
+        help="longest wait for more clips after the first (default 5) [STLIGHT_MAX_DELAY_MS]",
+    )
+    parser.add_argument(
+        "--max-body-mb",
+        type=float,
+        metavar="MB",
+        help="largest request body in MiB; larger ones get 413 (default 64) [STLIGHT_MAX_BODY_MB]",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log verbosity (default info)"
+    )
     parser.set_defaults(handler=run_serve)
 
 
@@ -70,7 +91,9 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     app = create_app(settings, engine=engine)
     # uvicorn handles SIGTERM/SIGINT: stop accepting, finish in-flight requests, run the lifespan shutdown
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=30, access_log=False)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=30, access_log=False
+    )
     server = uvicorn.Server(config)
     # uvicorn re-raises the SIGTERM/SIGINT it caught once shutdown is done; with this handler in
     # place that re-raise is a no-op, so a graceful stop exits 0 instead of "killed by signal"

@@ -40,7 +40,14 @@ def free_port() -> int:
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """``stlight ARGS`` without torch, to completion; output captured as text."""
-    return subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-c", CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -87,7 +94,11 @@ class Server:
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         text = httpx.get(self.url + "/metrics").text
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
 
     def stop(self) -> int:
         """SIGTERM (uvicorn's graceful stop), a kill after 30 s; the exit status."""

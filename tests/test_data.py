@@ -111,7 +111,7 @@ def test_dataset_is_a_function_of_seed_epoch_and_index(digits: np.ndarray) -> No
     b = MovingMNIST(digits, 8, 4, 2, seed=5)
     x, y = a[3]
     assert x.shape == (4, 1, 64, 64) and y.shape == (2, 1, 64, 64)
-    assert x.dtype.is_floating_point and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert x.dtype.is_floating_point and float(x.min()) >= 0 and float(x.max()) <= 1
     assert x.equal(b[3][0]) and y.equal(b[3][1])
     b.set_epoch(1)
     assert not x.equal(b[3][0])
@@ -160,7 +160,12 @@ def test_npz_uint8_and_npy_float_load_and_split(tmp_path: Path) -> None:
     np.savez(tmp_path / "val.npz", clips=data[:3])
     train, val = build_datasets(DataSpec("npz", data_path=str(tmp_path / "mine.npz"), val_path=str(tmp_path / "val.npz")), TINY)
     assert (len(train), len(val)) == (20, 3)
-    assert data_shape(DataSpec("npz", data_path=str(tmp_path / "mine.npz"))) == {"frames": 6, "channels": 1, "height": 64, "width": 64}
+    assert data_shape(DataSpec("npz", data_path=str(tmp_path / "mine.npz"))) == {
+        "frames": 6,
+        "channels": 1,
+        "height": 64,
+        "width": 64,
+    }
 
 
 @pytest.mark.parametrize(
@@ -224,7 +229,9 @@ def test_frame_folders_load_sorted_images(tmp_path: Path, digits: np.ndarray) ->
     assert (len(train), len(val)) == (4, 1)
     test = build_test_dataset(DataSpec("frames", data_dir=str(tmp_path)), TINY)
     x, y = test[3]
-    assert np.allclose(x.numpy()[:, 0] * 255, clips[3][:4], atol=1e-3) and np.allclose(y.numpy()[:, 0] * 255, clips[3][4:6], atol=1e-3)
+    assert np.allclose(x.numpy()[:, 0] * 255, clips[3][:4], atol=1e-3) and np.allclose(
+        y.numpy()[:, 0] * 255, clips[3][4:6], atol=1e-3
+    )
     assert data_shape(DataSpec("frames", data_dir=str(tmp_path))) == {"frames": 7, "channels": 1, "height": 64, "width": 64}
 
 
@@ -279,5 +286,7 @@ def test_download_with_wrong_checksum_keeps_nothing_and_says_what_to_put_where(m
 
 def test_file_urls_work_too(mnist_gz: Path, tmp_path: Path) -> None:
     blob = mnist_gz.read_bytes()
-    path = download_mnist(tmp_path, urls=[mnist_gz.resolve().as_uri()], md5=hashlib.md5(blob).hexdigest(), sha256=hashlib.sha256(blob).hexdigest())
+    path = download_mnist(
+        tmp_path, urls=[mnist_gz.resolve().as_uri()], md5=hashlib.md5(blob).hexdigest(), sha256=hashlib.sha256(blob).hexdigest()
+    )
     assert path.read_bytes() == blob

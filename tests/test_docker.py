@@ -104,7 +104,7 @@ def mnist_digits(mnist_dir: Path, count: int) -> np.ndarray:
 def moving_digit_clip(digit: np.ndarray, frames: int, channels: int, height: int, width: int) -> np.ndarray:
     """A real digit sliding diagonally across a black canvas: (T, C, H, W) float32 in [0, 1]."""
     clip = np.zeros((frames, channels, height, width), np.float32)
-    d = digit[: height, : width].astype(np.float32) / 255.0
+    d = digit[:height, :width].astype(np.float32) / 255.0
     span_y, span_x = height - d.shape[0], width - d.shape[1]
     for t in range(frames):
         y, x = (3 * t) % (span_y + 1), (2 * t) % (span_x + 1)
@@ -126,8 +126,10 @@ def image(request: pytest.FixtureRequest, default_model: Path) -> str:
     began = time.monotonic()
     done = docker("build", "--build-arg", f"RUNTIME={runtime}", "-t", tag, str(REPO), timeout=BUILD_TIMEOUT_S, check=False)
     if done.returncode != 0:
-        hint = "" if docker("image", "inspect", BASE_IMAGE, check=False).returncode == 0 else (
-            f"\n(no local {BASE_IMAGE}: without a registry, ../shared/tools/docker-base.sh makes one)"
+        hint = (
+            ""
+            if docker("image", "inspect", BASE_IMAGE, check=False).returncode == 0
+            else (f"\n(no local {BASE_IMAGE}: without a registry, ../shared/tools/docker-base.sh makes one)")
         )
         pytest.fail(f"docker build of {tag} failed:\n{(done.stdout + done.stderr)[-4000:]}{hint}")
     print(f"built {tag} in {time.monotonic() - began:.0f} s")

@@ -62,7 +62,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint as training writes it: mid-size 10 -> 20 config, preset, dataset, best metrics."""
     net = random_model(MID, seed=7)
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
-    return save_checkpoint(path, net, MID, preset="kth-xs", dataset="kth", best_metrics={"mse": torch.tensor(31.5), "ssim": 0.87}, step=100)
+    return save_checkpoint(
+        path, net, MID, preset="kth-xs", dataset="kth", best_metrics={"mse": torch.tensor(31.5), "ssim": 0.87}, step=100
+    )
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +170,9 @@ def _corrupt(src: Path, dst: Path, how: str) -> Path:
         ("dilated_conv_auto_pad", "dilated depthwise Conv #2", "auto_pad=SAME_UPPER"),
     ],
 )
-def test_corrupted_file_is_caught(tiny_onnx: Path, tiny_net: torch.nn.Module, tmp_path: Path, capsys, how: str, bad_op: str, detail: str) -> None:
+def test_corrupted_file_is_caught(
+    tiny_onnx: Path, tiny_net: torch.nn.Module, tmp_path: Path, capsys, how: str, bad_op: str, detail: str
+) -> None:
     bad = _corrupt(tiny_onnx, tmp_path / f"{how}.onnx", how)
     report = validate(bad, tiny_net, preset("tiny"), batches=(1,))
     assert not report.passed
@@ -177,7 +181,9 @@ def test_corrupted_file_is_caught(tiny_onnx: Path, tiny_net: torch.nn.Module, tm
     assert detail in op_check.detail
     assert "model vs torch, random clips, batch 1" in failed  # the whole model disagrees too
     # the other op checks still pass: the validator points at the broken node
-    assert all(c.passed for c in report.checks if c.name.startswith(("DepthToSpace", "dilated")) and not c.name.startswith(bad_op))
+    assert all(
+        c.passed for c in report.checks if c.name.startswith(("DepthToSpace", "dilated")) and not c.name.startswith(bad_op)
+    )
 
     rc = main(["export", "--preset", "tiny", "--seed", "0", "--out", str(bad), "--validate-only"])
     out, err = capsys.readouterr()
@@ -279,12 +285,16 @@ def test_cli_entry_point_missing_checkpoint_and_no_torch_at_import(tmp_path: Pat
         timeout=60,
     )
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
-    code = "import sys, export, export.cli; from service.cli import build_parser; build_parser(); assert 'torch' not in sys.modules"
+    code = (
+        "import sys, export, export.cli; from service.cli import build_parser; build_parser(); assert 'torch' not in sys.modules"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60).returncode == 0
 
 
 def test_report_table_and_dict_are_readable() -> None:
-    report = ValidationReport("m.onnx", "CPUExecutionProvider", "fp32", [Check("a", True, 1e-7, 1e-4), Check("b", False, float("nan"), 1e-4, "NaN out")])
+    report = ValidationReport(
+        "m.onnx", "CPUExecutionProvider", "fp32", [Check("a", True, 1e-7, 1e-4), Check("b", False, float("nan"), 1e-4, "NaN out")]
+    )
     assert not report.passed and report.to_dict()["checks"][1]["worst_error"] == "nan"
     table = report.table()
     assert "FAILED: 1 of 2 checks" in table and "b: NaN out" in table

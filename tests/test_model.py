@@ -73,7 +73,15 @@ def test_mmnist_parameter_counts_match_paper(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "paper_m"),
-    [("taxibj-s", 0.99), ("taxibj-m", 1.65), ("taxibj-l", 2.96), ("kth-xs", 1.4), ("kth-s", 5.4), ("kth-m", 9.5), ("kth-l", 14.6)],
+    [
+        ("taxibj-s", 0.99),
+        ("taxibj-m", 1.65),
+        ("taxibj-l", 2.96),
+        ("kth-xs", 1.4),
+        ("kth-s", 5.4),
+        ("kth-m", 9.5),
+        ("kth-l", 14.6),
+    ],
 )
 def test_other_presets_near_paper_counts(name: str, paper_m: float) -> None:
     with torch.device("meta"):
@@ -141,7 +149,7 @@ class _PaperResidual(nn.Module):
 class _PaperSTLight(nn.Module):
     """Written from PAPER.md's description alone, not from model/stlight.py."""
 
-    def __init__(self, T: int, T_out: int, C: int, d: int, depth: int, p: int, O: int, k1: int, k2: int) -> None:  # noqa: E741,N803
+    def __init__(self, T: int, T_out: int, C: int, d: int, depth: int, p: int, O: int, k1: int, k2: int) -> None:  # noqa: E741
         super().__init__()
         self.T_out, self.C, self.depth = T_out, C, depth
         self.patch_encoder = nn.Sequential(
@@ -169,7 +177,7 @@ class _PaperSTLight(nn.Module):
         self.patch_reassemble = nn.Conv2d(d // (p * p), T_out * C, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C, H, W = x.shape  # noqa: N806
+        B, T, C, H, W = x.shape
         x = self.patch_encoder(x.view(B, T * C, H, W))
         for i in range(self.depth):
             if i == self.depth // 3:
@@ -182,7 +190,9 @@ class _PaperSTLight(nn.Module):
 
 @pytest.mark.parametrize("overlap", [0, 2])
 def test_paper_transcription_loads_by_name_and_matches(overlap: int) -> None:
-    config = STLightConfig(in_frames=5, out_frames=7, channels=2, height=16, width=24, dim=32, depth=7, patch_size=2, overlap=overlap)
+    config = STLightConfig(
+        in_frames=5, out_frames=7, channels=2, height=16, width=24, dim=32, depth=7, patch_size=2, overlap=overlap
+    )
     torch.manual_seed(1)
     reference = _PaperSTLight(5, 7, 2, 32, 7, 2, overlap, 3, 7)
     with torch.no_grad():

@@ -16,9 +16,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from PIL import Image
+from serving import Server, free_port, run_cli, to_uint8
 
 from service.cli import build_parser, main
-from serving import Server, free_port, run_cli, to_uint8
 from service.client import Client, LocalClient, ServiceError, ServiceUnreachable
 
 T, T_OUT = 10, 10  # the tiny preset: 10 -> 10 frames of 1 x 64 x 64
@@ -108,12 +108,24 @@ def inputs(clips: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
 
 @pytest.fixture(scope="module")
-def served(tiny_onnx: Path, clips: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, np.ndarray, dict[str, int]]]:
+def served(
+    tiny_onnx: Path, clips: np.ndarray, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, np.ndarray, dict[str, int]]]:
     """The tiny model served; a client asks for a prediction the moment the process starts, so it
     meets refused connections (not listening yet) and 503 + Retry-After (warming up: 40 warm-up
     runs). Yields the server, that first answer and the client's retry counts."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    server = Server(log, "--model", str(tiny_onnx), "--max-batch-size", "8", "--device", "cpu", port=free_port(), env={"STLIGHT_WARMUP_RUNS": "40"})
+    server = Server(
+        log,
+        "--model",
+        str(tiny_onnx),
+        "--max-batch-size",
+        "8",
+        "--device",
+        "cpu",
+        port=free_port(),
+        env={"STLIGHT_WARMUP_RUNS": "40"},
+    )
     try:
         with Client(server.url, retries=200, backoff_s=0.02, max_backoff_s=0.2) as client:
             first = client.predict(clips[0, :T])
@@ -143,7 +155,9 @@ def check_outputs(out: Path, expected: dict[str, np.ndarray], reference) -> None
 
 def test_local_cli_matches_in_process_session(inputs, reference, tiny_onnx: Path, tmp_path: Path, capsys) -> None:
     root, expected = inputs
-    code, out, err = stlight(capsys, str(root), "--out", str(tmp_path / "out"), "--model", str(tiny_onnx), "--batch-size", "4", "--device", "cpu")
+    code, out, err = stlight(
+        capsys, str(root), "--out", str(tmp_path / "out"), "--model", str(tiny_onnx), "--batch-size", "4", "--device", "cpu"
+    )
     assert code == 0, out + err
     check_outputs(tmp_path / "out", expected, reference)
     assert re.search(r"12 clip\(s\) from 6 input\(s\) in [\d.]+ s \([\d.]+ clips/s\); 0 skipped .*; 0 failed", out), out
@@ -152,7 +166,19 @@ def test_local_cli_matches_in_process_session(inputs, reference, tiny_onnx: Path
 def test_remote_cli_without_torch_matches_in_process_session(served, inputs, reference, tmp_path: Path) -> None:
     server, _, _ = served
     root, expected = inputs
-    args = ["predict", str(root), "--out", str(tmp_path / "out"), "--url", server.url, "--batch-size", "3", "--concurrency", "3", "--no-progress"]
+    args = [
+        "predict",
+        str(root),
+        "--out",
+        str(tmp_path / "out"),
+        "--url",
+        server.url,
+        "--batch-size",
+        "3",
+        "--concurrency",
+        "3",
+        "--no-progress",
+    ]
     result = run_cli(*args, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     check_outputs(tmp_path / "out", expected, reference)
@@ -312,7 +338,18 @@ def test_has_targets_prints_openstl_metrics(clips: np.ndarray, reference, tiny_o
     pred = reference(clips[:7, :T] / np.float32(255))
     true = clips[:7, T:] / np.float32(255)
     want = {"MSE": metrics.mse(pred, true), "MAE": metrics.mae(pred, true), "PSNR": metrics.psnr(pred, true)}
-    args = (str(tmp_path / "test.npy"), "--out", str(tmp_path / "out"), "--model", str(tiny_onnx), "--device", "cpu", "--has-targets", "--batch-size", "3")
+    args = (
+        str(tmp_path / "test.npy"),
+        "--out",
+        str(tmp_path / "out"),
+        "--model",
+        str(tiny_onnx),
+        "--device",
+        "cpu",
+        "--has-targets",
+        "--batch-size",
+        "3",
+    )
     for run in ("first", "resumed"):  # a resumed run scores the existing outputs
         code, stdout, _ = stlight(capsys, *args)
         assert code == 0, stdout
@@ -354,7 +391,18 @@ def test_every_flag_has_help() -> None:
     parser = build_parser()
     predict = next(a for a in parser._subparsers._group_actions if hasattr(a, "choices")).choices["predict"]  # type: ignore[union-attr]
     flags = {o for a in predict._actions for o in a.option_strings}
-    for flag in ("--out", "--model", "--url", "--png", "--gif", "--overwrite", "--has-targets", "--batch-size", "--concurrency", "--device"):
+    for flag in (
+        "--out",
+        "--model",
+        "--url",
+        "--png",
+        "--gif",
+        "--overwrite",
+        "--has-targets",
+        "--batch-size",
+        "--concurrency",
+        "--device",
+    ):
         assert flag in flags
     assert all(a.help for a in predict._actions), [a.dest for a in predict._actions if not a.help]
 
@@ -365,7 +413,17 @@ def test_large_inputs_stream_through_memory_maps(inputs, reference, tiny_onnx: P
 
     monkeypatch.setattr(service.predict, "MEMMAP_BYTES", 1)
     root, expected = inputs
-    code, stdout, _ = stlight(capsys, str(root / "many.npy"), str(root / "one.npy"), "--out", str(tmp_path), "--model", str(tiny_onnx), "--batch-size", "2")
+    code, stdout, _ = stlight(
+        capsys,
+        str(root / "many.npy"),
+        str(root / "one.npy"),
+        "--out",
+        str(tmp_path),
+        "--model",
+        str(tiny_onnx),
+        "--batch-size",
+        "2",
+    )
     assert code == 0, stdout
     check_outputs(tmp_path, {k: expected[k] for k in ("many.npy", "one.npy")}, reference)
 

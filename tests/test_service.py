@@ -103,7 +103,18 @@ def reference(tiny_onnx: Path):
 def server(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The tiny model, batching up to 8 clips, bodies up to 2 MiB."""
     log = tmp_path_factory.mktemp("serve") / "tiny.log"
-    srv = Server(log, "--model", str(tiny_onnx), "--max-batch-size", "8", "--max-delay-ms", "20", "--max-body-mb", "2", env={"STLIGHT_DEVICE": "cpu"})
+    srv = Server(
+        log,
+        "--model",
+        str(tiny_onnx),
+        "--max-batch-size",
+        "8",
+        "--max-delay-ms",
+        "20",
+        "--max-body-mb",
+        "2",
+        env={"STLIGHT_DEVICE": "cpu"},
+    )
     srv.wait_listening()
     srv.wait_ready()
     yield srv
@@ -115,17 +126,27 @@ def slow_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model slow enough on CPU (~0.1-0.5 s per 8 clips) to fill a queue on purpose."""
     from export import export_preset
 
-    return export_preset("tiny", tmp_path_factory.mktemp("onnx") / "slow.onnx", seed=1, overrides={"dim": 256, "depth": 8, "patch_size": 2})
+    return export_preset(
+        "tiny", tmp_path_factory.mktemp("onnx") / "slow.onnx", seed=1, overrides={"dim": 256, "depth": 8, "patch_size": 2}
+    )
 
 
 @pytest.fixture(scope="module")
 def slow_server(slow_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict]]:
     """Two queue places; records what /readyz and /predict said the moment the port opened,
     while warm-up was running."""
-    srv = Server(tmp_path_factory.mktemp("serve") / "slow.log", "--model", str(slow_onnx), env={"STLIGHT_QUEUE_SIZE": "2", "STLIGHT_WARMUP_RUNS": "2"})
+    srv = Server(
+        tmp_path_factory.mktemp("serve") / "slow.log",
+        "--model",
+        str(slow_onnx),
+        env={"STLIGHT_QUEUE_SIZE": "2", "STLIGHT_WARMUP_RUNS": "2"},
+    )
     url = srv.wait_listening()
     clip = np.zeros((10, 1, 64, 64), np.uint8)
-    early = {"readyz": httpx.get(url + "/readyz"), "predict": httpx.post(url + "/predict", content=npy_bytes(clip), headers={"Content-Type": NPY})}
+    early = {
+        "readyz": httpx.get(url + "/readyz"),
+        "predict": httpx.post(url + "/predict", content=npy_bytes(clip), headers={"Content-Type": NPY}),
+    }
     srv.wait_ready()
     yield srv, early
     srv.stop()
@@ -134,7 +155,12 @@ def slow_server(slow_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 @pytest.fixture(scope="module")
 def impatient_server(slow_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The slow model with a 0.1 s request timeout: shorter than 8 session.run calls anywhere."""
-    srv = Server(tmp_path_factory.mktemp("serve") / "impatient.log", "--model", str(slow_onnx), env={"STLIGHT_REQUEST_TIMEOUT_S": "0.1", "STLIGHT_WARMUP_RUNS": "1"})
+    srv = Server(
+        tmp_path_factory.mktemp("serve") / "impatient.log",
+        "--model",
+        str(slow_onnx),
+        env={"STLIGHT_REQUEST_TIMEOUT_S": "0.1", "STLIGHT_WARMUP_RUNS": "1"},
+    )
     srv.wait_listening()
     srv.wait_ready()
     yield srv
@@ -148,7 +174,7 @@ def wait_until(condition, timeout: float = 30.0) -> None:
         time.sleep(0.005)
 
 
-def start_blocker(srv: Server, clips: int) -> tuple[httpx.Client, "object"]:
+def start_blocker(srv: Server, clips: int) -> tuple[httpx.Client, object]:
     """POST ``clips`` clips (clips/8 session.run calls) in a thread; return once they run."""
     import concurrent.futures
 
@@ -165,7 +191,18 @@ def start_blocker(srv: Server, clips: int) -> tuple[httpx.Client, "object"]:
 # every body and Accept combination equals in-process ONNX Runtime
 # ---------------------------------------------------------------------------------------
 
-BODIES = ["npy-uint8", "npy-float32", "npy-float16", "npy-float64", "npy-batch", "json-float", "json-uint8", "json-batch", "png", "jpeg"]
+BODIES = [
+    "npy-uint8",
+    "npy-float32",
+    "npy-float16",
+    "npy-float64",
+    "npy-batch",
+    "json-float",
+    "json-uint8",
+    "json-batch",
+    "png",
+    "jpeg",
+]
 ACCEPTS = [None, "*/*", NPY, JSON, ZIP, GIF]
 
 
@@ -186,13 +223,19 @@ def make_request(kind: str, digits: np.ndarray) -> tuple[dict, np.ndarray, bool]
         sent = (clip / 255.0).astype(np.float32)
         return {"content": json.dumps({"frames": sent.tolist()}), "headers": {"Content-Type": JSON}}, sent[None], False
     if kind == "json-uint8":
-        return {"content": json.dumps({"frames": clip.tolist(), "dtype": "uint8"}), "headers": {"Content-Type": JSON}}, as_float, False
+        return (
+            {"content": json.dumps({"frames": clip.tolist(), "dtype": "uint8"}), "headers": {"Content-Type": JSON}},
+            as_float,
+            False,
+        )
     if kind == "json-batch":
         sent = (batch / 255.0).astype(np.float32)
         return {"content": json.dumps({"frames": sent.tolist()}), "headers": {"Content-Type": JSON}}, sent, True
     fmt = {"png": "PNG", "jpeg": "JPEG"}[kind]
     files = [("frames", (f"f{t}.{kind}", png_bytes(clip[t, 0], fmt), f"image/{kind}")) for t in range(len(clip))]
-    seen = np.stack([np.asarray(Image.open(io.BytesIO(f[1][1])).convert("L")) for f in files])[:, None]  # (T, 1, H, W), JPEG as decoded
+    seen = np.stack([np.asarray(Image.open(io.BytesIO(f[1][1])).convert("L")) for f in files])[
+        :, None
+    ]  # (T, 1, H, W), JPEG as decoded
     return {"files": files}, (seen / 255.0)[None].astype(np.float32), False
 
 
@@ -226,7 +269,9 @@ def test_every_body_and_accept_matches_in_process_onnxruntime(server: Server, re
                         clips_out = want if batched else want[None]
                         assert len(names) == clips_out.shape[0] * clips_out.shape[1], (label, names)
                         for name in names:
-                            b, t = (int(n) for n in re.findall(r"\d+", name)) if batched else (0, int(re.findall(r"\d+", name)[0]))
+                            b, t = (
+                                (int(n) for n in re.findall(r"\d+", name)) if batched else (0, int(re.findall(r"\d+", name)[0]))
+                            )
                             png = np.asarray(Image.open(io.BytesIO(archive.read(name))))
                             diff = np.abs(png.astype(int) - to_uint8(clips_out[b, t, 0]).astype(int))
                             assert diff.max() <= 1 and (diff == 0).mean() > 0.99, (label, name)
@@ -241,8 +286,14 @@ def test_every_body_and_accept_matches_in_process_onnxruntime(server: Server, re
                     diff = np.abs(np.stack(frames).astype(int) - shown.astype(int))
                     assert diff.max() <= 1 and (diff == 0).mean() > 0.99, label
         kwargs, _, _ = make_request("npy-batch", digits)
-        assert_problem(http.post("/predict", content=kwargs["content"], headers={"Content-Type": NPY, "Accept": GIF}), 406, "one clip")
-        assert_problem(http.post("/predict", content=kwargs["content"], headers={"Content-Type": NPY, "Accept": "text/html"}), 406, "available")
+        assert_problem(
+            http.post("/predict", content=kwargs["content"], headers={"Content-Type": NPY, "Accept": GIF}), 406, "one clip"
+        )
+        assert_problem(
+            http.post("/predict", content=kwargs["content"], headers={"Content-Type": NPY, "Accept": "text/html"}),
+            406,
+            "available",
+        )
 
 
 def test_64_concurrent_clients_get_their_own_answers_in_shared_batches(server: Server, reference, digits: np.ndarray) -> None:
@@ -271,7 +322,9 @@ def test_64_concurrent_clients_get_their_own_answers_in_shared_batches(server: S
     singles = metric(after, "stlight_batch_size_bucket", le="1.0") - metric(before, "stlight_batch_size_bucket", le="1.0")
     assert clips_run == 64 and runs < 64 and singles < runs, (runs, singles)  # some session.run held several clips
     assert metric(after, "stlight_batch_size_bucket", le="8.0") == metric(after, "stlight_batch_size_count")  # never above max
-    ok = metric(after, "stlight_requests_total", route="/predict", status="200") - metric(before, "stlight_requests_total", route="/predict", status="200")
+    ok = metric(after, "stlight_requests_total", route="/predict", status="200") - metric(
+        before, "stlight_requests_total", route="/predict", status="200"
+    )
     assert ok == 64
 
 
@@ -306,8 +359,18 @@ def _bad_requests(digits: np.ndarray) -> list[tuple[str, dict, int, tuple[str, .
         ("0-255 as float", npy(clip.astype(np.float32)), 422, ("[0, 1]", "255", "uint8")),
         ("garbage npy", {"content": b"hello world, not numpy", "headers": {"Content-Type": NPY}}, 400, (".npy", "magic")),
         ("truncated npy", {"content": npy_bytes(clip)[:1000], "headers": {"Content-Type": NPY}}, 400, (".npy",)),
-        ("forged npy shape", {"content": npy_bytes(clip).replace(b"(10, 1, 64, 64)", b"(99999, 99999, 9)"), "headers": {"Content-Type": NPY}}, 400, ("header says", "bytes")),
-        ("deep JSON", {"content": b'{"frames": ' + b"[" * 100000 + b"]" * 100000 + b"}", "headers": {"Content-Type": JSON}}, 400, ("json",)),
+        (
+            "forged npy shape",
+            {"content": npy_bytes(clip).replace(b"(10, 1, 64, 64)", b"(99999, 99999, 9)"), "headers": {"Content-Type": NPY}},
+            400,
+            ("header says", "bytes"),
+        ),
+        (
+            "deep JSON",
+            {"content": b'{"frames": ' + b"[" * 100000 + b"]" * 100000 + b"}", "headers": {"Content-Type": JSON}},
+            400,
+            ("json",),
+        ),
         ("pickled npy", {"content": _pickled_npy(), "headers": {"Content-Type": NPY}}, 400, (".npy",)),
         ("bad JSON", {"content": b'{"frames": [1, 2', "headers": {"Content-Type": JSON}}, 400, ("not valid json",)),
         ("JSON without frames", js({"clip": []}), 422, ('"frames"', "clip")),
@@ -320,8 +383,18 @@ def _bad_requests(digits: np.ndarray) -> list[tuple[str, dict, int, tuple[str, .
         ("undecodable image", frames([png] * 9 + [b"GIF89a but not really"]), 400, ("frame 9", "not a readable image")),
         ("image size", frames([png] * 9 + [small_png]), 422, ("frame 9", "64x64", "32x32")),
         ("image count", frames([png] * 4), 422, ("expected 10", "got 4")),
-        ("multipart without frames", {"files": [("other", ("x.png", png, "image/png"))]}, 422, ("'frames'", "parts named ['other']")),
-        ("multipart text field", {"data": {"frames": "hello"}, "files": [("x", ("x.png", png, "image/png"))]}, 422, ("image files",)),
+        (
+            "multipart without frames",
+            {"files": [("other", ("x.png", png, "image/png"))]},
+            422,
+            ("'frames'", "parts named ['other']"),
+        ),
+        (
+            "multipart text field",
+            {"data": {"frames": "hello"}, "files": [("x", ("x.png", png, "image/png"))]},
+            422,
+            ("image files",),
+        ),
         ("broken multipart", {"content": b"--nope\r\n", "headers": {"Content-Type": "multipart/form-data"}}, 400, ("multipart",)),
         ("text/plain", {"content": b"1 2 3", "headers": {"Content-Type": "text/plain"}}, 415, ("text/plain", NPY)),
         ("no content type", {"content": b"\x93NUMPY"}, 415, ("no content-type",)),
@@ -329,10 +402,25 @@ def _bad_requests(digits: np.ndarray) -> list[tuple[str, dict, int, tuple[str, .
         ("empty JSON", {"content": b"", "headers": {"Content-Type": JSON}}, 400, ("empty",)),
         ("unacceptable Accept", {**npy(clip), "headers": {"Content-Type": NPY, "Accept": "text/csv"}}, 406, ("text/csv", NPY)),
         # found by fuzzing: the first two were 500s, the third a 200 that used one frame of the animation
-        ("npy shape past int64", {"content": npy_bytes(clip).replace(b"(10, 1, 64, 64)", b"(%d,)" % 2**70), "headers": {"Content-Type": NPY}}, 400, ("header says",)),
-        ("JSON 5000-digit integer", {"content": b'{"frames": [' + b"9" * 5000 + b"]}", "headers": {"Content-Type": JSON}}, 400, ("not valid json", "digits")),
+        (
+            "npy shape past int64",
+            {"content": npy_bytes(clip).replace(b"(10, 1, 64, 64)", b"(%d,)" % 2**70), "headers": {"Content-Type": NPY}},
+            400,
+            ("header says",),
+        ),
+        (
+            "JSON 5000-digit integer",
+            {"content": b'{"frames": [' + b"9" * 5000 + b"]}", "headers": {"Content-Type": JSON}},
+            400,
+            ("not valid json", "digits"),
+        ),
         ("animated GIF as a frame", frames([png] * 9 + [animation.getvalue()]), 422, ("frame 9", "animation of 10 frames")),
-        ("invalid q in Accept", {**npy(clip), "headers": {"Content-Type": NPY, "Accept": "application/json;q=nan"}}, 400, ("q=nan", "0 to 1")),
+        (
+            "invalid q in Accept",
+            {**npy(clip), "headers": {"Content-Type": NPY, "Accept": "application/json;q=nan"}},
+            400,
+            ("q=nan", "0 to 1"),
+        ),
     ]
 
 
@@ -360,7 +448,10 @@ def test_every_bad_input_gets_a_4xx_problem(server: Server, digits: np.ndarray) 
     server_errors = [
         key
         for key, v in values.items()
-        if key[0] == "stlight_requests_total" and dict(key[1])["status"].startswith("5") and dict(key[1])["route"] != "/readyz" and v
+        if key[0] == "stlight_requests_total"
+        and dict(key[1])["status"].startswith("5")
+        and dict(key[1])["route"] != "/readyz"
+        and v
     ]
     assert not server_errors
     assert "Traceback" not in server.text()
@@ -396,7 +487,7 @@ def _raw_request(url: str, head: str, chunks: list[bytes], *, read_first: bool =
                 if not data:
                     break
                 answer += data
-        except (ConnectionResetError, socket.timeout):
+        except (TimeoutError, ConnectionResetError):
             pass
     return answer, sent
 
@@ -438,7 +529,13 @@ def test_model_readyz_metrics_and_openapi(server: Server, tiny_onnx: Path) -> No
     metrics = httpx.get(server.url + "/metrics")
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     names = {family.name for family in text_string_to_metric_families(metrics.text)}
-    for name in ("stlight_requests", "stlight_request_duration_seconds", "stlight_queue_wait_seconds", "stlight_inference_duration_seconds", "stlight_batch_size"):
+    for name in (
+        "stlight_requests",
+        "stlight_request_duration_seconds",
+        "stlight_queue_wait_seconds",
+        "stlight_inference_duration_seconds",
+        "stlight_batch_size",
+    ):
         assert name in names, name
 
     spec = httpx.get(server.url + "/openapi.json").json()
@@ -482,14 +579,20 @@ def test_full_queue_answers_503_with_retry_after(slow_server: tuple[Server, dict
             assert_problem(response, 503, "queue places are taken")
             assert int(response.headers["retry-after"]) >= 1
     after = srv.metrics()
-    assert metric(after, "stlight_dropped_requests_total", reason="queue_full") - metric(before, "stlight_dropped_requests_total", reason="queue_full") == 4
+    assert (
+        metric(after, "stlight_dropped_requests_total", reason="queue_full")
+        - metric(before, "stlight_dropped_requests_total", reason="queue_full")
+        == 4
+    )
 
 
 def test_timeouts_answer_504_and_queued_ones_never_run(impatient_server: Server) -> None:
     srv = impatient_server
     before = srv.metrics()
     http, blocker = start_blocker(srv, 64)  # runs far longer than 0.1 s
-    waiting = httpx.post(srv.url + "/predict", content=npy_bytes(np.zeros((10, 1, 64, 64), np.uint8)), headers={"Content-Type": NPY})
+    waiting = httpx.post(
+        srv.url + "/predict", content=npy_bytes(np.zeros((10, 1, 64, 64), np.uint8)), headers={"Content-Type": NPY}
+    )
     assert_problem(waiting, 504, "0.1 s", "request_timeout_s")
     assert_problem(blocker.result(), 504, "0.1 s")
     http.close()
@@ -522,8 +625,14 @@ def test_requests_of_departed_clients_are_dropped_before_inference(slow_server: 
     wait_until(lambda: metric(srv.metrics(), key[0], **key[1]) - metric(before, key[0], **key[1]) >= 2, timeout=10)
     after = srv.metrics()
     assert metric(after, key[0], **key[1]) - metric(before, key[0], **key[1]) == 2
-    assert metric(after, "stlight_batch_size_sum") - metric(before, "stlight_batch_size_sum") == 64  # only the blocker's clips ran
-    assert metric(after, "stlight_requests_total", route="/predict", status="499") - metric(before, "stlight_requests_total", route="/predict", status="499") == 2
+    assert (
+        metric(after, "stlight_batch_size_sum") - metric(before, "stlight_batch_size_sum") == 64
+    )  # only the blocker's clips ran
+    assert (
+        metric(after, "stlight_requests_total", route="/predict", status="499")
+        - metric(before, "stlight_requests_total", route="/predict", status="499")
+        == 2
+    )
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(slow_server: tuple[Server, dict]) -> None:
@@ -586,7 +695,9 @@ def test_no_model_and_no_shipped_default_says_pass_model(monkeypatch: pytest.Mon
 
 
 def test_service_imports_and_serve_help_work_without_torch(tiny_onnx: Path) -> None:
-    code = NO_TORCH + f"""
+    code = (
+        NO_TORCH
+        + f"""
 import contextlib, io
 from service.cli import main
 import service.app, service.batching, service.client, service.codecs, service.engine, service.problems, service.serve_cli, service.settings
@@ -598,5 +709,6 @@ app = service.app.create_app(service.settings.ServeSettings(model={str(tiny_onnx
 assert "torch" not in sys.modules
 print("ok")
 """
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -129,7 +129,10 @@ def _problem(call, *args) -> Problem:
     ("shape", "needle"),
     [
         (f"({2**70},)", "header says"),  # np.prod(..., int64) raised OverflowError: a 500
-        ("(9223372036854775807, 9223372036854775807)", "85,070,591,730,234,615,847,396,907,784,232,501,249 bytes"),  # wrapped to "1 bytes"
+        (
+            "(9223372036854775807, 9223372036854775807)",
+            "85,070,591,730,234,615,847,396,907,784,232,501,249 bytes",
+        ),  # wrapped to "1 bytes"
         ("(0, 99999999999999999999)", "header says"),
         ("(-4, 1, 28, 28)", "negative dimension"),
     ],
@@ -176,7 +179,10 @@ def test_animated_and_32_bit_frames_are_422(rgb_clip: np.ndarray) -> None:
     stills = [Image.fromarray(frame) for frame in rgb_clip[:, 0]]
     for fmt in ("GIF", "PNG"):  # an animated GIF / APNG in one part: only its first frame would be used
         problem = _problem(codecs.decode_images, [("", still)] * 3 + [("anim", _encoded(stills, fmt))], SPEC)
-        assert problem.status == 422 and "frame 3" in problem.detail and "animation of 4 frames" in problem.detail, (fmt, problem.detail)
+        assert problem.status == 422 and "frame 3" in problem.detail and "animation of 4 frames" in problem.detail, (
+            fmt,
+            problem.detail,
+        )
     for mode in ("I", "F"):  # no fixed pixel range
         image = Image.fromarray(rgb_clip[0, 0]).convert(mode)
         problem = _problem(codecs.decode_images, [("", _encoded([image], "TIFF"))] * 4, SPEC)

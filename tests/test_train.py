@@ -15,7 +15,21 @@ from model.data import VAL_SEED, MovingMNIST, load_mnist_digits
 from service.cli import main
 
 # a small model predicting 1 frame from 4: learns visibly in ~150 CPU steps
-SMALL = ["--preset", "tiny", "--dim", "32", "--depth", "2", "--in-frames", "4", "--out-frames", "1", "--threads", "1", "--no-progress"]
+SMALL = [
+    "--preset",
+    "tiny",
+    "--dim",
+    "32",
+    "--depth",
+    "2",
+    "--in-frames",
+    "4",
+    "--out-frames",
+    "1",
+    "--threads",
+    "1",
+    "--no-progress",
+]
 
 
 def train(*args: str) -> int:
@@ -25,7 +39,20 @@ def train(*args: str) -> int:
 @pytest.fixture(scope="module")
 def learned_run(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("learn")
-    rc = train("--data-dir", str(mnist_dir), "--max-steps", "150", "--lr", "2e-2", "--batch-size", "16", "--val-clips", "64", "--out", str(out))
+    rc = train(
+        "--data-dir",
+        str(mnist_dir),
+        "--max-steps",
+        "150",
+        "--lr",
+        "2e-2",
+        "--batch-size",
+        "16",
+        "--val-clips",
+        "64",
+        "--out",
+        str(out),
+    )
     assert rc == 0
     return out
 
@@ -44,7 +71,20 @@ def test_short_run_learns_well_below_the_all_zeros_prediction(learned_run: Path,
 @pytest.mark.slow
 def test_run_folder_holds_checkpoints_and_a_picture(learned_run: Path) -> None:
     last = torch.load(learned_run / "last.pt", weights_only=False)
-    for key in ("config", "model", "optimizer", "scheduler", "step", "epoch", "rng", "metrics", "best_mse", "preset", "dataset", "run"):
+    for key in (
+        "config",
+        "model",
+        "optimizer",
+        "scheduler",
+        "step",
+        "epoch",
+        "rng",
+        "metrics",
+        "best_mse",
+        "preset",
+        "dataset",
+        "run",
+    ):
         assert key in last, key
     assert last["step"] == 150 and last["preset"] == "tiny" and last["dataset"] == "mmnist"
     assert last["config"]["dim"] == 32 and last["run"]["total_steps"] == 150
@@ -54,9 +94,16 @@ def test_run_folder_holds_checkpoints_and_a_picture(learned_run: Path) -> None:
 
 
 @pytest.mark.slow
-def test_eval_reproduces_the_validation_metrics(learned_run: Path, mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_reproduces_the_validation_metrics(
+    learned_run: Path, mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     validated = json.loads((learned_run / "metrics.jsonl").read_text().splitlines()[-1])
-    assert main(["eval", str(learned_run / "best.pt"), "--data-dir", str(mnist_dir), "--val-clips", "64", "--json", "--threads", "1"]) == 0
+    assert (
+        main(
+            ["eval", str(learned_run / "best.pt"), "--data-dir", str(mnist_dir), "--val-clips", "64", "--json", "--threads", "1"]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert set(report) == {"mse", "mae", "ssim", "psnr", "per_frame_mse"}
     assert report["mse"] == pytest.approx(validated["mse"], rel=1e-6)
@@ -64,7 +111,9 @@ def test_eval_reproduces_the_validation_metrics(learned_run: Path, mnist_dir: Pa
     val = MovingMNIST(load_mnist_digits(mnist_dir, download=False), 64, 4, 1, seed=VAL_SEED)
     clips = np.stack([torch.cat(val[i]).numpy() for i in range(len(val))])  # (64, 5, 1, 64, 64)
     np.savez(tmp_path / "mine.npz", clips=np.round(clips * 255).astype(np.uint8))
-    assert main(["eval", str(learned_run / "best.pt"), "--dataset", "npz", "--data-path", str(tmp_path / "mine.npz"), "--json"]) == 0
+    assert (
+        main(["eval", str(learned_run / "best.pt"), "--dataset", "npz", "--data-path", str(tmp_path / "mine.npz"), "--json"]) == 0
+    )
     assert json.loads(capsys.readouterr().out)["mse"] == pytest.approx(validated["mse"], rel=1e-5)
 
 
@@ -114,8 +163,14 @@ def test_cli_mistakes_give_messages(capsys: pytest.CaptureFixture[str], tmp_path
     (tmp_path / "digits").mkdir()
     (tmp_path / "digits" / "train-images-idx3-ubyte").write_bytes(b"\x00" * 64)
     expect_error(capsys, ["train", "--data-dir", str(tmp_path / "digits"), "--out", out], "not an idx3 image file")
-    expect_error(capsys, ["train", "--data-dir", str(mnist_dir), "--preset", "tiny", "--dim", "30", "--out", out], "divisible by patch_size**2")
-    expect_error(capsys, ["train", "--data-dir", str(mnist_dir), "--preset", "tiny", "--channels", "3", "--out", out], "channels=1")
+    expect_error(
+        capsys,
+        ["train", "--data-dir", str(mnist_dir), "--preset", "tiny", "--dim", "30", "--out", out],
+        "divisible by patch_size**2",
+    )
+    expect_error(
+        capsys, ["train", "--data-dir", str(mnist_dir), "--preset", "tiny", "--channels", "3", "--out", out], "channels=1"
+    )
     expect_error(capsys, ["eval", str(tmp_path / "none.pt")], "does not exist")
     (tmp_path / "junk.pt").write_bytes(b"junk")
     expect_error(capsys, ["eval", str(tmp_path / "junk.pt")], "not a readable STLight checkpoint")
@@ -130,7 +185,23 @@ def test_cli_mistakes_give_messages(capsys: pytest.CaptureFixture[str], tmp_path
 
 def test_resume_refuses_flags_that_change_the_run(capsys: pytest.CaptureFixture[str], tmp_path: Path, mnist_dir: Path) -> None:
     out = str(tmp_path / "run")
-    assert train("--data-dir", str(mnist_dir), "--clips-per-epoch", "8", "--batch-size", "4", "--max-steps", "2", "--val-clips", "4", "--out", out) == 0
+    assert (
+        train(
+            "--data-dir",
+            str(mnist_dir),
+            "--clips-per-epoch",
+            "8",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "2",
+            "--val-clips",
+            "4",
+            "--out",
+            out,
+        )
+        == 0
+    )
     capsys.readouterr()
     expect_error(capsys, ["train", *SMALL, "--out", out], "already holds a run")
     expect_error(capsys, ["train", "--out", out, "--resume", "--lr", "0.1"], "--lr 0.1 (run: 0.003)")
