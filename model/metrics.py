@@ -1,10 +1,8 @@
 """OpenSTL's video prediction metrics (the paper's tables use them), on numpy arrays
 ``(N, T, C, H, W)`` with values in [0, 1].
 
-- MSE / MAE: the **sum** over C·H·W of the squared / absolute error, averaged over clips and
-  frames; computed on raw predictions (before clipping).
-- PSNR: per frame ``20·log10(1 / sqrt(mean over C·H·W of squared error))`` on predictions
-  clipped to [0, 1], averaged over all frames.
+- MSE / MAE / PSNR: defined once in :mod:`service.scores` (numpy only, so ``stlight predict``
+  scores with the same code in the serving install) and re-exported here.
 - SSIM: per frame, skimage's ``structural_similarity`` defaults (7×7 uniform window, K1 0.01,
   K2 0.03, sample covariance), channels averaged, averaged over all frames. OpenSTL passes float
   frames without ``data_range``; the skimage versions it ran on then used the float dtype range
@@ -18,45 +16,21 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import uniform_filter
 
+from service.scores import check_pair, frame_absolute_error, frame_psnr, frame_squared_error, mae, mse, psnr
+
+__all__ = ["MetricAccumulator", "compute_metrics", "frame_psnr", "frame_ssim", "mae", "mse", "per_frame_mse", "psnr", "ssim"]
+
 SSIM_DATA_RANGE = 2.0  # what OpenSTL's call amounted to (see the module docstring)
-
-
-def _check(pred: np.ndarray, true: np.ndarray) -> None:
-    if pred.shape != true.shape or pred.ndim != 5:
-        raise ValueError(f"pred and true must both be (N, T, C, H, W); got {pred.shape} and {true.shape}")
-
-
-def mse(pred: np.ndarray, true: np.ndarray) -> float:
-    _check(pred, true)
-    return float(np.mean(np.sum((pred.astype(np.float64) - true) ** 2, axis=(2, 3, 4))))
-
-
-def mae(pred: np.ndarray, true: np.ndarray) -> float:
-    _check(pred, true)
-    return float(np.mean(np.sum(np.abs(pred.astype(np.float64) - true), axis=(2, 3, 4))))
 
 
 def per_frame_mse(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     """``(T,)``: the summed squared error of frame t, averaged over clips."""
-    _check(pred, true)
-    return np.mean(np.sum((pred.astype(np.float64) - true) ** 2, axis=(2, 3, 4)), axis=0)
-
-
-def frame_psnr(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """``(N, T)`` PSNR of every frame, predictions clipped to [0, 1]; ``inf`` for an exact frame."""
-    _check(pred, true)
-    err = np.mean((np.clip(pred.astype(np.float64), 0, 1) - true) ** 2, axis=(2, 3, 4))
-    with np.errstate(divide="ignore"):
-        return 20 * np.log10(1 / np.sqrt(err))
-
-
-def psnr(pred: np.ndarray, true: np.ndarray) -> float:
-    return float(np.mean(frame_psnr(pred, true)))
+    return np.mean(frame_squared_error(pred, true), axis=0)
 
 
 def frame_ssim(pred: np.ndarray, true: np.ndarray, data_range: float = SSIM_DATA_RANGE, win_size: int = 7) -> np.ndarray:
     """``(N, T)`` SSIM of every frame (predictions clipped to [0, 1]), channels averaged."""
-    _check(pred, true)
+    check_pair(pred, true)
     x = np.clip(pred.astype(np.float64), 0, 1)
     y = true.astype(np.float64)
     size = (1, 1, 1, win_size, win_size)  # filter over H and W only, one image at a time
@@ -95,10 +69,8 @@ class MetricAccumulator:
         self.ssim_sum = 0.0
 
     def update(self, pred: np.ndarray, true: np.ndarray) -> None:
-        _check(pred, true)
-        diff = pred.astype(np.float64) - true
-        sq = np.sum(diff**2, axis=(2, 3, 4)).sum(axis=0)  # (T,)
-        ab = np.sum(np.abs(diff), axis=(2, 3, 4)).sum(axis=0)
+        sq = frame_squared_error(pred, true).sum(axis=0)  # (T,)
+        ab = frame_absolute_error(pred, true).sum(axis=0)
         self.frame_sq = sq if self.frame_sq is None else self.frame_sq + sq
         self.frame_abs = ab if self.frame_abs is None else self.frame_abs + ab
         self.psnr_sum += float(frame_psnr(pred, true).sum())

@@ -29,6 +29,25 @@ KEYS = (
 
 
 @dataclass(frozen=True)
+class ClipSpec:
+    """Shape of one input clip and its prediction, from the model card."""
+
+    in_frames: int
+    out_frames: int
+    channels: int
+    height: int
+    width: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.in_frames, self.channels, self.height, self.width)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return (self.out_frames, self.channels, self.height, self.width)
+
+
+@dataclass(frozen=True)
 class ModelCard:
     config: dict[str, int]
     in_frames: int

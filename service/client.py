@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 import numpy as np
 
+from service.card import ClipSpec
+
 if TYPE_CHECKING:  # the engine imports onnxruntime, which the HTTP client does not need
-    from service.engine import ClipSpec, Engine
+    from service.engine import Engine
 
 NPY = "application/x-npy"
 RETRY_STATUSES = (503,)
@@ -119,8 +121,6 @@ class Client:
     def spec(self) -> ClipSpec:
         """Shape of the served model's clips (asked once, from ``/v1/model``)."""
         if self._spec is None:
-            from service.engine import ClipSpec  # dataclass only; onnxruntime is imported with it
-
             info = self.model()
             self._spec = ClipSpec(info["in_frames"], info["out_frames"], info["channels"], info["height"], info["width"])
         return self._spec

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service.engine import ClipSpec
+from service.card import ClipSpec
 from service.problems import Problem
 
 NPY = "application/x-npy"
@@ -316,7 +316,7 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _image(frame: np.ndarray) -> Image.Image:
+def to_image(frame: np.ndarray) -> Image.Image:
     """(C, H, W) uint8, C in {1, 3} -> PIL image."""
     return Image.fromarray(frame[0]) if frame.shape[0] == 1 else Image.fromarray(frame.transpose(1, 2, 0), "RGB")
 
@@ -359,7 +359,7 @@ def encode_zip(prediction: np.ndarray, batched: bool) -> bytes:
         for b, clip in enumerate(pixels):
             for t, frame in enumerate(clip):
                 png = io.BytesIO()
-                _image(frame).save(png, format="PNG")
+                to_image(frame).save(png, format="PNG")
                 name = f"clip_{b:03d}/frame_{t:03d}.png" if batched else f"frame_{t:03d}.png"
                 archive.writestr(name, png.getvalue())
     return buffer.getvalue()
@@ -370,7 +370,7 @@ def encode_gif(inputs: np.ndarray, prediction: np.ndarray, batched: bool) -> byt
     check_answerable(GIF, prediction.shape[-3], len(prediction) if prediction.ndim == 5 else 1, batched)
     clip_in = inputs[0] if inputs.ndim == 5 else inputs  # (T, C, H, W)
     clip_out = prediction[0] if prediction.ndim == 5 else prediction  # (T', C, H, W)
-    images = [_image(frame) for frame in to_uint8(np.concatenate([clip_in, clip_out]))]
+    images = [to_image(frame) for frame in to_uint8(np.concatenate([clip_in, clip_out]))]
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=GIF_FRAME_MS, loop=0)
     return buffer.getvalue()

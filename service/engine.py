@@ -12,14 +12,13 @@ import hashlib
 import io
 import logging
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
 
-from service.card import ModelCard
+from service.card import ClipSpec, ModelCard
 
 log = logging.getLogger("stlight.engine")
 
@@ -34,25 +33,6 @@ _NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tenso
 
 class EngineError(Exception):
     """The model cannot be served as asked (missing file, no model card, CUDA not loading...)."""
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """Shape of one input clip and its prediction, from the model card."""
-
-    in_frames: int
-    out_frames: int
-    channels: int
-    height: int
-    width: int
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        return (self.in_frames, self.channels, self.height, self.width)
-
-    @property
-    def output_shape(self) -> tuple[int, int, int, int]:
-        return (self.out_frames, self.channels, self.height, self.width)
 
 
 @functools.cache

@@ -293,7 +293,7 @@ def test_png_and_gif_outputs_open_with_pillow(clips: np.ndarray, tiny_onnx: Path
     for folder, gif, clip_in, prediction in cases:
         pngs = sorted(folder.glob("frame_*.png"))
         assert len(pngs) == T_OUT, folder
-        for png, frame in zip(pngs, to_uint8(prediction)):
+        for png, frame in zip(pngs, to_uint8(prediction), strict=True):
             with Image.open(png) as image:
                 assert image.format == "PNG" and image.size == (64, 64)
                 np.testing.assert_array_equal(np.asarray(image), frame[0])
@@ -312,21 +312,21 @@ def test_png_and_gif_outputs_open_with_pillow(clips: np.ndarray, tiny_onnx: Path
 # ---------------------------------------------------------------------------------------
 
 
-def test_metric_sums_match_model_metrics() -> None:
+def test_streamed_score_sums_equal_whole_set_metrics() -> None:
     from model import metrics
-    from service.predict import MetricSums
+    from service.scores import ScoreSums
 
     rng = np.random.default_rng(0)
     true = rng.random((3, 4, 2, 8, 8))
     pred = true + rng.normal(0, 0.2, true.shape)  # values outside [0, 1]: PSNR clips, MSE does not
-    sums = MetricSums()
+    sums = ScoreSums()
     sums.update(pred[:2], true[:2])
     sums.update(pred[2:], true[2:])
     got = sums.result()
     assert got["mse"] == pytest.approx(metrics.mse(pred, true), rel=1e-12)
     assert got["mae"] == pytest.approx(metrics.mae(pred, true), rel=1e-12)
     assert got["psnr"] == pytest.approx(metrics.psnr(pred, true), rel=1e-12)
-    exact = MetricSums()
+    exact = ScoreSums()
     exact.update(true, true)
     assert exact.result()["psnr"] == metrics.psnr(true, true) == np.inf
 
@@ -409,9 +409,9 @@ def test_every_flag_has_help() -> None:
 
 def test_large_inputs_stream_through_memory_maps(inputs, reference, tiny_onnx: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     """Arrays over MEMMAP_BYTES are read and written through memory maps (here: every array)."""
-    import service.predict
+    from service.predict import readers
 
-    monkeypatch.setattr(service.predict, "MEMMAP_BYTES", 1)
+    monkeypatch.setattr(readers, "MEMMAP_BYTES", 1)
     root, expected = inputs
     code, stdout, _ = stlight(
         capsys,

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from service import codecs
-from service.engine import ClipSpec
+from service.card import ClipSpec
 from service.problems import Problem
 
 RGB = ClipSpec(in_frames=4, out_frames=3, channels=3, height=28, width=28)

@@ -1,0 +1,15 @@
+"""Batch prediction over files (``stlight predict``), one job per module:
+
+- :mod:`~service.predict.inputs`: find inputs (files and folders, walked) and where their outputs go;
+- :mod:`~service.predict.readers`: one reader per input kind (``.npy``, ``.npz``, a folder of
+  frame images, an animated ``.gif``), each giving the input's shape-checked clips;
+- :mod:`~service.predict.writers`: the ``.npy`` of predictions (written last and atomically, so
+  its presence means the input is done), PNG frames and GIFs;
+- :mod:`~service.predict.run`: batches shared across inputs, a local or remote predictor, scoring.
+"""
+
+from service.predict.inputs import Source, discover, finished
+from service.predict.readers import InputError
+from service.predict.run import Predictor, Summary, predict_files
+
+__all__ = ["InputError", "Predictor", "Source", "Summary", "discover", "finished", "predict_files"]

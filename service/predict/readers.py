@@ -1,0 +1,209 @@
+"""Reading inputs: one reader per input kind (:data:`READERS`), each turning a path into the
+raw, shape-checked :class:`Clips` of that input. Values (dtype, range) are checked a batch at a
+time by :func:`split_checked`, so a ``.npy`` larger than RAM is never loaded whole.
+
+A reader raises :class:`InputError` with a message that says what was expected and what came;
+the run records it against that input and goes on with the others."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageSequence, UnidentifiedImageError
+
+from service import codecs
+from service.card import ClipSpec
+from service.predict.inputs import FRAME_SUFFIXES, Kind, frame_files
+from service.problems import Problem
+
+# arrays larger than this are memory-mapped rather than read into RAM
+MEMMAP_BYTES = 256 * 2**20
+
+
+class InputError(ValueError):
+    """An input that cannot be used; the message says what was expected and what came."""
+
+
+@dataclass
+class Clips:
+    """An input's clips, still raw (memory-mapped for .npy): (N, T, C, H, W) any dtype.
+    ``batched``: the input had an N axis (its output keeps one)."""
+
+    raw: np.ndarray
+    batched: bool
+
+
+def frames_expected(spec: ClipSpec, has_targets: bool) -> int:
+    return spec.in_frames + spec.out_frames if has_targets else spec.in_frames
+
+
+def _frame_count_error(got: int, spec: ClipSpec, has_targets: bool) -> str:
+    need = frames_expected(spec, has_targets)
+    if has_targets:
+        what = f"--has-targets needs T + T' = {spec.in_frames} + {spec.out_frames} = {need} frames (inputs, then the true future)"
+    else:
+        what = f"the model takes T = {spec.in_frames} input frames"
+        if got == spec.in_frames + spec.out_frames:
+            what += f" ({got} = T + T': pass --has-targets to score the last {spec.out_frames} against the prediction)"
+    return f"{got} frames; {what}"
+
+
+# ---------------------------------------------------------------------------------------
+# arrays: .npy and .npz hold one clip (T, C, H, W) or many (N, T, C, H, W)
+# ---------------------------------------------------------------------------------------
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """The array (memory-mapped when large); the header is checked against the file size first."""
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"npy format version {version} is not supported")
+            shape, _, dtype = read_header(f)
+        except Exception as exc:
+            raise InputError(f"not a readable .npy file ({type(exc).__name__}: {exc}); write it with numpy.save") from None
+        offset = f.tell()
+        if dtype.hasobject:
+            raise InputError(
+                "is an .npy of Python objects (it would need unpickling, which is refused); save uint8 or float arrays"
+            )
+        promised, present = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, os.fstat(f.fileno()).st_size - offset
+        if present < promised:
+            raise InputError(
+                f"is truncated: its header says {codecs.shape_text(shape)} {dtype} = {promised:,} bytes of data, "
+                f"the file holds {present:,}"
+            )
+        if promised <= MEMMAP_BYTES:  # small: read now, from the open file
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def _read_npz(path: Path) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = list(archive.keys())
+            if "clips" in keys:
+                return archive["clips"]
+            if len(keys) == 1:
+                return archive[keys[0]]
+    except Exception as exc:
+        raise InputError(f"not a readable .npz file ({type(exc).__name__}: {exc})") from None
+    raise InputError(f"expected an array named 'clips' (or a single array), found {', '.join(keys) or 'none'}")
+
+
+def _array_clips(array: np.ndarray, spec: ClipSpec, has_targets: bool) -> Clips:
+    """Shape-check an array holding one clip or many."""
+    need = frames_expected(spec, has_targets)
+    want = f"(T, C, H, W) = {codecs.shape_text((need, *spec.input_shape[1:]))} or (N, T, C, H, W)"
+    if array.ndim not in (4, 5):
+        raise InputError(f"expected one clip {want}, got an array of shape {codecs.shape_text(array.shape)}")
+    clips = array if array.ndim == 5 else array[None]  # (N, T, C, H, W)
+    if len(clips) == 0:
+        raise InputError(f"holds no clips (shape {codecs.shape_text(array.shape)})")
+    if clips.shape[1] != need:
+        raise InputError(
+            f"shape {codecs.shape_text(array.shape)}: clips have {_frame_count_error(clips.shape[1], spec, has_targets)}"
+        )
+    if clips.shape[2:] != spec.input_shape[1:]:
+        c, h, w = spec.input_shape[1:]
+        raise InputError(
+            f"shape {codecs.shape_text(array.shape)}: expected frames of C x H x W = {c} x {h} x {w}, "
+            f"got {' x '.join(map(str, clips.shape[2:]))}"
+        )
+    return Clips(clips, batched=array.ndim == 5)
+
+
+def read_npy_input(path: Path, spec: ClipSpec, has_targets: bool) -> Clips:
+    return _array_clips(read_npy(path), spec, has_targets)
+
+
+def read_npz_input(path: Path, spec: ClipSpec, has_targets: bool) -> Clips:
+    return _array_clips(_read_npz(path), spec, has_targets)
+
+
+# ---------------------------------------------------------------------------------------
+# one clip each: a folder of frame images, an animated GIF
+# ---------------------------------------------------------------------------------------
+
+
+def read_frames(folder: Path, spec: ClipSpec, has_targets: bool) -> Clips:
+    """One clip from the folder's images in name order (decoded by service.codecs, as the
+    service decodes uploaded frames)."""
+    files = frame_files(folder)
+    need = frames_expected(spec, has_targets)
+    if len(files) != need:
+        raise InputError(f"holds {_frame_count_error(len(files), spec, has_targets)} (frame images: {'/'.join(FRAME_SUFFIXES)})")
+    images = [(p.name, p.read_bytes()) for p in files]
+    try:
+        clip = codecs.decode_images(images, ClipSpec(need, spec.out_frames, spec.channels, spec.height, spec.width)).frames[0]
+    except Problem as exc:
+        raise InputError(exc.detail) from None
+    return Clips(clip[None], batched=False)
+
+
+def read_gif(path: Path, spec: ClipSpec, has_targets: bool) -> Clips:
+    """One clip (uint8) from an animated GIF. Encoders (Pillow among them) merge identical
+    consecutive frames into one shown longer; such a frame is repeated by its duration."""
+    mode = {1: "L", 3: "RGB"}.get(spec.channels)
+    if mode is None:
+        raise InputError(f"a GIF gives 1 (grey) or 3 (RGB) channels; this model takes {spec.channels}: use .npy")
+    need = frames_expected(spec, has_targets)
+    try:
+        with Image.open(path) as image:
+            if image.format != "GIF":
+                raise InputError(f"is not a GIF (Pillow reads it as {image.format})")
+            if image.size != (spec.width, spec.height):
+                raise InputError(
+                    f"frames are {image.size[0]}x{image.size[1]} (W x H); the model expects {spec.width}x{spec.height}"
+                )
+            frames, durations = [], []
+            for frame in ImageSequence.Iterator(image):
+                if len(frames) > 4 * need:
+                    break  # far too many already; the count check below says so
+                frames.append(np.asarray(frame.convert(mode), dtype=np.uint8))
+                durations.append(int(frame.info.get("duration", 0) or 0))
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise InputError(f"not a readable GIF ({type(exc).__name__}: {exc})") from None
+    if len(frames) != need and min(durations) > 0:
+        repeats = [max(1, round(d / min(durations))) for d in durations]
+        if sum(repeats) == need:
+            frames = [f for f, r in zip(frames, repeats, strict=True) for _ in range(r)]
+    if len(frames) != need:
+        raise InputError(f"has {_frame_count_error(len(frames), spec, has_targets)}")
+    clip = np.stack(frames)  # (T, H, W) or (T, H, W, 3)
+    clip = clip[:, None] if clip.ndim == 3 else clip.transpose(0, 3, 1, 2)  # (T, C, H, W)
+    return Clips(clip[None], batched=False)
+
+
+Reader = Callable[[Path, ClipSpec, bool], Clips]
+# one reader per input kind (service/predict/inputs.py says which paths are which kind)
+READERS: dict[Kind, Reader] = {"npy": read_npy_input, "npz": read_npz_input, "frames": read_frames, "gif": read_gif}
+
+
+def read_source(path: Path, kind: Kind, spec: ClipSpec, has_targets: bool) -> Clips:
+    """Read and shape-check one input with its kind's reader."""
+    return READERS[kind](path, spec, has_targets)
+
+
+def split_checked(raw: np.ndarray, spec: ClipSpec, has_targets: bool, label: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Raw (n, T[+T'], C, H, W) -> float32 inputs in [0, 1] and targets (or None); dtype and
+    value problems raise :class:`InputError` (via service.codecs' checks)."""
+    raw = np.asarray(raw)
+    try:
+        inputs = codecs.check_array(raw[:, : spec.in_frames], spec, label).frames
+        targets = None
+        if has_targets:
+            target_spec = ClipSpec(spec.out_frames, spec.out_frames, spec.channels, spec.height, spec.width)
+            targets = codecs.check_array(raw[:, spec.in_frames :], target_spec, label + " (targets)").frames
+    except Problem as exc:
+        raise InputError(exc.detail) from None
+    return inputs, targets
