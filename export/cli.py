@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from model.cli import CONFIG_FIELDS, add_config_args, config_from_args
-from service.cli import UserError
+from service.errors import UserError
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:

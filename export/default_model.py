@@ -23,11 +23,12 @@ import torch
 
 from export.onnx_export import export_checkpoint
 from export.validation import validate
-from model.checkpoint import file_sha256, load_checkpoint, read_checkpoint
+from model.checkpoint import load_checkpoint, read_checkpoint
 from model.data import VAL_SEED, MovingMNIST, load_mnist_digits
 from model.metrics import MetricAccumulator
 from model.stlight import count_macs, count_params
 from model.train import save_strip
+from service.hashing import file_sha256
 
 ASSETS = Path(__file__).resolve().parents[1] / "service" / "assets"
 EXAMPLE_SEED = 7_000_000  # example clips: not the training stream and not the validation clips

@@ -184,7 +184,8 @@ def _json_metrics(metrics: Any) -> dict[str, Any]:
 
 def load_for_export(ckpt_path: str | Path) -> tuple[STLight, STLightConfig, ModelCard]:
     """Model (eval mode), config and card from a checkpoint; ``ValueError`` on a bad file."""
-    from model.checkpoint import file_sha256, read_checkpoint
+    from model.checkpoint import read_checkpoint
+    from service.hashing import file_sha256
 
     payload = read_checkpoint(ckpt_path)
     try:

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from model.stlight import STLight, STLightConfig
-from service.engine import file_sha256  # noqa: F401 - re-exported: checkpoints and ONNX files hash alike
 
 FORMAT_VERSION = 1
 

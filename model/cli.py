@@ -10,21 +10,10 @@ import dataclasses
 import json
 from typing import Any
 
-from service.cli import UserError
+from model.config import PRESETS, STLightConfig, preset
+from service.errors import UserError
 
-CONFIG_FIELDS = (
-    "in_frames",
-    "out_frames",
-    "channels",
-    "height",
-    "width",
-    "dim",
-    "depth",
-    "patch_size",
-    "overlap",
-    "kernel_1",
-    "kernel_2",
-)
+CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(STLightConfig))
 
 _FIELD_HELP = {
     "in_frames": "input frames T",
@@ -45,8 +34,6 @@ def add_config_args(
     parser: argparse.ArgumentParser, *, default_preset: str | None = "tiny", preset_help: str | None = None
 ) -> None:
     """``--preset`` plus one override flag per ``STLightConfig`` field."""
-    from model.config import PRESETS
-
     group = parser.add_argument_group("model config (a preset, then per-field overrides)")
     group.add_argument(
         "--preset",
@@ -61,8 +48,6 @@ def add_config_args(
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The preset with the user's overrides; invalid combinations become a UserError."""
-    from model.config import preset
-
     overrides = {name: getattr(args, name) for name in CONFIG_FIELDS if getattr(args, name, None) is not None}
     try:
         return dataclasses.replace(preset(args.preset), **overrides)

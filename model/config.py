@@ -1,10 +1,15 @@
 """STLight's configuration and named presets. Pure Python (no torch), so the CLI can list
-presets and the service can read a model card's config without PyTorch installed."""
+presets and the service can read a model card's config without PyTorch installed.
+
+The clip shape (T, T', C, H, W) is :class:`service.card.ClipSpec`'s; the config adds the
+network's own fields to it, so a config is accepted wherever a clip shape is."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+
+from service.card import ClipSpec
 
 # ---------------------------------------------------------------------------------------
 # config
@@ -12,14 +17,12 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class STLightConfig:
-    """Everything needed to rebuild an STLight model; stored whole in every checkpoint."""
+class STLightConfig(ClipSpec):
+    """Everything needed to rebuild an STLight model; stored whole in every checkpoint.
 
-    in_frames: int = 10  # T past frames (Moving MNIST protocol: 10 -> 10)
-    out_frames: int = 10  # T' future frames, predicted in one forward pass
-    channels: int = 1  # C per frame (1 grey, 2 TaxiBJ in/out flow, 3 RGB)
-    height: int = 64
-    width: int = 64
+    The clip shape comes first (from :class:`ClipSpec`, no defaults: a model is built for its
+    data), then the network."""
+
     dim: int = 800  # d, mixer width; the paper's XS on Moving MNIST
     depth: int = 16  # number of STLMixer blocks; the paper uses 16 throughout
     patch_size: int = 2  # p, encoder stride; latent grid is (H/p, W/p)
@@ -28,18 +31,7 @@ class STLightConfig:
     kernel_2: int = 7  # k2, second depthwise conv (dilation 3)
 
     def __post_init__(self) -> None:
-        for name in (
-            "in_frames",
-            "out_frames",
-            "channels",
-            "height",
-            "width",
-            "dim",
-            "depth",
-            "patch_size",
-            "kernel_1",
-            "kernel_2",
-        ):
+        for name in (f.name for f in dataclasses.fields(self) if f.name != "overlap"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -82,14 +74,6 @@ class STLightConfig:
     def latent_size(self, size: int) -> int:
         """Rows (or columns) the patch encoder produces from ``size`` input rows."""
         return (size + 2 * self.encoder_padding - self.encoder_kernel) // self.patch_size + 1
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        return (self.in_frames, self.channels, self.height, self.width)
-
-    @property
-    def output_shape(self) -> tuple[int, int, int, int]:
-        return (self.out_frames, self.channels, self.height, self.width)
 
     def to_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)

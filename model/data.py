@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import hashlib
 import shutil
 import urllib.request
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from model.config import STLightConfig
+from service.hashing import file_digest
 
 DATASETS = ("mmnist", "npz", "taxibj", "frames")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -82,14 +82,6 @@ def find_mnist_images(data_dir: str | Path) -> Path | None:
     return found[0] if found else None
 
 
-def _file_digest(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download_mnist(
     data_dir: str | Path,
     urls: Sequence[str] = MNIST_MIRRORS,
@@ -115,7 +107,7 @@ def download_mnist(
             problems.append(f"{url}: {exc}")
             tmp_path.unlink(missing_ok=True)
             continue
-        got_md5, got_sha = _file_digest(tmp_path, "md5"), _file_digest(tmp_path, "sha256")
+        got_md5, got_sha = file_digest(tmp_path, "md5"), file_digest(tmp_path, "sha256")
         if got_md5 != md5 or got_sha != sha256:
             tmp_path.unlink()
             problems.append(f"{url}: checksum mismatch (md5 {got_md5}, expected {md5})")

@@ -10,14 +10,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# the clip shape: frames in (T) and out (T'), channels, height, width
+SHAPE_FIELDS = ("in_frames", "out_frames", "channels", "height", "width")
 PREFIX = "stlight."
 KEYS = (
     "config",  # STLightConfig as JSON
-    "in_frames",
-    "out_frames",
-    "channels",
-    "height",
-    "width",
+    *SHAPE_FIELDS,
     "value_range",  # "[0, 1]": inputs and outputs are float32 in this range
     "preset",  # preset name the config came from, "" when unknown
     "dataset",  # training dataset, "" for untrained (random-weight) exports
@@ -30,7 +28,8 @@ KEYS = (
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """Shape of one input clip and its prediction, from the model card."""
+    """Shape of one input clip and its prediction: the one definition of these five fields,
+    which the model config (``model.config.STLightConfig``) and the model card extend."""
 
     in_frames: int
     out_frames: int
@@ -46,15 +45,22 @@ class ClipSpec:
     def output_shape(self) -> tuple[int, int, int, int]:
         return (self.out_frames, self.channels, self.height, self.width)
 
+    @property
+    def clip_spec(self) -> ClipSpec:
+        """Just the shape, as a plain (hashable, comparable) ``ClipSpec``."""
+        return ClipSpec(*(getattr(self, name) for name in SHAPE_FIELDS))
+
+    @classmethod
+    def shape_of(cls, data: dict[str, Any]) -> dict[str, int]:
+        """The five shape fields of a mapping (a config dict, a ``/v1/model`` answer)."""
+        return {name: int(data[name]) for name in SHAPE_FIELDS}
+
 
 @dataclass(frozen=True)
-class ModelCard:
+class ModelCard(ClipSpec):
+    """The clip shape, plus what an exported file says about where it came from."""
+
     config: dict[str, int]
-    in_frames: int
-    out_frames: int
-    channels: int
-    height: int
-    width: int
     value_range: tuple[float, float] = (0.0, 1.0)
     preset: str = ""
     dataset: str = ""
@@ -65,8 +71,7 @@ class ModelCard:
 
     @classmethod
     def from_config(cls, config: dict[str, int], **rest: Any) -> ModelCard:
-        sizes = {k: int(config[k]) for k in ("in_frames", "out_frames", "channels", "height", "width")}
-        return cls(config=dict(config), **sizes, **rest)
+        return cls(config=dict(config), **ClipSpec.shape_of(config), **rest)
 
     def to_metadata(self) -> dict[str, str]:
         """String key/value pairs for ONNX ``metadata_props``."""
@@ -86,9 +91,7 @@ class ModelCard:
     @classmethod
     def from_metadata(cls, metadata: dict[str, str]) -> ModelCard:
         """Parse a card; raises ``ValueError`` naming the missing or malformed key."""
-        missing = [
-            PREFIX + k for k in ("config", "in_frames", "out_frames", "channels", "height", "width") if PREFIX + k not in metadata
-        ]
+        missing = [PREFIX + k for k in ("config", *SHAPE_FIELDS) if PREFIX + k not in metadata]
         if missing:
             raise ValueError(
                 f"ONNX file has no STLight model card: missing metadata {', '.join(missing)} (export it with `stlight export`)"
@@ -97,11 +100,7 @@ class ModelCard:
             get = lambda k, default="": metadata.get(PREFIX + k, default)  # noqa: E731
             return cls(
                 config=json.loads(get("config")),
-                in_frames=int(get("in_frames")),
-                out_frames=int(get("out_frames")),
-                channels=int(get("channels")),
-                height=int(get("height")),
-                width=int(get("width")),
+                **ClipSpec.shape_of({name: get(name) for name in SHAPE_FIELDS}),
                 value_range=tuple(json.loads(get("value_range", "[0, 1]"))),
                 preset=get("preset"),
                 dataset=get("dataset"),

@@ -8,23 +8,8 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-TRAIN_EXTRA_HINT = "this command needs PyTorch: pip install 'stlight[train]'"
-
-
-class UserError(Exception):
-    """A mistake the user can fix; printed as one line, no traceback, exit status 2."""
-
-
-# (module, function) pairs that add one subcommand each; imported only to build the parser,
-# so these modules must not import torch at module level.
-_COMMANDS: list[tuple[str, str]] = [
-    ("model.cli", "add_summary"),
-    ("service.serve_cli", "add_serve"),
-    ("model.cli", "add_train"),
-    ("model.cli", "add_eval"),
-    ("export.cli", "add_export"),
-    ("service.predict_cli", "add_predict"),
-]
+from service.commands import COMMANDS
+from service.errors import TRAIN_EXTRA_HINT, TRAIN_EXTRA_MODULES, UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"stlight {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name, function in _COMMANDS:
-        getattr(importlib.import_module(module_name), function)(sub)
+    for command in COMMANDS:
+        getattr(importlib.import_module(command.module), command.adder)(sub)
     return parser
 
 
@@ -51,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stlight {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in {"torch", "onnx", "onnxscript", "skimage"}:
+        if exc.name and exc.name.split(".")[0] in TRAIN_EXTRA_MODULES:
             print(f"stlight {args.command}: error: {TRAIN_EXTRA_HINT} (missing module {exc.name!r})", file=sys.stderr)
             return 2
         raise
@@ -61,7 +46,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    # re-import so that UserError is the class the subcommand modules import, not __main__'s
-    from service.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

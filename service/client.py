@@ -122,7 +122,7 @@ class Client:
         """Shape of the served model's clips (asked once, from ``/v1/model``)."""
         if self._spec is None:
             info = self.model()
-            self._spec = ClipSpec(info["in_frames"], info["out_frames"], info["channels"], info["height"], info["width"])
+            self._spec = ClipSpec(**ClipSpec.shape_of(info))
         return self._spec
 
     def ready(self) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import io
 import logging
 import threading
@@ -18,7 +17,8 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from service.card import ClipSpec, ModelCard
+from service.card import ModelCard
+from service.hashing import file_sha256
 
 log = logging.getLogger("stlight.engine")
 
@@ -51,15 +51,6 @@ def preload_cuda_libraries() -> None:
         log.debug("onnxruntime.preload_dlls failed: %s", exc)
     if printed.getvalue().strip():
         log.debug("onnxruntime.preload_dlls: %s", printed.getvalue().strip())
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Engine:
@@ -120,7 +111,7 @@ class Engine:
             self.card = ModelCard.from_metadata(dict(self.session.get_modelmeta().custom_metadata_map))
         except ValueError as exc:
             raise EngineError(f"{self.path}: {exc}") from None
-        self.spec = ClipSpec(self.card.in_frames, self.card.out_frames, self.card.channels, self.card.height, self.card.width)
+        self.spec = self.card.clip_spec
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise EngineError(f"{self.path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from service.cli import UserError
+from service.errors import UserError
 
 DEFAULT_BATCH = 8
 DEFAULT_CONCURRENCY = 4

@@ -9,7 +9,7 @@ import argparse
 import logging
 import signal
 
-from service.cli import UserError
+from service.errors import UserError
 
 # flag -> settings field; flags default to None so only the ones given override the environment
 _FLAGS = ("model", "host", "port", "device", "max_batch_size", "max_delay_ms", "max_body_mb")

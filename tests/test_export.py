@@ -20,10 +20,10 @@ import torch
 from export import Check, ValidationReport, export_preset, random_model, validate
 from export.validation import FP16_RELATIVE, FP32_TOLERANCE, moving_blobs
 from model import preset, save_checkpoint
-from model.checkpoint import file_sha256
 from service import __version__
 from service.card import ModelCard
 from service.cli import main
+from service.hashing import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 MID = preset("tiny").replace(dim=128, depth=4, patch_size=2, out_frames=20)  # mid-size, 10 -> 20 frames

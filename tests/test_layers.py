@@ -1,0 +1,55 @@
+"""The packages import one way (export -> model -> service's torch-free contracts), checked in
+fresh interpreters so that nothing another test imported can hide a dependency."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from serving import REPO
+
+TRAINING = ["model", "model.config", "model.stlight", "model.data", "model.metrics", "model.checkpoint", "model.train", "model.cli"]
+SERVING = [
+    "service",
+    "service.app",
+    "service.batching",
+    "service.card",
+    "service.cli",
+    "service.client",
+    "service.codecs",
+    "service.commands",
+    "service.engine",
+    "service.errors",
+    "service.hashing",
+    "service.predict",
+    "service.predict_cli",
+    "service.scores",
+    "service.serve_cli",
+]
+
+
+def loaded_after(modules: list[str]) -> set[str]:
+    """Top-level names of every module loaded by importing ``modules`` in a new interpreter."""
+    code = f"import importlib, json, sys\nfor m in {modules!r}: importlib.import_module(m)\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True, timeout=300)
+    return set(json.loads(out.stdout))
+
+
+def test_training_imports_neither_onnxruntime_nor_fastapi() -> None:
+    loaded = loaded_after(TRAINING)
+    assert "torch" in loaded  # the check below means something only if the training code really loaded
+    assert not {"onnxruntime", "fastapi", "starlette", "uvicorn", "service.engine", "service.app"} & loaded
+
+
+def test_serving_imports_neither_torch_nor_model_nor_export() -> None:
+    loaded = loaded_after(SERVING)
+    assert "onnxruntime" in loaded and "fastapi" in loaded
+    assert not {m for m in loaded if m.split(".")[0] in {"torch", "model", "export"}}
+
+
+@pytest.mark.parametrize(("module", "other"), [("model.cli", "service.cli"), ("service.cli", "model.cli")])
+def test_the_command_modules_do_not_import_each_other(module: str, other: str) -> None:
+    assert other not in loaded_after([module])
