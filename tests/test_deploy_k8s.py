@@ -1,0 +1,300 @@
+"""The Kubernetes and KServe manifests, without a cluster: render them with ``kubectl kustomize``,
+validate every object against the Kubernetes schema (``kubernetes-validate``, strict: an unknown
+or misspelt field fails), and check them against the real server — its probes answer 200 on a
+``stlight serve`` started with the manifests' own command line and settings, the port is the
+image's ``EXPOSE``, the autoscaling metric is one that ``/metrics`` exports.
+
+Skipped when no ``kubectl`` is installed (``.ci/run`` installs Debian's ``kubernetes-client``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kubernetes_validate
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from serving import Server
+
+from service.settings import DEFAULT_MODEL, ServeSettings
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+VARIANTS = {"gpu": DEPLOY / "k8s", "cpu": DEPLOY / "k8s" / "cpu"}
+# the oldest Kubernetes these manifests claim (autoscaling/v2 and policy/v1 are GA since 1.23;
+# 1.27 is the oldest release its vendors still patch) and the newest the validator knows
+K8S_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
+KUBECTL = shutil.which("kubectl")
+
+pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (.ci/run installs Debian's kubernetes-client)")
+
+Obj = dict[str, Any]
+
+
+def render(folder: Path) -> list[Obj]:
+    done = subprocess.run([str(KUBECTL), "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"kubectl kustomize {folder.relative_to(REPO)}:\n{done.stderr}"
+    return [obj for obj in yaml.safe_load_all(done.stdout) if obj]
+
+
+def one(objects: list[Obj], kind: str) -> Obj:
+    found = [obj for obj in objects if obj["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {[o['metadata']['name'] for o in found]}"
+    return found[0]
+
+
+def dockerfile() -> str:
+    return (REPO / "Dockerfile").read_text()
+
+
+def image_port() -> int:
+    (port,) = re.findall(r"^EXPOSE (\d+)", dockerfile(), re.M)
+    return int(port)
+
+
+def image_uid() -> int:
+    (uid,) = re.findall(r"useradd .*--uid (\d+)", dockerfile())
+    return int(uid)
+
+
+def drain_seconds() -> int:
+    """How long ``stlight serve`` may take to finish in-flight requests after SIGTERM."""
+    from service import serve_cli
+
+    (seconds,) = re.findall(r"timeout_graceful_shutdown=(\d+)", inspect.getsource(serve_cli.run_serve))
+    return int(seconds)
+
+
+def flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def port_number(container: Obj, port: int | str) -> int:
+    """A probe's or Service's port (number or name) as the container's port number."""
+    if isinstance(port, int):
+        return port
+    (number,) = [p["containerPort"] for p in container["ports"] if p.get("name") == port]
+    return number
+
+
+def probes(container: Obj) -> dict[str, Obj]:
+    return {kind: container[kind] for kind in ("startupProbe", "readinessProbe", "livenessProbe") if kind in container}
+
+
+# ---------------------------------------------------------------------------------------
+# the real server the probes are checked against
+# ---------------------------------------------------------------------------------------
+
+
+class LiveServer:
+    """``stlight serve`` with a manifest's arguments and STLIGHT_* settings on loopback; what it
+    answers at a path, and the metric names its /metrics exports."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def status(self, path: str) -> int:
+        return httpx.get(self.server.url + path, timeout=10).status_code
+
+    def metric_names(self) -> set[str]:
+        text = httpx.get(self.server.url + "/metrics", timeout=10).text
+        return {family.name for family in text_string_to_metric_families(text)} | {
+            sample.name for family in text_string_to_metric_families(text) for sample in family.samples
+        }
+
+
+def serve_like(tmp: Path, argv: list[str], env: dict[str, str], mounts: dict[str, Path]) -> Iterator[LiveServer]:
+    """Start ``stlight serve`` as a container would (``argv`` after ``stlight serve``, ``env``),
+    with the container's mount paths mapped onto local folders and --host/--port on loopback."""
+    args = list(argv)
+    for name, value in (("--host", "127.0.0.1"), ("--port", "0")):
+        if name in args:
+            args[args.index(name) + 1] = value
+    rewrite = {inside: str(outside) for inside, outside in mounts.items()}
+
+    def local(value: str) -> str:
+        for inside, outside in rewrite.items():
+            if value == inside or value.startswith(inside + "/"):
+                return outside + value[len(inside) :]
+        return value
+
+    server = Server(tmp / "server.log", *[local(a) for a in args], env={k: local(v) for k, v in env.items()})
+    try:
+        server.wait_listening(timeout=120)
+        server.wait_ready(timeout=120)
+    except BaseException:
+        server.stop()
+        raise
+    yield LiveServer(server)
+    assert server.stop() == 0, server.text()  # and it stops cleanly on SIGTERM
+
+
+# ---------------------------------------------------------------------------------------
+# Kubernetes: deploy/k8s (GPU) and deploy/k8s/cpu
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def variant(request: pytest.FixtureRequest) -> tuple[str, list[Obj]]:
+    return request.param, render(VARIANTS[request.param])
+
+
+@pytest.fixture(scope="module")
+def live(variant: tuple[str, list[Obj]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The variant's container command and ConfigMap settings, served for real; its models
+    volume holds the shipped default model under the file name the ConfigMap gives."""
+    name, objects = variant
+    container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = dict(one(objects, "ConfigMap")["data"])
+    if name == "gpu":
+        env["STLIGHT_DEVICE"] = "cpu"  # the one setting this GPU-less host must change
+    tmp = tmp_path_factory.mktemp(f"k8s-{name}")
+    models = tmp / "models"
+    models.mkdir()
+    model_file = env.get("STLIGHT_MODEL")
+    if model_file:
+        assert model_file.startswith("/models/"), model_file
+        shutil.copy(DEFAULT_MODEL, models / model_file.removeprefix("/models/"))
+    assert container["command"][:2] == ["stlight", "serve"]
+    yield from serve_like(tmp, container["command"][2:], env, {"/models": models})
+
+
+def test_every_object_is_valid_kubernetes(variant: tuple[str, list[Obj]]) -> None:
+    _, objects = variant
+    assert sorted(obj["kind"] for obj in objects) == sorted(
+        ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PersistentVolumeClaim", "PodDisruptionBudget", "Service"]
+    )
+    for version in K8S_VERSIONS:
+        for obj in objects:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} on Kubernetes {version}: {exc.message} at {list(exc.path)}")
+
+
+def test_gpu_only_in_the_gpu_variant(variant: tuple[str, list[Obj]]) -> None:
+    name, objects = variant
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    limits = pod["containers"][0]["resources"]["limits"]
+    env = one(objects, "ConfigMap")["data"]
+    image = pod["containers"][0]["image"]
+    if name == "gpu":
+        assert limits["nvidia.com/gpu"] == 1 and env["STLIGHT_DEVICE"] == "cuda" and image.endswith(":gpu")
+        assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    else:
+        assert "nvidia.com/gpu" not in limits and env["STLIGHT_DEVICE"] == "cpu" and image.endswith(":cpu")
+        assert "tolerations" not in pod
+        # ONNX Runtime's thread count is the CPU the pod may use, not the node's
+        assert int(env["STLIGHT_INTRA_OP_THREADS"]) == int(limits["cpu"])
+
+
+def test_probes_answer_on_the_real_server(variant: tuple[str, list[Obj]], live: LiveServer) -> None:
+    _, objects = variant
+    container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    found = probes(container)
+    assert set(found) == {"startupProbe", "readinessProbe", "livenessProbe"}
+    for kind, probe in found.items():
+        path = probe["httpGet"]["path"]
+        assert port_number(container, probe["httpGet"]["port"]) == image_port(), kind
+        assert live.status(path) == 200, f"{kind} {path}: not a route the ready server answers"
+    # readiness (and the startup probe) must follow warm-up, liveness must not
+    assert found["readinessProbe"]["httpGet"]["path"] in ("/readyz", "/v2/health/ready")
+    assert found["startupProbe"]["httpGet"]["path"] == found["readinessProbe"]["httpGet"]["path"]
+    assert found["livenessProbe"]["httpGet"]["path"] in ("/healthz", "/v2/health/live")
+    startup = found["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120  # CUDA start-up + warm-up
+
+
+def test_port_is_the_images(variant: tuple[str, list[Obj]]) -> None:
+    _, objects = variant
+    container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert [p["containerPort"] for p in container["ports"]] == [image_port()]
+    assert int(flag(container["command"], "--port")) == image_port() and flag(container["command"], "--host") == "0.0.0.0"
+    service = one(objects, "Service")
+    (port,) = service["spec"]["ports"]
+    assert port_number(container, port["targetPort"]) == image_port()
+    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    for selector in (service["spec"]["selector"], one(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]):
+        assert selector.items() <= pod_labels.items()
+    annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and int(annotations["prometheus.io/port"]) == image_port()
+
+
+def test_autoscales_on_a_metric_the_server_exports(variant: tuple[str, list[Obj]], live: LiveServer) -> None:
+    _, objects = variant
+    hpa = one(objects, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "stlight"}
+    assert hpa["spec"]["minReplicas"] >= 2  # the PodDisruptionBudget may take one away
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods", "the server's own load signal, not CPU"
+    name = metric["pods"]["metric"]["name"]
+    assert name == "stlight_queue_depth"
+    assert name in live.metric_names(), f"{name} is not on /metrics"
+    annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert live.status(annotations["prometheus.io/path"]) == 200
+
+
+def test_pod_is_locked_down(variant: tuple[str, list[Obj]]) -> None:
+    _, objects = variant
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == image_uid()  # numeric: the kubelet can check non-root
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    # with a read-only root, the one place the server writes (spooled uploads) is a volume
+    assert "/tmp" in {mount["mountPath"] for mount in container["volumeMounts"]}
+
+
+def test_service_links_cannot_clobber_the_settings(variant: tuple[str, list[Obj]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Service named ``stlight`` injects ``STLIGHT_PORT=tcp://...`` into pods unless service
+    links are off, and the server reads that as its port setting."""
+    _, objects = variant
+    service = one(objects, "Service")
+    monkeypatch.setenv(f"{service['metadata']['name'].upper().replace('-', '_')}_PORT", "tcp://10.96.0.10:8000")
+    with pytest.raises(ValueError, match="port"):
+        ServeSettings()
+    assert one(objects, "Deployment")["spec"]["template"]["spec"]["enableServiceLinks"] is False
+
+
+def test_config_is_settings_the_server_knows(variant: tuple[str, list[Obj]], monkeypatch: pytest.MonkeyPatch) -> None:
+    _, objects = variant
+    config = one(objects, "ConfigMap")
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]  # the hashed name
+    for key, value in config["data"].items():
+        assert key.startswith("STLIGHT_") and key.removeprefix("STLIGHT_").lower() in ServeSettings.model_fields, key
+        monkeypatch.setenv(key, value)
+    ServeSettings()  # every value valid
+
+
+def test_graceful_stop_fits_the_grace_period(variant: tuple[str, list[Obj]]) -> None:
+    _, objects = variant
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    pre_stop = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep" and int(pre_stop[1]) >= 5  # endpoints removed before the drain starts
+    assert pod["terminationGracePeriodSeconds"] > int(pre_stop[1]) + drain_seconds()
+
+
+def test_models_come_from_a_read_only_volume(variant: tuple[str, list[Obj]]) -> None:
+    _, objects = variant
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/models"]["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mounts["/models"]["name"]]
+    claim = volume["persistentVolumeClaim"]["claimName"]
+    assert claim == one(objects, "PersistentVolumeClaim")["metadata"]["name"]
+    model = one(objects, "ConfigMap")["data"].get("STLIGHT_MODEL", "")
+    assert model.startswith("/models/")
