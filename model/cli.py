@@ -263,7 +263,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     group.add_argument(
         "--no-amp",
         action="store_true",
-        help="on CUDA, train in fp32 instead of mixed precision (bf16, or fp16 with loss scaling)",
+        help="on CUDA, train in strict fp32 (TF32 off too) instead of mixed precision: by default bf16 on GPUs with "
+        "native bf16 (compute capability >= 8.0: A100, H100, L4, RTX 30xx/40xx), fp16 with loss scaling on older ones "
+        "(T4, V100, RTX 20xx); CPU always trains in fp32. Validation is fp32 either way",
     )
     group.add_argument(
         "--workers",
@@ -441,7 +443,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="OpenSTL metrics (MSE, MAE, SSIM, PSNR, per-frame MSE) of a checkpoint on a test split",
         description="Evaluate a checkpoint on the dataset's test split: every clip of an npz/npy file, Moving MNIST's "
-        "fixed validation clips (or mnist_test_seq.npy), TaxiBJ's X_test/Y_test, every clip folder of a frames dataset.",
+        "fixed validation clips (or mnist_test_seq.npy), TaxiBJ's X_test/Y_test, every clip folder of a frames dataset. "
+        "Computed in fp32 (no mixed precision, no TF32 on GPUs), as training's validation is.",
     )
     parser.add_argument("checkpoint", metavar="CKPT", help="a .pt file written by stlight train (last.pt, best.pt)")
     group = parser.add_argument_group("data")
@@ -469,7 +472,6 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     group.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (auto: CUDA when available)"
     )
-    group.add_argument("--no-amp", action="store_true", help="on CUDA, run in fp32 instead of mixed precision")
     group.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="torch CPU threads (default: all cores)")
     group.add_argument("--no-progress", action="store_true", help="no progress bar (the metrics are still printed)")
     group.add_argument(
@@ -510,7 +512,6 @@ def run_eval(args: argparse.Namespace) -> int:
         dataset,
         device,
         batch_size=args.batch_size,
-        amp=not args.no_amp,
         progress=not (args.json or args.no_progress),
     )
     report = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()}

@@ -229,13 +229,31 @@ class MovingMNIST(Dataset):
 
 
 class ClipArray(Dataset):
-    """Clips from an array ``(N, T+T', C, H, W)``: uint8 is scaled by 1/255, floats are used as is."""
+    """Clips from an array ``(N, T+T', C, H, W)``: uint8 is scaled by 1/255, floats are used as is.
+
+    A memory-mapped ``.npy`` is held by its path: pickling (how loader workers receive the
+    dataset where they start by spawn: macOS, Windows, Python 3.14) carries the path, and each
+    process maps the file itself on first use instead of receiving a copy of the whole array."""
 
     def __init__(self, clips: np.ndarray, in_frames: int, out_frames: int, indices: np.ndarray | None = None) -> None:
-        self.clips = clips
+        self._clips: np.ndarray | None = clips
+        self.path = clips.filename if isinstance(clips, np.memmap) and clips.filename else None
         self.in_frames, self.out_frames = in_frames, out_frames
         self.indices = np.arange(len(clips)) if indices is None else np.asarray(indices)
         self.scale = 1 / 255.0 if clips.dtype == np.uint8 else 1.0
+
+    @property
+    def clips(self) -> np.ndarray:
+        if self._clips is None:
+            assert self.path is not None
+            self._clips = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        return self._clips
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        if self.path is not None:
+            state["_clips"] = None  # reopened lazily where it lands
+        return state
 
     def set_epoch(self, epoch: int) -> None:  # same clips every epoch
         pass

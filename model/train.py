@@ -15,7 +15,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,10 @@ TABLE2: dict[str, dict[str, Any]] = {
 }
 DEFAULT_PRESET = {"mmnist": "mmnist-xs", "taxibj": "taxibj-s", "frames": "kth-xs", "npz": "tiny"}
 COSINE_MIN_LR = 1e-6  # OpenSTL's min_lr for its cosine schedule
+# The loss is summed on the device and read (a host sync) this often: reading it every step
+# would stall the GPU's queue once per step. A NaN is therefore noticed up to this many steps
+# late, but always before a checkpoint is written.
+LOSS_READ_EVERY = 20
 
 
 class SetupError(ValueError):
@@ -73,7 +77,7 @@ class Runtime:
     device: str = "auto"
     workers: int | None = None  # None: 0 on CPU, min(8, cores) on CUDA
     threads: int | None = None  # None: all cores
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + loss scaling)
+    amp: bool = True  # mixed precision on CUDA (bf16 where native, else fp16 + loss scaling); off: strict fp32, no TF32
     val_every: int = 0  # steps; 0 = once per epoch
     stop_after: int | None = None  # leave after this many steps in this invocation (last.pt saved)
     progress: bool = True
@@ -92,9 +96,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class EpochBatches(Sampler[list[int]]):
-    """Batches of a per-epoch permutation seeded by ``(seed, epoch)``; drops the last partial
-    batch. ``start`` skips the batches a resumed run has already trained on."""
+class EpochBatches(Sampler[list[tuple[int, int]]]):
+    """Batches of ``(epoch, index)`` keys from a per-epoch permutation seeded by ``(seed, epoch)``;
+    drops the last partial batch. ``start`` skips the batches a resumed run has already trained on."""
 
     def __init__(self, n: int, batch_size: int, seed: int) -> None:
         self.n, self.batch_size, self.seed = n, batch_size, seed
@@ -106,26 +110,54 @@ class EpochBatches(Sampler[list[int]]):
     def __len__(self) -> int:
         return self.n // self.batch_size - self.start
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=generator).tolist()
         for b in range(self.start, self.n // self.batch_size):
-            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield [(self.epoch, i) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
 
 
-def rng_states() -> dict[str, Any]:
+class EpochClips(Dataset):
+    """``clips[(epoch, i)]`` is clip ``i`` of that epoch. The epoch travels with the index because
+    persistent loader workers hold their own copy of the dataset: a ``set_epoch`` in the main
+    process would never reach them."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        self.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
+        return self.dataset[index]
+
+
+def rng_states(device: torch.device) -> dict[str, Any]:
+    """Python, numpy and torch RNG states, plus the CUDA state of ``device`` alone when it is a GPU:
+    a resumption may see another number of GPUs (a smaller ``CUDA_VISIBLE_DEVICES``), so states of
+    devices this process does not use are not kept."""
     states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
     return states
 
 
-def set_rng_states(states: dict[str, Any]) -> None:
+def set_rng_states(states: dict[str, Any], device: torch.device) -> None:
+    """Restore :func:`rng_states`; a CUDA state is restored only onto a GPU in use. Older checkpoints
+    hold every visible device's state as a list: the run used its current device, the first one."""
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    cuda = states.get("cuda")
+    if device.type != "cuda" or cuda is None:
+        return
+    if isinstance(cuda, (list, tuple)):
+        if not cuda:
+            return
+        cuda = cuda[0]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def seed_everything(seed: int) -> None:
@@ -146,18 +178,50 @@ def make_scheduler(optimizer: torch.optim.Optimizer, settings: RunSettings) -> t
     raise SetupError(f"unknown schedule {settings.schedule!r}; choose onecycle or cosine")
 
 
-def autocast_for(device: torch.device, amp: bool) -> tuple[Any, torch.dtype | None]:
-    """The autocast context and dtype for this device; fp32 off CUDA or with ``amp`` off."""
+def training_precision(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The autocast dtype of training steps: bf16 on GPUs that compute it natively (compute
+    capability >= 8.0: A100, H100, L4, RTX 30xx/40xx), fp16 with loss scaling on older ones (T4,
+    V100, RTX 20xx, which only emulate bf16, slowly); None (fp32) on CPU or with ``amp`` off."""
     if device.type != "cuda" or not amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+
+
+def autocast_for(device: torch.device, amp: bool) -> tuple[Any, torch.dtype | None]:
+    """The autocast context and dtype of training steps (see :func:`training_precision`)."""
+    dtype = training_precision(device, amp)
+    if dtype is None:
         return nullcontext(), None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype), dtype
+
+
+def configure_cuda(amp: bool) -> None:
+    """cudnn.benchmark: every training batch has the same shape, so the per-shape algorithm search
+    is paid once. TF32: torch lets cuDNN convolutions use it by default (Ampere and newer), which
+    would make ``--no-amp``'s fp32 a 10-bit-mantissa fp32; off then, left to torch otherwise."""
+    torch.backends.cudnn.benchmark = True
+    if not amp:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
+@contextmanager
+def strict_fp32() -> Iterator[None]:
+    """No TF32 inside: metrics are computed in true fp32, whatever training used."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def loader_for(
     dataset: Dataset, batch_size: int, workers: int, device: torch.device, batch_sampler: Sampler | None = None
 ) -> DataLoader:
-    kwargs: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    """Workers persist across epochs and validations (no re-spawn, no dataset re-pickling);
+    the training clips still follow the epoch because the sampler's keys carry it."""
+    kwargs: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda", "persistent_workers": workers > 0}
     if batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=batch_sampler, generator=torch.Generator().manual_seed(0), **kwargs)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)
@@ -166,24 +230,25 @@ def loader_for(
 @torch.no_grad()
 def evaluate(
     net: STLight,
-    dataset: Dataset,
+    data: Dataset | DataLoader,
     device: torch.device,
     batch_size: int = 32,
     workers: int = 0,
-    amp: bool = True,
     progress: bool = False,
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """OpenSTL metrics of ``net`` on every clip of ``dataset``, and the first clip's
-    ``(inputs, truth, prediction)`` for a picture."""
+    """OpenSTL metrics of ``net`` on every clip of ``data`` (a dataset, or a loader to reuse),
+    and the first clip's ``(inputs, truth, prediction)`` for a picture.
+
+    Always fp32 without TF32, whatever precision training uses: these numbers choose
+    ``best.pt`` and go into ``metrics.jsonl`` and model cards."""
     was_training = net.training
     net.eval()
     acc = MetricAccumulator()
-    autocast, _ = autocast_for(device, amp)
     first: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-    loader = loader_for(dataset, batch_size, workers, device)
+    loader = data if isinstance(data, DataLoader) else loader_for(data, batch_size, workers, device)
     for inputs, targets in tqdm(loader, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
         inputs = inputs.to(device, non_blocking=True)
-        with autocast:
+        with strict_fp32():
             pred = net(inputs)
         pred_np = pred.float().cpu().numpy()
         acc.update(pred_np, targets.numpy())
@@ -255,7 +320,10 @@ def train(
             "resume with the same data, or start a new run"
         )
     sampler = EpochBatches(len(train_set), settings.batch_size, settings.seed)
-    loader = loader_for(train_set, settings.batch_size, workers, device, batch_sampler=sampler)
+    loader = loader_for(EpochClips(train_set), settings.batch_size, workers, device, batch_sampler=sampler)
+    val_loader = loader_for(val_set, max(settings.batch_size, 32), workers, device)
+    if device.type == "cuda":
+        configure_cuda(runtime.amp)
 
     # model and optimizer
     seed_everything(settings.seed)
@@ -272,7 +340,7 @@ def train(
         if resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
         step, best_mse, last_metrics = resume["step"], resume.get("best_mse", math.inf), resume.get("metrics")
-        set_rng_states(resume["rng"])
+        set_rng_states(resume["rng"], device)
         log(f"resumed {out / 'last.pt'} at step {step}/{settings.total_steps}")
     net.train()
 
@@ -283,7 +351,7 @@ def train(
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "step": step,
             "epoch": epoch_float,
-            "rng": rng_states(),  # the data is a function of (seed, epoch, index): no loader state needed
+            "rng": rng_states(device),  # the data is a function of (seed, epoch, index): no loader state needed
             "metrics": last_metrics,
             "best_mse": best_mse,
             "preset": settings.preset,
@@ -294,9 +362,7 @@ def train(
 
     def validate() -> None:
         nonlocal best_mse, last_metrics
-        metrics, (inp, truth, pred) = evaluate(
-            net, val_set, device, batch_size=max(settings.batch_size, 32), workers=workers, amp=runtime.amp
-        )
+        metrics, (inp, truth, pred) = evaluate(net, val_loader, device)
         last_metrics = {
             "step": step,
             "epoch": round(step / steps_per_epoch, 4),
@@ -314,11 +380,29 @@ def train(
             best_mse = metrics["mse"]
             save_checkpoint(out / "best.pt", net, config, **state(step / steps_per_epoch))
 
-    losses: list[float] = []
+    # the loss stays on the device between reads (see LOSS_READ_EVERY)
+    pending = torch.zeros((), device=device)
+    pending_steps, window_sum, window_steps, ema = 0, 0.0, 0, None
+
+    def read_loss() -> None:
+        nonlocal pending_steps, window_sum, window_steps, ema
+        if not pending_steps:
+            return
+        total = float(pending.item())
+        if not math.isfinite(total):
+            raise FloatingPointError(f"loss became {total} by step {step}; lower --lr")
+        mean = total / pending_steps
+        keep = 0.98**pending_steps  # the per-step EMA of the loss, applied to the window's mean
+        ema = mean if ema is None else keep * ema + (1 - keep) * mean
+        window_sum, window_steps = window_sum + total, window_steps + pending_steps
+        pending.zero_()
+        pending_steps = 0
 
     def window_loss() -> float | None:
-        value = float(np.mean(losses)) if losses else None
-        losses.clear()
+        nonlocal window_sum, window_steps
+        read_loss()
+        value = window_sum / window_steps if window_steps else None
+        window_sum, window_steps = 0.0, 0
         return value
 
     # loop
@@ -334,10 +418,9 @@ def train(
         mininterval=0.5 if interactive else 30,
         dynamic_ncols=True,
     )
-    ema, validated_at = None, -1
+    validated_at = -1
     while step < end_step:
         epoch, offset = divmod(step, steps_per_epoch)
-        train_set.set_epoch(epoch)
         sampler.set_epoch(epoch, offset)
         for inputs, targets in loader:
             inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
@@ -349,14 +432,13 @@ def train(
             scaler.update()
             scheduler.step()
             step += 1
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(f"loss became {value} at step {step}; lower --lr")
-            losses.append(value)
-            ema = value if ema is None else 0.98 * ema + 0.02 * value
-            rate = (step - start_step) * settings.batch_size / (time.perf_counter() - started)
+            pending.add_(loss.detach())
+            pending_steps += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{ema:.5f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", samples_s=f"{rate:.1f}", refresh=False)
+            if step % LOSS_READ_EVERY == 0 or step >= end_step:
+                read_loss()
+                rate = (step - start_step) * settings.batch_size / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{ema:.5f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", samples_s=f"{rate:.1f}", refresh=False)
             if runtime.val_every and step % runtime.val_every == 0:
                 validate()
                 validated_at = step
@@ -367,8 +449,10 @@ def train(
             if not runtime.val_every:
                 validate()
                 validated_at = step
+            read_loss()  # a NaN stops the run before it reaches a checkpoint
             save_checkpoint(out / "last.pt", net, config, **state(step / steps_per_epoch))
     bar.close()
+    read_loss()
     loop_seconds = time.perf_counter() - started  # training only: before the final validation
     if validated_at != step:
         validate()
