@@ -26,7 +26,7 @@ from tqdm import tqdm
 from model.config import STLightConfig, preset
 from model.data import DataSpec
 from model.stlight import STLight
-from model.train import TABLE2, RunSettings, Runtime, autocast_for, resolve_device, train
+from model.train import LOSS_READ_EVERY, TABLE2, RunSettings, Runtime, autocast_for, resolve_device, train
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
@@ -40,13 +40,16 @@ def bare_loop(config: STLightConfig, batch: int, steps: int, device: torch.devic
     inputs = torch.rand(batch, *config.input_shape, device=device)
     targets = torch.rand(batch, *config.output_shape, device=device)
     start = time.perf_counter()
-    for _ in range(steps):
+    total = torch.zeros((), device=device)
+    for step in range(1, steps + 1):
         with autocast:
             loss = F.mse_loss(net(inputs).float(), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss.item()  # the train loop reads the loss every step too
+        total += loss.detach()
+        if step % LOSS_READ_EVERY == 0:
+            total.item()  # the train loop reads its device-side loss sum this often too
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start

@@ -13,7 +13,10 @@ Checks, each with its worst error and tolerance:
 from __future__ import annotations
 
 import math
+import os
+import re
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -120,6 +123,87 @@ def moving_blobs(batch: int, config: STLightConfig, seed: int) -> np.ndarray:
                 blob = np.exp(-((ys - y0 - vy * f) ** 2 + (xs - x0 - vx * f) ** 2) / (2 * sigma**2))  # (H, W)
                 clips[b, f] = np.maximum(clips[b, f], amplitude[:, None, None] * blob)
     return clips
+
+
+# ---------------------------------------------------------------------------------------
+# the provider, checked once before any check
+# ---------------------------------------------------------------------------------------
+
+
+_USABLE: set[str] = set()  # providers already seen working in this process
+
+
+class ProviderUnavailable(RuntimeError):
+    """ONNX Runtime cannot run on the asked provider; nothing was compared. The message is one line
+    with ONNX Runtime's own reason."""
+
+
+def _probe_model() -> bytes:
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=min(onnx.IR_VERSION, 10))
+    return model.SerializeToString()
+
+
+def _reason(log: str) -> str:
+    """The line of ONNX Runtime's log that says why CUDA did not load: the library that failed
+    ("libcublasLt.so.13: cannot open shared object file"), else its "Failed to create" warning."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log)  # its terminal colours
+    found = re.search(r"with error: (.+)", text)
+    if found:
+        return found.group(1).strip()
+    for line in text.splitlines():
+        if "CUDAExecutionProvider" in line or "CUDA failure" in line or "cuda" in line.lower():
+            return line.split("] ", 1)[-1].strip()
+    return ""
+
+
+def check_provider(provider: str) -> None:
+    """Raise :class:`ProviderUnavailable` unless ONNX Runtime really runs on ``provider``.
+
+    For CUDA: load the ``cuda`` extra's libraries first, as the serving engine does (otherwise
+    CUDA works here only when a CUDA torch happened to load them), then open a one-node session
+    and read back the provider it got; ONNX Runtime's reason for a fallback goes only to its log
+    on stderr, so that is captured for the message."""
+    if provider != "cuda" or provider in _USABLE:
+        return
+    import onnxruntime as ort
+
+    from service.engine import preload_cuda_libraries
+
+    name = PROVIDERS[provider]
+    if name not in ort.get_available_providers():
+        raise ProviderUnavailable(
+            f"--device cuda: this onnxruntime build has no {name} (available: {', '.join(ort.get_available_providers())}); "
+            "install onnxruntime-gpu, or validate with --device cpu"
+        )
+    preload_cuda_libraries()
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        os.dup2(log.fileno(), 2)  # ONNX Runtime's C++ logger writes to the process's stderr
+        try:
+            ort.set_default_logger_severity(2)
+            session = ort.InferenceSession(_probe_model(), options, providers=[(name, {"use_tf32": "0"})])
+            got, error = session.get_providers()[0], ""
+        except Exception as exc:  # onnxruntime raises its own Fail/RuntimeException types
+            got, error = "", f"{type(exc).__name__}: {exc}"
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.seek(0)
+        captured = log.read().decode(errors="replace")
+    if got == name:
+        _USABLE.add(provider)
+        return
+    reason = error or _reason(captured) or f"ONNX Runtime fell back to {got or 'nothing'}"
+    raise ProviderUnavailable(
+        f"--device cuda: ONNX Runtime cannot use {name}: {' '.join(reason.split())}. Nothing was validated; "
+        "install the CUDA libraries (pip install 'stlight[cuda]') and an NVIDIA driver, or validate with --device cpu"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -311,7 +395,8 @@ def validate(
     progress: bool = False,
 ) -> ValidationReport:
     """Run every check on ``onnx_path`` against ``net`` (fp32 torch, eval mode); never raises for a
-    bad file — each failure is a failed check with a reason. ``provider``: "cpu" or "cuda"."""
+    bad file — each failure is a failed check with a reason. ``provider``: "cpu" or "cuda"; one
+    ONNX Runtime cannot use raises :class:`ProviderUnavailable` before any check runs."""
     from tqdm import tqdm
 
     if provider not in PROVIDERS:
@@ -319,6 +404,7 @@ def validate(
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise ValueError(f"ONNX file {onnx_path} does not exist")
+    check_provider(provider)
     net = net.cpu().eval()
     report = ValidationReport(str(onnx_path), PROVIDERS[provider], "fp32")
     try:

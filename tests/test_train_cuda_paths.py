@@ -77,7 +77,7 @@ def test_no_amp_turns_tf32_off_and_evaluation_never_uses_it(monkeypatch: pytest.
                 return x[:, :1]
 
         clips = [(torch.rand(2, 1, 8, 8), torch.rand(1, 1, 8, 8)) for _ in range(3)]
-        metrics, _ = evaluate(Probe(), clips, torch.device("cpu"), batch_size=2)  # type: ignore[arg-type]
+        evaluate(Probe(), clips, torch.device("cpu"), batch_size=2)  # type: ignore[arg-type]
         assert seen == [(False, False, False, torch.float32)] * 2
         assert cudnn.allow_tf32 and matmul.allow_tf32  # restored for training
         with pytest.raises(RuntimeError), strict_fp32():
@@ -172,7 +172,7 @@ class PoisonedClips(Dataset):
 def test_nan_loss_is_caught_at_the_next_read_before_any_checkpoint(tmp_path: Path) -> None:
     config = preset("tiny").replace(dim=32, depth=2, in_frames=4, out_frames=1, height=16, width=16)
     steps_per_epoch = 3  # the NaN starts at step 4, the epoch ends at step 6, before the read of step LOSS_READ_EVERY
-    assert LOSS_READ_EVERY > 2 * steps_per_epoch
+    assert 2 * steps_per_epoch < LOSS_READ_EVERY
     settings = RunSettings("npz", "tiny", 1e-3, "onecycle", 1e4, 2, 4 * steps_per_epoch, steps_per_epoch, 0, 0, 4, 0.1)
     runtime = Runtime(out=tmp_path, device="cpu", threads=1, progress=False, val_every=0)
     clips = PoisonedClips(2 * steps_per_epoch)
@@ -260,7 +260,7 @@ def test_memory_mapped_clips_pickle_as_a_path(tmp_path: Path) -> None:
     assert len(blob) < 4096, len(blob)
     copy = pickle.loads(blob)
     for i in (0, 7, 29):
-        for a, b in zip(dataset[i], copy[i]):
+        for a, b in zip(dataset[i], copy[i], strict=True):
             assert torch.equal(a, b)
     assert isinstance(copy.clips, np.memmap)
     in_memory = ClipArray(clips, 4, 1)  # an array in memory (a .npz) still pickles whole
