@@ -23,11 +23,12 @@ import torch
 
 from export.onnx_export import export_checkpoint
 from export.validation import validate
-from model.checkpoint import load_checkpoint, read_checkpoint
+from model.checkpoint import build_model, read_checkpoint
 from model.data import VAL_SEED, MovingMNIST, load_mnist_digits
 from model.metrics import MetricAccumulator
 from model.stlight import count_macs, count_params
 from model.train import save_strip
+from service.frames import to_uint8
 from service.hashing import file_sha256
 
 ASSETS = Path(__file__).resolve().parents[1] / "service" / "assets"
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ckpt = args.run / "best.pt"
     payload = read_checkpoint(ckpt)
-    net, config = load_checkpoint(ckpt)
+    net, config = build_model(payload, ckpt)
     onnx_path = export_checkpoint(ckpt, args.out / "default.onnx")
     report = validate(onnx_path, net, config)
     print(report.table())
@@ -97,12 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     examples.mkdir(parents=True, exist_ok=True)
     ex = MovingMNIST(digits, 4, config.in_frames, config.out_frames, config.height, seed=EXAMPLE_SEED)
     clips = [np.concatenate([ex[i][0].numpy(), ex[i][1].numpy()]) for i in range(len(ex))]
-    to_u8 = lambda a: np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)  # noqa: E731
     for i, clip in enumerate(clips[:3]):
-        np.save(examples / f"clip{i}.npy", to_u8(clip[: config.in_frames]))  # (T, C, H, W): input only
+        np.save(examples / f"clip{i}.npy", to_uint8(clip[: config.in_frames]))  # (T, C, H, W): input only
     with_targets = args.out / "examples-with-targets"  # apart: `stlight predict --has-targets` wants T+T' frames
     with_targets.mkdir(parents=True, exist_ok=True)
-    np.save(with_targets / "moving-mnist.npy", to_u8(np.stack(clips)))  # (N, T+T', C, H, W)
+    np.save(with_targets / "moving-mnist.npy", to_uint8(np.stack(clips)))  # (N, T+T', C, H, W)
 
     # the card
     curve = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines() if line.strip()]

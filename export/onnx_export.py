@@ -184,16 +184,11 @@ def _json_metrics(metrics: Any) -> dict[str, Any]:
 
 def load_for_export(ckpt_path: str | Path) -> tuple[STLight, STLightConfig, ModelCard]:
     """Model (eval mode), config and card from a checkpoint; ``ValueError`` on a bad file."""
-    from model.checkpoint import read_checkpoint
+    from model.checkpoint import build_model, read_checkpoint
     from service.hashing import file_sha256
 
     payload = read_checkpoint(ckpt_path)
-    try:
-        config = STLightConfig.from_dict(payload["config"])
-        net = STLight(config)
-        net.load_state_dict(payload["model"])
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{ckpt_path}: config and weights do not build an STLight model ({exc})") from None
+    net, config = build_model(payload, ckpt_path)
     metrics = payload.get("best_metrics") or payload.get("metrics") or {}
     card = ModelCard.from_config(
         config.to_dict(),
@@ -203,7 +198,7 @@ def load_for_export(ckpt_path: str | Path) -> tuple[STLight, STLightConfig, Mode
         checkpoint_sha256=file_sha256(ckpt_path),
         version=__version__,
     )
-    return net.eval(), config, card
+    return net, config, card
 
 
 def export_checkpoint(ckpt_path: str | Path, out_path: str | Path, **kw: Any) -> Path:

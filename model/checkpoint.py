@@ -41,11 +41,19 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
+def build_model(payload: dict[str, Any], source: str | Path = "checkpoint") -> tuple[STLight, STLightConfig]:
+    """The exact model a checkpoint's payload describes, in eval mode: the one place a
+    checkpoint becomes a model (eval, export and the default-model packaging all use it).
+    ``ValueError`` naming ``source`` when its config and weights do not fit together."""
+    try:
+        config = STLightConfig.from_dict(payload["config"])
+        net = STLight(config)
+        net.load_state_dict(payload["model"])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{source}: config and weights do not build an STLight model ({exc})") from None
+    return net.eval(), config
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[STLight, STLightConfig]:
     """Rebuild the model from a checkpoint file alone; returned in eval mode."""
-    payload = read_checkpoint(path, map_location)
-    config = STLightConfig.from_dict(payload["config"])
-    net = STLight(config)
-    net.load_state_dict(payload["model"])
-    net.eval()
-    return net, config
+    return build_model(read_checkpoint(path, map_location), path)

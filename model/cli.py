@@ -486,18 +486,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
     import torch
 
-    from model.checkpoint import read_checkpoint
-    from model.config import STLightConfig
+    from model.checkpoint import build_model, read_checkpoint
     from model.data import DataError, DataSpec, build_test_dataset
-    from model.stlight import STLight
     from model.train import evaluate, resolve_device
 
     try:
         payload = read_checkpoint(args.checkpoint)
-        config = STLightConfig.from_dict(payload["config"])
-        net = STLight(config)
-        net.load_state_dict(payload["model"])
-    except (ValueError, RuntimeError, TypeError) as exc:
+        net, config = build_model(payload, args.checkpoint)
+    except ValueError as exc:
         raise UserError(f"cannot load {args.checkpoint}: {exc}") from None
     name = args.dataset or payload.get("dataset") or "mmnist"
     torch.set_num_threads(args.threads or os.cpu_count() or 1)

@@ -27,10 +27,12 @@ import torch
 from torch.utils.data import Dataset
 
 from model.config import STLightConfig
+from service.frames import IMAGE_MODES, image_pixels, load_npy
+from service.frames import IMAGE_SUFFIXES as STILL_IMAGE_SUFFIXES
 from service.hashing import file_digest
 
 DATASETS = ("mmnist", "npz", "taxibj", "frames")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (*STILL_IMAGE_SUFFIXES, ".gif")  # a training frame may be a still GIF
 
 # The standard MNIST training images (LeCun, Cortes and Burges); checksums of the gzipped file.
 MNIST_TRAIN_FILE = "train-images-idx3-ubyte.gz"
@@ -315,7 +317,7 @@ def _load_clip_file(name: str, mtime_ns: int) -> np.ndarray:
         raise DataError(f"--data-path {path} does not exist; expected a .npz (key 'clips') or .npy of shape (N, T+T', C, H, W)")
     try:
         if path.suffix == ".npy":
-            return np.load(path, mmap_mode="r", allow_pickle=False)
+            return load_npy(path)
         with np.load(path, allow_pickle=False) as archive:
             keys = list(archive.keys())
             if "clips" in keys:
@@ -335,7 +337,7 @@ def _load_clip_file(name: str, mtime_ns: int) -> np.ndarray:
 def load_mmnist_test_seq(path: str | Path, config: STLightConfig) -> ClipArray:
     """The standard ``mnist_test_seq.npy`` (20, N, 64, 64) uint8 as clips ``(N, 20, 1, 64, 64)``."""
     try:
-        seq = np.load(path, mmap_mode="r", allow_pickle=False)
+        seq = load_npy(path)
     except Exception as exc:
         raise DataError(f"{path} is not a readable .npy file ({type(exc).__name__}: {exc})") from None
     if seq.ndim != 4:
@@ -383,7 +385,7 @@ class FrameFolders(Dataset):
 
     def __init__(self, clip_dirs: Sequence[Path], config: STLightConfig) -> None:
         self.config = config
-        self.mode = {1: "L", 3: "RGB"}.get(config.channels)
+        self.mode = IMAGE_MODES.get(config.channels)
         if self.mode is None:
             raise DataError(f"image folders give 1 (grey) or 3 (RGB) channels; the model config has channels={config.channels}")
         self.clips = [sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for d in clip_dirs]
@@ -420,12 +422,12 @@ class FrameFolders(Dataset):
 
         cfg = self.config
         arrays = []
-        for frame in self.clips[index][: cfg.in_frames + cfg.out_frames]:
-            with Image.open(frame) as image:
-                arrays.append(np.asarray(image.convert(self.mode)))
+        for path in self.clips[index][: cfg.in_frames + cfg.out_frames]:
+            with Image.open(path) as image:
+                arrays.append(image_pixels(image, self.mode))  # decoded as the service decodes frames
         clip = np.stack(arrays).reshape(len(arrays), cfg.height, cfg.width, cfg.channels)  # (T+T', H, W, C)
-        frames = torch.from_numpy(clip).permute(0, 3, 1, 2).float().div_(255.0)  # (T+T', C, H, W)
-        return frames[: cfg.in_frames], frames[cfg.in_frames :]
+        tensor = torch.from_numpy(clip).permute(0, 3, 1, 2).contiguous()  # (T+T', C, H, W) float32 in [0, 1]
+        return tensor[: cfg.in_frames], tensor[cfg.in_frames :]
 
 
 def frame_clip_dirs(root: str | Path) -> list[Path]:

@@ -31,6 +31,7 @@ from model.config import STLightConfig
 from model.data import DataError, DataSpec, build_datasets
 from model.metrics import MetricAccumulator
 from model.stlight import STLight, count_params
+from service.frames import to_uint8
 
 # Table 2 of the paper (App. E); npz gets middle-of-the-road values (documented in the README).
 TABLE2: dict[str, dict[str, Any]] = {
@@ -266,9 +267,8 @@ def save_strip(path: Path, inputs: np.ndarray, truth: np.ndarray, pred: np.ndarr
     from PIL import Image
 
     def frame_image(frame: np.ndarray) -> np.ndarray:  # (C, H, W) -> (H, W, 3) uint8
-        pixels = np.clip(frame, 0, 1)
-        pixels = pixels.transpose(1, 2, 0) if frame.shape[0] == 3 else np.repeat(pixels[0][..., None], 3, axis=2)
-        return (pixels * 255 + 0.5).astype(np.uint8)
+        pixels = to_uint8(frame)
+        return pixels.transpose(1, 2, 0) if frame.shape[0] == 3 else np.repeat(pixels[0][..., None], 3, axis=2)
 
     rows = [inputs, truth, pred]
     _, h, w = inputs.shape[1:]

@@ -1,5 +1,5 @@
 """Request bodies -> clips, predictions -> response bodies. Knows nothing of ONNX or HTTP
-frameworks: only formats, shapes and the :class:`~service.engine.ClipSpec` a model expects.
+frameworks: only formats, shapes and the :class:`~service.card.ClipSpec` a model expects.
 
 Every bad input raises :class:`~service.problems.Problem` with a 4xx status and a detail
 naming what was expected and what came.
@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from service.card import ClipSpec
+from service.frames import IMAGE_MODES, image_pixels, npy_data_bytes, read_npy_header, shape_text, to_image, to_uint8
 from service.problems import Problem
 
 NPY = "application/x-npy"
@@ -45,10 +46,6 @@ class Clips:
 def media_type(content_type: str | None) -> str:
     """``'Application/JSON; charset=utf-8'`` -> ``'application/json'``."""
     return (content_type or "").split(";", 1)[0].strip().lower()
-
-
-def shape_text(shape: Sequence[int | str]) -> str:
-    return "(" + ", ".join(map(str, shape)) + ")"
 
 
 # ---------------------------------------------------------------------------------------
@@ -113,36 +110,12 @@ def check_array(array: np.ndarray, spec: ClipSpec, source: str) -> Clips:
 
 
 def decode_npy(body: bytes, spec: ClipSpec) -> Clips:
-    if not body.startswith(b"\x93NUMPY"):
-        raise Problem(
-            400,
-            "undecodable-npy",
-            f"body is not an .npy array: it starts with {body[:8]!r}, not the .npy magic b'\\x93NUMPY'; write it with numpy.save",
-        )
     stream = io.BytesIO(body)
-    try:  # the header first: a forged shape must not make np.load allocate it
-        version = np.lib.format.read_magic(stream)
-        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-        if read_header is None:
-            raise ValueError(f"npy format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
-        shape, _, dtype = read_header(stream)
-    except Exception as exc:
-        raise Problem(
-            400, "undecodable-npy", f"body has no readable .npy header ({type(exc).__name__}: {exc}); write it with numpy.save"
-        ) from None
-    if dtype.hasobject:
-        raise Problem(
-            400,
-            "undecodable-npy",
-            "body is an .npy of Python objects (it would need unpickling, which is refused); send uint8 or float numbers",
-        )
-    if any(n < 0 for n in shape):
-        raise Problem(
-            400,
-            "undecodable-npy",
-            f".npy header has a negative dimension in its shape {shape_text(shape)}; write it with numpy.save",
-        )
-    promised, present = math.prod(shape) * dtype.itemsize, len(body) - stream.tell()  # Python ints: no overflow
+    try:
+        shape, dtype = read_npy_header(stream)
+    except ValueError as exc:
+        raise Problem(400, "undecodable-npy", f"body: {exc}") from None
+    promised, present = npy_data_bytes(shape, dtype), len(body) - stream.tell()
     if promised != present:
         raise Problem(
             400,
@@ -209,7 +182,7 @@ def decode_images(files: Sequence[tuple[str, bytes]], spec: ClipSpec) -> Clips:
         raise Problem(
             422, "missing-frames", f"multipart body has no 'frames' file parts; expected {spec.in_frames} images, in order"
         )
-    mode = {1: "L", 3: "RGB"}.get(spec.channels)
+    mode = IMAGE_MODES.get(spec.channels)
     if mode is None:
         raise Problem(
             415,
@@ -247,19 +220,12 @@ def decode_images(files: Sequence[tuple[str, bytes]], spec: ClipSpec) -> Clips:
 
 
 def _pixels(image: Image.Image, mode: str, label: str) -> np.ndarray:
-    """One decoded image -> float32 (H, W) for mode "L" or (H, W, 3) for "RGB", in [0, 1].
-    16-bit grey is scaled by 65535 (Pillow's own conversion to 8 bits would clip it at 255)."""
-    if image.mode.startswith("I;16"):
-        grey = np.asarray(image, dtype=np.float32) / np.float32(65535)  # (H, W)
-        return grey if mode == "L" else np.repeat(grey[:, :, None], 3, axis=2)  # (H, W, 3)
-    if image.mode in ("I", "F"):
+    try:
+        return image_pixels(image, mode)
+    except ValueError as exc:  # a 32-bit image: its range cannot be known
         raise Problem(
-            422,
-            "wrong-dtype",
-            f"{label}: expected an 8- or 16-bit image, got a 32-bit {'float' if image.mode == 'F' else 'integer'} one (mode {image.mode}), "
-            "which has no fixed pixel range; send 8/16-bit images, or the values in [0, 1] as application/x-npy",
-        )
-    return np.asarray(image.convert(mode), dtype=np.float32) / np.float32(255)
+            422, "wrong-dtype", f"{label}: {exc}; send 8/16-bit images, or the values in [0, 1] as application/x-npy"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -309,16 +275,6 @@ def choose_answer_type(accept: str | None, request_type: str) -> str:
 # ---------------------------------------------------------------------------------------
 # encode
 # ---------------------------------------------------------------------------------------
-
-
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    """Float frames in [0, 1] -> uint8 pixels (clipped, rounded)."""
-    return np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def to_image(frame: np.ndarray) -> Image.Image:
-    """(C, H, W) uint8, C in {1, 3} -> PIL image."""
-    return Image.fromarray(frame[0]) if frame.shape[0] == 1 else Image.fromarray(frame.transpose(1, 2, 0), "RGB")
 
 
 def check_answerable(answer_type: str, channels: int, clip_count: int, batched: bool) -> None:

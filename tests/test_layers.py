@@ -11,7 +11,16 @@ import pytest
 
 from serving import REPO
 
-TRAINING = ["model", "model.config", "model.stlight", "model.data", "model.metrics", "model.checkpoint", "model.train", "model.cli"]
+TRAINING = [
+    "model",
+    "model.config",
+    "model.stlight",
+    "model.data",
+    "model.metrics",
+    "model.checkpoint",
+    "model.train",
+    "model.cli",
+]
 SERVING = [
     "service",
     "service.app",
@@ -33,7 +42,9 @@ SERVING = [
 
 def loaded_after(modules: list[str]) -> set[str]:
     """Top-level names of every module loaded by importing ``modules`` in a new interpreter."""
-    code = f"import importlib, json, sys\nfor m in {modules!r}: importlib.import_module(m)\nprint(json.dumps(sorted(sys.modules)))"
+    code = (
+        f"import importlib, json, sys\nfor m in {modules!r}: importlib.import_module(m)\nprint(json.dumps(sorted(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True, timeout=300)
     return set(json.loads(out.stdout))
 

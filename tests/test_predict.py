@@ -246,7 +246,7 @@ def test_broken_inputs_are_reported_and_the_rest_written(clips: np.ndarray, tiny
         "whole.npy": "clips have 20 frames",
         "small.npy": "1 x 64 x 64",
         "truncated.npy": "truncated",
-        "noise.npy": "not a readable .npy",
+        "noise.npy": "not an .npy array",
         "frames_bad": "f04.png",
         "corrupt.gif": "GIF",
     }

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from service.frames import IMAGE_SUFFIXES
+
 Kind = Literal["npy", "npz", "frames", "gif"]
 # a file input's kind by its suffix; a folder of FRAME_SUFFIXES images is the kind "frames".
 # A new input kind adds its suffix here and its reader in service/predict/readers.py.
 FILE_KINDS: dict[str, Kind] = {".npy": "npy", ".npz": "npz", ".gif": "gif"}
 # still images that make a frames folder (a .gif is always a clip of its own)
-FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+FRAME_SUFFIXES = IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ the run records it against that input and goes on with the others."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from service import codecs
 from service.card import ClipSpec
+from service.frames import IMAGE_MODES, load_npy, shape_text
 from service.predict.inputs import FRAME_SUFFIXES, Kind, frame_files
 from service.problems import Problem
 
@@ -59,30 +59,10 @@ def _frame_count_error(got: int, spec: ClipSpec, has_targets: bool) -> str:
 
 def read_npy(path: Path) -> np.ndarray:
     """The array (memory-mapped when large); the header is checked against the file size first."""
-    with open(path, "rb") as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read_header is None:
-                raise ValueError(f"npy format version {version} is not supported")
-            shape, _, dtype = read_header(f)
-        except Exception as exc:
-            raise InputError(f"not a readable .npy file ({type(exc).__name__}: {exc}); write it with numpy.save") from None
-        offset = f.tell()
-        if dtype.hasobject:
-            raise InputError(
-                "is an .npy of Python objects (it would need unpickling, which is refused); save uint8 or float arrays"
-            )
-        promised, present = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, os.fstat(f.fileno()).st_size - offset
-        if present < promised:
-            raise InputError(
-                f"is truncated: its header says {codecs.shape_text(shape)} {dtype} = {promised:,} bytes of data, "
-                f"the file holds {present:,}"
-            )
-        if promised <= MEMMAP_BYTES:  # small: read now, from the open file
-            f.seek(0)
-            return np.load(f, allow_pickle=False)
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+    try:
+        return load_npy(path, mmap_above=MEMMAP_BYTES)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _read_npz(path: Path) -> np.ndarray:
@@ -101,20 +81,18 @@ def _read_npz(path: Path) -> np.ndarray:
 def _array_clips(array: np.ndarray, spec: ClipSpec, has_targets: bool) -> Clips:
     """Shape-check an array holding one clip or many."""
     need = frames_expected(spec, has_targets)
-    want = f"(T, C, H, W) = {codecs.shape_text((need, *spec.input_shape[1:]))} or (N, T, C, H, W)"
+    want = f"(T, C, H, W) = {shape_text((need, *spec.input_shape[1:]))} or (N, T, C, H, W)"
     if array.ndim not in (4, 5):
-        raise InputError(f"expected one clip {want}, got an array of shape {codecs.shape_text(array.shape)}")
+        raise InputError(f"expected one clip {want}, got an array of shape {shape_text(array.shape)}")
     clips = array if array.ndim == 5 else array[None]  # (N, T, C, H, W)
     if len(clips) == 0:
-        raise InputError(f"holds no clips (shape {codecs.shape_text(array.shape)})")
+        raise InputError(f"holds no clips (shape {shape_text(array.shape)})")
     if clips.shape[1] != need:
-        raise InputError(
-            f"shape {codecs.shape_text(array.shape)}: clips have {_frame_count_error(clips.shape[1], spec, has_targets)}"
-        )
+        raise InputError(f"shape {shape_text(array.shape)}: clips have {_frame_count_error(clips.shape[1], spec, has_targets)}")
     if clips.shape[2:] != spec.input_shape[1:]:
         c, h, w = spec.input_shape[1:]
         raise InputError(
-            f"shape {codecs.shape_text(array.shape)}: expected frames of C x H x W = {c} x {h} x {w}, "
+            f"shape {shape_text(array.shape)}: expected frames of C x H x W = {c} x {h} x {w}, "
             f"got {' x '.join(map(str, clips.shape[2:]))}"
         )
     return Clips(clips, batched=array.ndim == 5)
@@ -151,7 +129,7 @@ def read_frames(folder: Path, spec: ClipSpec, has_targets: bool) -> Clips:
 def read_gif(path: Path, spec: ClipSpec, has_targets: bool) -> Clips:
     """One clip (uint8) from an animated GIF. Encoders (Pillow among them) merge identical
     consecutive frames into one shown longer; such a frame is repeated by its duration."""
-    mode = {1: "L", 3: "RGB"}.get(spec.channels)
+    mode = IMAGE_MODES.get(spec.channels)
     if mode is None:
         raise InputError(f"a GIF gives 1 (grey) or 3 (RGB) channels; this model takes {spec.channels}: use .npy")
     need = frames_expected(spec, has_targets)

@@ -16,9 +16,9 @@ from typing import Protocol
 
 import numpy as np
 
-from service import codecs
 from service.card import ClipSpec
 from service.client import ServiceUnreachable
+from service.frames import shape_text
 from service.predict.inputs import Source, finished
 from service.predict.readers import Clips, InputError, read_npy, read_source, split_checked
 from service.predict.writers import commit_output, discard_output, new_output, write_images
@@ -233,8 +233,7 @@ class _Run:
         got = prediction.shape if clips.batched else (1, *prediction.shape)
         if tuple(got) != expected:
             raise InputError(
-                f"its existing output {source.npy} has shape {codecs.shape_text(prediction.shape)}, "
-                "not the model's; pass --overwrite"
+                f"its existing output {source.npy} has shape {shape_text(prediction.shape)}, not the model's; pass --overwrite"
             )
         prediction = prediction.reshape(expected)
         for start in range(0, len(clips.raw), self.batch_size):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from service import codecs
+from service.frames import to_image, to_uint8
 from service.predict import readers
 from service.predict.inputs import Source
 
@@ -54,8 +55,8 @@ def write_images(
         folder = source.base / f"clip_{first + offset:03d}" if batched else source.base
         if png:
             folder.mkdir(parents=True, exist_ok=True)
-            for t, frame in enumerate(codecs.to_uint8(clip_out)):
-                codecs.to_image(frame).save(folder / f"frame_{t:03d}.png")
+            for t, frame in enumerate(to_uint8(clip_out)):
+                to_image(frame).save(folder / f"frame_{t:03d}.png")
         if gif:
             target = folder.with_name(folder.name + ".gif") if batched else source.gif
             target.parent.mkdir(parents=True, exist_ok=True)

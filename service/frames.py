@@ -1,0 +1,112 @@
+"""Frames as files and pixels, for everything that reads or writes them: the ``.npy`` header
+check, frames -> uint8, image decoding. Used by the HTTP codecs, ``stlight predict`` and the
+training data, so an array or an image means the same thing to all three. Numpy and Pillow
+only (no torch, no web framework).
+
+Errors are ``ValueError`` s whose message names what was expected and what came, without
+saying where the bytes came from; callers prefix that (a request body, a file name)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image
+
+NPY_MAGIC = b"\x93NUMPY"
+# still-image files that make up a clip of frames
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Pillow mode for a channel count; other counts have no image form
+IMAGE_MODES = {1: "L", 3: "RGB"}
+
+
+def shape_text(shape: Sequence[int | str]) -> str:
+    """``(10, 1, 64, 64)``: a shape in error messages."""
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
+# ---------------------------------------------------------------------------------------
+# .npy
+# ---------------------------------------------------------------------------------------
+
+
+def read_npy_header(stream: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of an ``.npy``, leaving ``stream`` at the first data byte.
+
+    Read before the data, so that a forged shape never makes numpy allocate it; arrays of
+    Python objects are refused (loading them would unpickle)."""
+    start = stream.read(len(NPY_MAGIC))
+    if start != NPY_MAGIC:
+        raise ValueError(
+            f"not an .npy array: it starts with {start!r}, not the .npy magic {NPY_MAGIC!r}; write it with numpy.save"
+        )
+    stream.seek(-len(NPY_MAGIC), os.SEEK_CUR)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ValueError(f"npy format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
+        shape, _, dtype = read_header(stream)
+    except Exception as exc:  # numpy raises ValueError, EOFError, SyntaxError... for a bad header
+        raise ValueError(f"no readable .npy header ({type(exc).__name__}: {exc}); write it with numpy.save") from None
+    if dtype.hasobject:
+        raise ValueError("an .npy of Python objects (it would need unpickling, which is refused); save uint8 or float arrays")
+    if any(n < 0 for n in shape):
+        raise ValueError(f"the .npy header has a negative dimension in its shape {shape_text(shape)}; write it with numpy.save")
+    return tuple(shape), dtype
+
+
+def npy_data_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    return math.prod(shape) * dtype.itemsize  # Python ints: a forged shape cannot overflow
+
+
+def load_npy(path: str | Path, mmap_above: int = 0) -> np.ndarray:
+    """An ``.npy`` file's array, memory-mapped when its data is larger than ``mmap_above``
+    bytes (so a file larger than RAM can be read a slice at a time); the header is checked
+    against the file's size first, so a truncated file fails here and not mid-run."""
+    with open(path, "rb") as f:
+        shape, dtype = read_npy_header(f)
+        promised, present = npy_data_bytes(shape, dtype), os.fstat(f.fileno()).st_size - f.tell()
+        if present < promised:
+            raise ValueError(
+                f"truncated: its header says {shape_text(shape)} {dtype} = {promised:,} bytes of data, the file holds {present:,}"
+            )
+        if promised <= mmap_above:  # small: read now, from the open file
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+# ---------------------------------------------------------------------------------------
+# pixels
+# ---------------------------------------------------------------------------------------
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Float frames in [0, 1] -> uint8 pixels (clipped, rounded)."""
+    return np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def to_image(frame: np.ndarray) -> Image.Image:
+    """(C, H, W) uint8, C in {1, 3} -> PIL image."""
+    return Image.fromarray(frame[0]) if frame.shape[0] == 1 else Image.fromarray(frame.transpose(1, 2, 0), "RGB")
+
+
+def image_pixels(image: Image.Image, mode: str) -> np.ndarray:
+    """One decoded image -> float32 (H, W) for mode "L" or (H, W, 3) for "RGB", in [0, 1].
+
+    16-bit grey is scaled by 65535 (Pillow's own conversion to 8 bits would clip it at 255);
+    32-bit images are refused: they have no fixed pixel range to scale by."""
+    if image.mode.startswith("I;16"):
+        grey = np.asarray(image, dtype=np.float32) / np.float32(65535)  # (H, W)
+        return grey if mode == "L" else np.repeat(grey[:, :, None], 3, axis=2)  # (H, W, 3)
+    if image.mode in ("I", "F"):
+        kind = "float" if image.mode == "F" else "integer"
+        raise ValueError(
+            f"expected an 8- or 16-bit image, got a 32-bit {kind} one (mode {image.mode}), which has no fixed pixel range"
+        )
+    return np.asarray(image.convert(mode), dtype=np.float32) / np.float32(255)
