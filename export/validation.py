@@ -31,6 +31,7 @@ from torch import nn
 
 from model.config import STLightConfig
 from service.card import ModelCard
+from service.runtime import cuda_provider_options
 
 FP32_TOLERANCE = 1e-4  # max abs error, whole model and per op (the bound)
 FP16_RELATIVE = 1e-2  # fp16: max abs error <= 1e-2 * max(1, max |torch output|)
@@ -217,7 +218,8 @@ def _session(model: onnx.ModelProto | bytes, provider: str) -> Any:
     options = ort.SessionOptions()
     options.log_severity_level = 4  # failures come back as exceptions and land in the report
     name = PROVIDERS[provider]
-    providers: list[Any] = [(name, {"use_tf32": "0"}) if provider == "cuda" else name]
+    # the options `stlight serve` runs with (TF32 off among them): the file validated is the file served
+    providers: list[Any] = [(name, cuda_provider_options()) if provider == "cuda" else name]
     data = model if isinstance(model, bytes) else model.SerializeToString()
     session = ort.InferenceSession(data, options, providers=providers)
     if session.get_providers()[0] != name:

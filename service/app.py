@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -41,10 +41,22 @@ class ServiceState:
     batcher: Batcher | None = None
     state: State = "loading"
     error: str = ""
+    # set by `stlight serve`: stop the server, so a process that cannot serve any more exits
+    # non-zero and its orchestrator replaces it (in-process apps just stay not ready)
+    shutdown: Callable[[], None] | None = None
 
     def set_state(self, state: State) -> None:
         self.state = state
         self.metrics.ready.set(1 if state == "ready" else 0)
+
+    def fail(self, reason: str) -> None:
+        """The model cannot serve any more (warm-up failed, device lost): not ready, stop."""
+        if self.state == "failed":
+            return
+        self.error = reason
+        self.set_state("failed")
+        if self.shutdown:
+            self.shutdown()
 
 
 def resolve_model(settings: ServeSettings) -> str:
@@ -60,7 +72,16 @@ def resolve_model(settings: ServeSettings) -> str:
 
 def load_engine(settings: ServeSettings) -> Engine:
     """Create the session and log the provider ONNX Runtime really uses."""
-    engine = Engine(resolve_model(settings), settings.device, settings.resolved_intra_op_threads, settings.inter_op_threads)
+    engine = Engine(
+        resolve_model(settings),
+        settings.device,
+        settings.resolved_intra_op_threads,
+        settings.inter_op_threads,
+        max_batch_size=settings.max_batch_size,
+        tf32=settings.tf32,
+        cuda_graphs=settings.cuda_graphs,
+        spinning=settings.ort_spinning,
+    )
     fallback = (
         " (CUDA did not load; falling back to CPU; --device cuda shows why)"
         if settings.device == "auto" and engine.provider == CPU
@@ -289,6 +310,7 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
             queue_size=settings.queue_size,
             timeout_s=settings.request_timeout_s,
             metrics=service.metrics,
+            on_fatal=service.fail,
         )
         service.batcher = batcher
         batcher.start()
@@ -378,15 +400,14 @@ async def _warm_up(service: ServiceState) -> None:
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        service.error = f"warm-up failed: {type(exc).__name__}: {exc}"
-        service.set_state("failed")
-        log.error("%s", service.error)
+        batcher.fail(f"warm-up failed: {type(exc).__name__}: {exc}")  # logs once, then service.fail
         return
     service.set_state("ready")
+    sizes = engine.buckets or "1, 2, 4, ... " + str(settings.max_batch_size)
     log.info(
-        "ready on %s: warm-up (%d runs at batch %d and 1) took %.2f s",
+        "ready on %s: warm-up (%d runs at batch sizes %s) took %.2f s",
         engine.provider,
         settings.warmup_runs,
-        settings.max_batch_size,
+        ", ".join(map(str, sizes)) if isinstance(sizes, tuple) else sizes,
         time.perf_counter() - began,
     )

@@ -2,15 +2,19 @@
 
 Knows nothing of HTTP. The provider that ONNX Runtime really uses is read back from the session
 after it is created, so a CUDA provider that failed to load is reported as the CPU fallback it is.
+
+On CUDA a batch is padded to one of a few bucket sizes (1, 2, 4, ... ``max_batch_size``) and run
+through IO binding with input and output buffers bound once per bucket, so cuDNN, the memory
+arena and (with ``cuda_graphs``) the captured graphs see a handful of shapes and addresses
+instead of one per batch size. ONNX Runtime's errors are sorted for the batcher
+(:func:`service.runtime.classify_run_error`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import io
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,43 +23,42 @@ import onnxruntime as ort
 
 from service.card import ModelCard
 from service.hashing import file_sha256
+from service.runtime import CPU, CUDA, classify_run_error, cuda_provider_options, preload_cuda_libraries
+
+__all__ = ["CPU", "CUDA", "Engine", "EngineError", "bucket_sizes", "file_sha256", "preload_cuda_libraries"]
 
 log = logging.getLogger("stlight.engine")
 
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-# cuDNN's exhaustive algorithm search costs seconds per new input shape; dynamic batch sizes
-# would pay it again and again, so take its heuristic choice (the issue asks for HEURISTIC).
-CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
-
 _NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def bucket_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """1, 2, 4, ... below ``max_batch_size``, then ``max_batch_size`` itself."""
+    sizes, size = [], 1
+    while size < max_batch_size:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, max_batch_size)
 
 
 class EngineError(Exception):
     """The model cannot be served as asked (missing file, no model card, CUDA not loading...)."""
 
 
-@functools.cache
-def preload_cuda_libraries() -> None:
-    """Load CUDA and cuDNN from the nvidia-* wheels of the ``cuda`` extra (what the Docker image
-    installs), which the CUDA provider does not find on its own (they are not on the library
-    path). Quiet where they are absent: the provider then searches the system as usual."""
-    preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
-    if preload is None:
-        return
-    printed = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(printed):  # it print()s each library it cannot load
-            preload()
-    except Exception as exc:  # never let this stop the CPU fallback
-        log.debug("onnxruntime.preload_dlls failed: %s", exc)
-    if printed.getvalue().strip():
-        log.debug("onnxruntime.preload_dlls: %s", printed.getvalue().strip())
+@dataclass
+class _Binding:
+    """IO binding of one bucket: input and output buffers on the device, bound once, reused by
+    every batch of this size (CUDA graphs need exactly that: the same addresses every replay)."""
+
+    binding: Any  # ort.IOBinding
+    inputs: Any  # ort.OrtValue (bucket, T, C, H, W)
+    outputs: Any  # ort.OrtValue (bucket, T', C, H, W)
+    run_options: Any  # ort.RunOptions
 
 
 class Engine:
-    """An ONNX Runtime session for one STLight model. ``run`` is thread-safe (ORT allows
-    concurrent ``run`` calls) but the service calls it from a single worker thread."""
+    """An ONNX Runtime session for one STLight model. The service calls ``run`` from a single
+    worker thread (the bound buffers are shared state)."""
 
     def __init__(
         self,
@@ -63,32 +66,52 @@ class Engine:
         device: Literal["auto", "cuda", "cpu"] = "auto",
         intra_op_threads: int = 1,
         inter_op_threads: int = 1,
+        *,
+        max_batch_size: int = 8,
+        tf32: bool = False,
+        cuda_graphs: bool = False,
+        buckets: bool | None = None,
+        io_binding: bool | None = None,
+        spinning: bool = True,
     ) -> None:
+        """``buckets`` and ``io_binding`` default to on for CUDA, off for CPU (padding costs
+        CPU time and ONNX Runtime already reads numpy input in place there); turning them on
+        for CPU runs the same code path as CUDA does, which is how it is tested without a GPU."""
         self.path = Path(path)
         if not self.path.is_file():
             raise EngineError(f"model file not found: {self.path}")
         if device not in ("auto", "cuda", "cpu"):
             raise EngineError(f"device must be auto, cuda or cpu, got {device!r}")
+        if max_batch_size < 1:
+            raise EngineError(f"max_batch_size must be >= 1, got {max_batch_size}")
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # idle ORT threads would otherwise spin on the CPU the event loop needs between batches
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Spinning: ORT's pool threads spin briefly after each parallel section before they sleep,
+        # so back-to-back batches skip a futex wake-up per operator (~1 ms per batch-1 run on the
+        # 2-core benchmark box), and an idle server still sleeps (the spin is bounded; measured in
+        # docs/serving-performance.md). Off for hosts where a busy-waiting core is unwelcome.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
         options.log_severity_level = 3  # errors only; we report the provider in use ourselves
-        self.intra_op_threads, self.inter_op_threads = intra_op_threads, inter_op_threads
+        self.intra_op_threads, self.inter_op_threads, self.spinning = intra_op_threads, inter_op_threads, spinning
+        self.tf32, self.cuda_graphs = tf32, cuda_graphs
 
         providers: list[Any] = [CPU]
+        preload_report: tuple[str, ...] = ()
         if device in ("auto", "cuda"):
             if CUDA in ort.get_available_providers():
-                preload_cuda_libraries()
-                providers = [(CUDA, CUDA_OPTIONS), CPU]
+                preload_report = preload_cuda_libraries()
+                providers = [(CUDA, cuda_provider_options(tf32=tf32, cuda_graphs=cuda_graphs)), CPU]
             elif device == "cuda":
                 raise EngineError(
                     "--device cuda: this onnxruntime build has no CUDAExecutionProvider "
                     f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu or use --device cpu"
                 )
+        if cuda_graphs and device == "cpu":
+            raise EngineError("--cuda-graphs needs --device cuda (or auto on a machine where CUDA loads)")
         # With "auto", a CUDA provider that fails to load is expected on CPU hosts: silence ONNX
         # Runtime's multi-line error and let the caller report the fallback in one line.
         # "cuda" keeps it, since there it says why the start fails.
@@ -102,9 +125,16 @@ class Engine:
             ort.set_default_logger_severity(2)  # ONNX Runtime's default: warnings
         self.provider: str = self.session.get_providers()[0]
         if device == "cuda" and self.provider != CUDA:
+            for line in preload_report:  # at DEBUG otherwise; here it is the likeliest reason
+                log.warning("CUDA library preload: %s", line)
+            missing = f"; the library preload said: {preload_report[0]}" if preload_report else ""
             raise EngineError(
-                f"--device cuda: CUDAExecutionProvider did not load (ONNX Runtime fell back to {self.provider}); "
+                f"--device cuda: CUDAExecutionProvider did not load (ONNX Runtime fell back to {self.provider}){missing}; "
                 "check the NVIDIA driver, CUDA and cuDNN libraries (pip install 'stlight[cuda]'), or use --device auto/cpu"
+            )
+        if cuda_graphs and self.provider != CUDA:
+            raise EngineError(
+                f"--cuda-graphs: CUDA did not load (ONNX Runtime uses {self.provider}); use --device cuda to see why"
             )
 
         try:
@@ -116,50 +146,105 @@ class Engine:
         if len(inputs) != 1 or len(outputs) != 1:
             raise EngineError(f"{self.path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
-        self.input_dtype = _NP_DTYPES.get(inputs[0].type)
-        if self.input_dtype is None:
-            raise EngineError(f"{self.path}: input {self.input_name!r} has type {inputs[0].type}; expected a float tensor")
-        shape = inputs[0].shape  # [B, T, C, H, W]; B is a name when the batch axis is dynamic
-        if len(shape) != 5 or any(isinstance(d, int) and d != want for d, want in zip(shape[1:], self.spec.input_shape)):
+        input_dtype, output_dtype = _NP_DTYPES.get(inputs[0].type), _NP_DTYPES.get(outputs[0].type)
+        if input_dtype is None or output_dtype is None:
             raise EngineError(
-                f"{self.path}: input shape {shape} does not match the model card's (B, {', '.join(map(str, self.spec.input_shape))})"
+                f"{self.path}: input {self.input_name!r} has type {inputs[0].type} and output {self.output_name!r} "
+                f"{outputs[0].type}; expected float tensors"
             )
+        self.input_dtype, self.output_dtype = input_dtype, output_dtype
+        shape = inputs[0].shape  # [B, T, C, H, W]; B is a name when the batch axis is dynamic
+        if len(shape) != 5 or any(
+            isinstance(d, int) and d != want for d, want in zip(shape[1:], self.spec.input_shape, strict=True)
+        ):
+            want = ", ".join(map(str, self.spec.input_shape))
+            raise EngineError(f"{self.path}: input shape {shape} does not match the model card's (B, {want})")
         # a fixed batch axis (export without a dynamic batch) is served by padding to it
         self.fixed_batch: int | None = shape[0] if isinstance(shape[0], int) else None
+        on_cuda = self.provider == CUDA
+        want_buckets = buckets if buckets is not None else on_cuda
+        self.buckets: tuple[int, ...] = ()  # empty: any batch size as it comes
+        if self.fixed_batch is not None:
+            self.buckets = (self.fixed_batch,)
+        elif want_buckets or cuda_graphs:
+            self.buckets = bucket_sizes(max_batch_size)
+        self.max_batch_size = max_batch_size
+        self.io_binding = io_binding if io_binding is not None else on_cuda
+        if cuda_graphs and not (self.io_binding and self.buckets):
+            raise EngineError("--cuda-graphs needs IO binding and bucketed batch sizes (fixed shapes and addresses)")
+        self._device = "cuda" if on_cuda else "cpu"
+        self._bindings: dict[int, _Binding] = {}
         self.sha256 = file_sha256(self.path)
         self.name = self.card.preset or self.path.stem
         self._warm = threading.Event()
 
+    # running -----------------------------------------------------------------------------
+    def bucket_for(self, n: int) -> int:
+        """The batch size a run of ``n`` clips (n <= the largest bucket) really executes at."""
+        return next((b for b in self.buckets if b >= n), n)
+
     def run(self, clips: np.ndarray) -> np.ndarray:
-        """(B, T, C, H, W) float32 in [0, 1] -> (B, T', C, H, W) float32."""
+        """(B, T, C, H, W) float32 in [0, 1] -> (B, T', C, H, W) float32. Raises
+        :class:`~service.runtime.OutOfMemory` or :class:`~service.runtime.DeviceLost` for
+        the ONNX Runtime failures the batcher answers by kind."""
         if clips.ndim != 5 or clips.shape[1:] != self.spec.input_shape:
             raise ValueError(f"expected clips of shape (B, {', '.join(map(str, self.spec.input_shape))}), got {clips.shape}")
-        n = clips.shape[0]
-        if self.fixed_batch is None:
+        if not self.buckets:
             return self._run(clips)
-        parts = []
-        for start in range(0, n, self.fixed_batch):
-            chunk = clips[start : start + self.fixed_batch]
-            pad = self.fixed_batch - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-            parts.append(self._run(chunk)[: self.fixed_batch - pad])
-        return np.concatenate(parts)
+        largest = self.buckets[-1]
+        parts = [self._run_padded(clips[start : start + largest]) for start in range(0, len(clips), largest)]
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def _run_padded(self, clips: np.ndarray) -> np.ndarray:
+        n, bucket = len(clips), self.bucket_for(len(clips))
+        if bucket != n:  # zero clips fill the bucket; their rows are cut off below
+            padded = np.zeros((bucket, *clips.shape[1:]), self.input_dtype)
+            padded[:n] = clips
+            clips = padded
+        return self._run(clips)[:n]
 
     def _run(self, clips: np.ndarray) -> np.ndarray:
-        feed = np.ascontiguousarray(clips, dtype=self.input_dtype)
-        (out,) = self.session.run([self.output_name], {self.input_name: feed})
+        try:
+            if self.io_binding and len(clips) in self.buckets:
+                out = self._run_bound(clips)
+            else:
+                feed = np.ascontiguousarray(clips, dtype=self.input_dtype)
+                (out,) = self.session.run([self.output_name], {self.input_name: feed})
+        except Exception as exc:
+            raise classify_run_error(exc) from exc
         out = np.asarray(out, dtype=np.float32)
         if out.shape != (len(clips), *self.spec.output_shape):
             raise RuntimeError(f"model returned shape {out.shape}, expected {(len(clips), *self.spec.output_shape)}")
         return out
 
-    def warm_up(self, max_batch_size: int, runs: int = 2) -> None:
-        """Run full-size and single-clip batches so the first requests do not pay for
-        allocator growth and (on CUDA) kernel selection."""
+    def _run_bound(self, clips: np.ndarray) -> np.ndarray:
+        bound = self._bindings.get(len(clips)) or self._bind(len(clips))
+        bound.inputs.update_inplace(np.ascontiguousarray(clips, dtype=self.input_dtype))  # host -> device
+        self.session.run_with_iobinding(bound.binding, bound.run_options)
+        out = bound.outputs.numpy()  # CUDA: a fresh host copy; CPU: a view of the bound buffer...
+        return out.copy() if self._device == "cpu" else out  # ...which the next batch overwrites
+
+    def _bind(self, bucket: int) -> _Binding:
+        """Allocate and bind this bucket's buffers (on first use, normally during warm-up)."""
+        inputs = ort.OrtValue.ortvalue_from_shape_and_type([bucket, *self.spec.input_shape], self.input_dtype, self._device, 0)
+        outputs = ort.OrtValue.ortvalue_from_shape_and_type([bucket, *self.spec.output_shape], self.output_dtype, self._device, 0)
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self.input_name, inputs)
+        binding.bind_ortvalue_output(self.output_name, outputs)
+        run_options = ort.RunOptions()
+        if self.cuda_graphs:  # one captured graph per bucket (ids start at 1; -1 means "no graph")
+            run_options.add_run_config_entry("gpu_graph_id", str(self.buckets.index(bucket) + 1))
+        self._bindings[bucket] = _Binding(binding, inputs, outputs, run_options)
+        return self._bindings[bucket]
+
+    def warm_up(self, max_batch_size: int | None = None, runs: int = 2) -> None:
+        """Run every bucket size (or, without buckets, 1, 2, 4, ... ``max_batch_size``), largest
+        first, so the first requests do not pay for arena growth, kernel selection, buffer
+        binding or CUDA graph capture."""
         rng = np.random.default_rng(0)
+        sizes = self.buckets or bucket_sizes(max_batch_size or self.max_batch_size)
         for _ in range(runs):
-            for size in sorted({max_batch_size, 1}, reverse=True):
+            for size in sorted(set(sizes), reverse=True):
                 self.run(rng.random((size, *self.spec.input_shape), dtype=np.float32))
         self._warm.set()
 
@@ -180,4 +265,9 @@ class Engine:
             "path": str(self.path),
             "intra_op_threads": self.intra_op_threads,
             "inter_op_threads": self.inter_op_threads,
+            "spinning": self.spinning,
+            "tf32": self.tf32 and self.provider == CUDA,
+            "cuda_graphs": self.cuda_graphs,
+            "io_binding": self.io_binding,
+            "batch_buckets": list(self.buckets),
         }

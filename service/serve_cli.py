@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 
 from service.errors import UserError
 
 # flag -> settings field; flags default to None so only the ones given override the environment
-_FLAGS = ("model", "host", "port", "device", "max_batch_size", "max_delay_ms", "max_body_mb")
+_FLAGS = ("model", "host", "port", "device", "max_batch_size", "max_delay_ms", "max_body_mb", "tf32", "cuda_graphs")
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +25,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
             "Every flag can also be set as an environment variable STLIGHT_<FLAG> (e.g. STLIGHT_MAX_BATCH_SIZE=16); "
             "a flag given on the command line wins. Further settings only as variables: STLIGHT_QUEUE_SIZE (256), "
             "STLIGHT_REQUEST_TIMEOUT_S (30), STLIGHT_INTRA_OP_THREADS (0 = all CPUs), STLIGHT_INTER_OP_THREADS (1), "
-            "STLIGHT_WARMUP_RUNS (2)."
+            "STLIGHT_WARMUP_RUNS (2), STLIGHT_ORT_SPINNING (true). A process whose warm-up fails or whose GPU hits a "
+            "sticky CUDA error exits with status 1 so its orchestrator replaces it."
         ),
     )
     parser.add_argument(
@@ -37,7 +39,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
-        help="auto (the default): CUDA when it really loads, else CPU; cpu; cuda: fail at start unless CUDA loads [STLIGHT_DEVICE]",
+        help="auto (the default): CUDA when it really loads, else CPU; cpu; cuda: fail at start unless CUDA loads "
+        "[STLIGHT_DEVICE]",
     )
     parser.add_argument(
         "--max-batch-size",
@@ -49,13 +52,28 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         "--max-delay-ms",
         type=float,
         metavar="MS",
-        help="longest wait for more clips after the first (default 5) [STLIGHT_MAX_DELAY_MS]",
+        help="extra wait for more clips after the first; 0 (the default) runs at once and batches what gathered "
+        "while the previous batch ran [STLIGHT_MAX_DELAY_MS]",
     )
     parser.add_argument(
         "--max-body-mb",
         type=float,
         metavar="MB",
         help="largest request body in MiB; larger ones get 413 (default 64) [STLIGHT_MAX_BODY_MB]",
+    )
+    parser.add_argument(
+        "--tf32",
+        action="store_true",
+        default=None,
+        help="CUDA: allow TF32 math (faster on Ampere and newer; outputs move by ~5e-4, more than `stlight export` "
+        "validated with TF32 off; shown in /v1/model) [STLIGHT_TF32]",
+    )
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        default=None,
+        help="CUDA: capture one CUDA graph per batch-size bucket at warm-up and replay it (less launch overhead "
+        "for small models) [STLIGHT_CUDA_GRAPHS]",
     )
     parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log verbosity (default info)"
@@ -95,6 +113,8 @@ def run_serve(args: argparse.Namespace) -> int:
         app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=30, access_log=False
     )
     server = uvicorn.Server(config)
+    service = app.state.service
+    service.shutdown = lambda: setattr(server, "should_exit", True)
     # uvicorn re-raises the SIGTERM/SIGINT it caught once shutdown is done; with this handler in
     # place that re-raise is a no-op, so a graceful stop exits 0 instead of "killed by signal"
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -103,4 +123,7 @@ def run_serve(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if service.state == "failed":
+        print(f"stlight serve: stopped, the model cannot serve: {service.error}", file=sys.stderr)
+        return 1
     return 0 if server.started else 1
