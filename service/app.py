@@ -319,7 +319,8 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
         try:
             yield
         finally:
-            service.set_state("stopping")
+            if service.state != "failed":  # a failed service stays failed: `stlight serve` exits 1 on it
+                service.set_state("stopping")
             warm.cancel()
             await asyncio.gather(warm, return_exceptions=True)
             await batcher.stop()

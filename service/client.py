@@ -222,7 +222,7 @@ class LocalClient:
         if batch_size < 1 or intra_op_threads < 0:
             raise ValueError(f"need batch_size >= 1 and intra_op_threads >= 0, got {batch_size} and {intra_op_threads}")
         self.batch_size = batch_size
-        self.engine: Engine = Engine(model, device, intra_op_threads or available_cpus(), 1)
+        self.engine: Engine = Engine(model, device, intra_op_threads or available_cpus(), 1, max_batch_size=batch_size)
         self.spec: ClipSpec = self.engine.spec
 
     @property
