@@ -11,6 +11,7 @@ runs after two warm-ups is reported. The ratio column is torch / ORT (> 1: ORT i
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -71,8 +72,8 @@ def main() -> None:
                 clips = np.random.default_rng(batch).random((batch, *config.input_shape), dtype=np.float32)
                 tensor = torch.from_numpy(clips)
                 with torch.inference_mode():
-                    torch_ms = median_ms(lambda: net(tensor), args.repeats)
-                ort_ms = median_ms(lambda: session.run(None, {"frames": clips}), args.repeats)
+                    torch_ms = median_ms(functools.partial(net, tensor), args.repeats)
+                ort_ms = median_ms(functools.partial(session.run, None, {"frames": clips}), args.repeats)
                 rows.append((name, batch, torch_ms, ort_ms, path.stat().st_size / 2**20, export_s))
                 bar.update()
         bar.close()
@@ -82,7 +83,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for name, batch, torch_ms, ort_ms, mib, export_s in rows:
         print(
-            f"| {name} | {batch} | {torch_ms:.1f} | {ort_ms:.1f} | {torch_ms / ort_ms:.2f} | {1e3 * batch / ort_ms:.1f} | {mib:.1f} | {export_s:.1f} |"
+            f"| {name} | {batch} | {torch_ms:.1f} | {ort_ms:.1f} | {torch_ms / ort_ms:.2f} | {1e3 * batch / ort_ms:.1f} | "
+            f"{mib:.1f} | {export_s:.1f} |"
         )
 
 

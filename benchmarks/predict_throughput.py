@@ -65,7 +65,7 @@ def make_clips(n: int, shape: tuple[int, int, int, int]) -> np.ndarray:
 
         digits = load_mnist_digits(REPO.parent / "shared" / "data" / "mnist", download=False)
         rng = np.random.default_rng(0)
-        t, c, h, w = shape
+        t, c, h, _ = shape
         return np.stack([moving_mnist_clip(rng, digits, t, h) for _ in range(n)])[:, :, None].repeat(c, axis=2)
     except Exception:
         return np.random.default_rng(0).integers(0, 256, (n, *shape), dtype=np.uint8)
@@ -86,10 +86,10 @@ def start_server(model: Path, batch: int, device: str, log: Path) -> tuple[subpr
         "--max-batch-size",
         str(batch),
     ]
-    handle = open(log, "wb")
-    proc = subprocess.Popen(
-        command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-    )
+    with open(log, "wb") as handle:  # the server writes to its own copy of the descriptor
+        proc = subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         found = re.search(r"Uvicorn running on (http://[\d.]+:\d+)", log.read_text(errors="replace"))
@@ -175,7 +175,8 @@ def main() -> None:
 
     base = rows[0][2]
     print(
-        f"\n{len(clips)} clips of {local.spec.input_shape}, batch {args.batch_size}, {model.name}, {os.cpu_count()} CPUs, best of {args.repeat}"
+        f"\n{len(clips)} clips of {local.spec.input_shape}, batch {args.batch_size}, {model.name}, {os.cpu_count()} CPUs, "
+        f"best of {args.repeat}"
     )
     print("| mode | inputs | clips/s | vs session.run |\n|---|---|---|---|")
     for mode, inputs_name, rate in rows:

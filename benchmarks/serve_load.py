@@ -86,9 +86,9 @@ def in_process(model: Path, clip: np.ndarray, batch: int, runs: int, device: str
 def start_server(model: Path, max_batch: int, delay_ms: float, device: str, log: Path) -> tuple[subprocess.Popen, str]:
     command = [sys.executable, "-m", "service.cli", "serve", "--model", str(model), "--port", "0", "--device", device,
                "--max-batch-size", str(max_batch), "--max-delay-ms", str(delay_ms)]  # fmt: skip
-    handle = open(log, "wb")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "STLIGHT_QUEUE_SIZE": "4096", "STLIGHT_REQUEST_TIMEOUT_S": "600"}
-    proc = subprocess.Popen(command + ["--log-level", "info"], stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    with open(log, "wb") as handle:  # the server writes to its own copy of the descriptor
+        proc = subprocess.Popen([*command, "--log-level", "info"], stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         found = re.search(r"Uvicorn running on (http://[\d.]+:\d+)", log.read_text(errors="replace"))
@@ -191,13 +191,15 @@ def main() -> None:
     base = float(single["clips_s"])
     cpus = len(os.sched_getaffinity(0))
     print(
-        f"\nmodel {model.name} ({os.path.getsize(model) / 1e6:.1f} MB), clip {tuple(shape)}, {args.requests} requests per row, {cpus} CPUs"
+        f"\nmodel {model.name} ({os.path.getsize(model) / 1e6:.1f} MB), clip {tuple(shape)}, {args.requests} requests per "
+        f"row, {cpus} CPUs"
     )
     print("| mode | clients | provider | p50 ms | p99 ms | clips/s | clips/s vs in-process batch 1 |")
     print("|---|---|---|---|---|---|---|")
     for label, concurrency, r in rows:
         print(
-            f"| {label} | {concurrency} | {r['provider']} | {r['p50']:.1f} | {r['p99']:.1f} | {r['clips_s']:.0f} | {float(r['clips_s']) / base:.2f}x |"
+            f"| {label} | {concurrency} | {r['provider']} | {r['p50']:.1f} | {r['p99']:.1f} | {r['clips_s']:.0f} | "
+            f"{float(r['clips_s']) / base:.2f}x |"
         )
 
 

@@ -1,7 +1,7 @@
 """Torch -> ONNX export of STLight checkpoints, validated against torch.
 
 Names are imported lazily (PEP 562): ``import export.cli``, which the ``stlight`` command does to
-build its parser, must not import torch.
+build its parser, must neither need torch nor pay seconds for importing it (see ``model/__init__.py``).
 """
 
 from __future__ import annotations
@@ -23,9 +23,34 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-if TYPE_CHECKING:
-    from export.onnx_export import export_checkpoint, export_preset, load_for_export, random_model, to_onnx
-    from export.validation import Check, ValidationReport, moving_blobs, validate
+if TYPE_CHECKING:  # the same names, eagerly, for type checkers (``X as X`` marks a re-export)
+    from export.onnx_export import (
+        export_checkpoint as export_checkpoint,
+    )
+    from export.onnx_export import (
+        export_preset as export_preset,
+    )
+    from export.onnx_export import (
+        load_for_export as load_for_export,
+    )
+    from export.onnx_export import (
+        random_model as random_model,
+    )
+    from export.onnx_export import (
+        to_onnx as to_onnx,
+    )
+    from export.validation import (
+        Check as Check,
+    )
+    from export.validation import (
+        ValidationReport as ValidationReport,
+    )
+    from export.validation import (
+        moving_blobs as moving_blobs,
+    )
+    from export.validation import (
+        validate as validate,
+    )
 
 
 def __getattr__(name: str) -> Any:

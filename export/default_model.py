@@ -121,9 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         f"| MACs per clip | {count_macs(config):,} |",
         f"| ONNX file | {size / 2**20:.2f} MiB, sha256 `{file_sha256(onnx_path)[:16]}…` |",
         f"| checkpoint | best validation MSE at step {steps:,}; sha256 `{file_sha256(ckpt)[:16]}…` |",
-        f"| training | {steps:,} optimizer steps of {settings.get('batch_size', '?')} clips ({steps * int(settings.get('batch_size', 0) or 0):,} clips), "
-        f"Adam, {settings.get('schedule', '?')} (max lr {settings.get('lr', '?')}), MSE loss, clips made on the fly from 8,000 MNIST test-set digits |",
-        f"| wall time | {args.wall_minutes:.0f} min on {args.threads} torch thread(s) of a 2-core {_cpu_name()} shared with development work |",
+        f"| training | {steps:,} optimizer steps of {settings.get('batch_size', '?')} clips "
+        f"({steps * int(settings.get('batch_size', 0) or 0):,} clips), "
+        f"Adam, {settings.get('schedule', '?')} (max lr {settings.get('lr', '?')}), MSE loss, clips made on the fly from "
+        "8,000 MNIST test-set digits |",
+        f"| wall time | {args.wall_minutes:.0f} min on {args.threads} torch thread(s) of a 2-core {_cpu_name()} shared with "
+        "development work |",
         f"| command | `{args.command}` |" if args.command else "",
         "",
         f"## Validation ({args.val_clips} fixed Moving MNIST clips, OpenSTL metrics)",

@@ -92,7 +92,8 @@ class ValidationReport:
             lines.append(f"PASSED: {len(self.checks)} checks on {self.provider} ({self.precision}) for {self.onnx_path}")
         else:
             lines.append(
-                f"FAILED: {len(self.failed)} of {len(self.checks)} checks on {self.provider} ({self.precision}) for {self.onnx_path}"
+                f"FAILED: {len(self.failed)} of {len(self.checks)} checks on {self.provider} ({self.precision}) for "
+                f"{self.onnx_path}"
             )
             lines += [f"  - {c.name}: {c.detail or 'error above tolerance'}" for c in self.failed]
         return "\n".join(lines)

@@ -64,7 +64,9 @@ def add_summary(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "summary",
         help="parameters, MACs and shapes of a configuration",
-        description="Print parameters, multiply-accumulates per clip and input/output shapes of a preset with optional overrides.",
+        description=(
+            "Print parameters, multiply-accumulates per clip and input/output shapes of a preset with optional overrides."
+        ),
     )
     add_config_args(parser)
     parser.add_argument("--json", action="store_true", help='print {"params", "macs", "config", ...} as JSON')
@@ -455,7 +457,10 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         "--data-dir",
         default=None,
         metavar="DIR",
-        help="mmnist: folder with MNIST digits and optionally mnist_test_seq.npy; frames: folder of clip folders; taxibj: folder with dataset.npz",
+        help=(
+            "mmnist: folder with MNIST digits and optionally mnist_test_seq.npy; frames: folder of clip folders; taxibj: "
+            "folder with dataset.npz"
+        ),
     )
     group.add_argument(
         "--data-path", default=None, metavar="FILE", help="npz: the clips file; taxibj: dataset.npz; mmnist: mnist_test_seq.npy"

@@ -40,7 +40,8 @@ class STLightConfig(ClipSpec):
         for name in ("kernel_1", "kernel_2"):
             if getattr(self, name) % 2 == 0:
                 raise ValueError(
-                    f"{name} must be odd so that padding='same' is symmetric, got {getattr(self, name)}; use {getattr(self, name) + 1}"
+                    f"{name} must be odd so that padding='same' is symmetric, got {getattr(self, name)}; use "
+                    f"{getattr(self, name) + 1}"
                 )
         p = self.patch_size
         if self.dim % (p * p):

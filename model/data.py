@@ -203,7 +203,8 @@ class MovingMNIST(Dataset):
             raise DataError(f"MNIST digits must be (N, S, S) square images, got shape {digits.shape}")
         if size < digits.shape[-1]:
             raise DataError(
-                f"Moving MNIST frames of {size}x{size} cannot hold {digits.shape[-1]}x{digits.shape[-1]} digits; use --height/--width >= {digits.shape[-1]}"
+                f"Moving MNIST frames of {size}x{size} cannot hold {digits.shape[-1]}x{digits.shape[-1]} digits; use "
+                f"--height/--width >= {digits.shape[-1]}"
             )
         self.digits = digits
         self.length, self.in_frames, self.out_frames = length, in_frames, out_frames
@@ -282,11 +283,13 @@ def check_clips(clips: np.ndarray, config: STLightConfig, source: str) -> None:
         raise DataError(f"{source}: holds no clips; expected {want}")
     if t < t_need:
         raise DataError(
-            f"{source}: clips have {t} frames, the model needs in_frames + out_frames = {config.in_frames} + {config.out_frames} = {t_need}"
+            f"{source}: clips have {t} frames, the model needs in_frames + out_frames = {config.in_frames} + "
+            f"{config.out_frames} = {t_need}"
         )
     if (c, h, w) != (config.channels, config.height, config.width):
         raise DataError(
-            f"{source}: frames are C×H×W = {c}×{h}×{w}, the model config expects {config.channels}×{config.height}×{config.width}; "
+            f"{source}: frames are C×H×W = {c}×{h}×{w}, the model config expects "
+            f"{config.channels}×{config.height}×{config.width}; "
             f"pass --channels {c} --height {h} --width {w} (or resize the data)"
         )
     if clips.dtype == np.uint8:
@@ -368,7 +371,8 @@ def load_taxibj(path: str | Path, config: STLightConfig) -> tuple[ClipArray, Cli
             clips = (np.concatenate([x, y], axis=1).astype(np.float32) + 1) / 2  # (N, T+T', C, H, W), [-1, 1] -> [0, 1]
             if x.shape[1] != config.in_frames or y.shape[1] != config.out_frames:
                 raise DataError(
-                    f"{path}: {x.shape[1]} -> {y.shape[1]} frames, the model config is {config.in_frames} -> {config.out_frames}; use --preset taxibj-s"
+                    f"{path}: {x.shape[1]} -> {y.shape[1]} frames, the model config is {config.in_frames} -> "
+                    f"{config.out_frames}; use --preset taxibj-s"
                 )
             check_clips(np.clip(clips, 0, 1) if np.isfinite(clips).all() else clips, config, f"{path} ({part})")
             splits.append(ClipArray(np.clip(clips, 0, 1), config.in_frames, config.out_frames))
@@ -408,7 +412,8 @@ class FrameFolders(Dataset):
                     raise DataError(f"{frame} is not a readable image ({exc})") from None
                 if got != size:
                     raise DataError(
-                        f"{frame} is {got[0]}x{got[1]} (W×H); the model config expects {size[0]}x{size[1]}; pass --width {got[0]} --height {got[1]} or resize"
+                        f"{frame} is {got[0]}x{got[1]} (W×H); the model config expects {size[0]}x{size[1]}; pass --width "
+                        f"{got[0]} --height {got[1]} or resize"
                     )
 
     def set_epoch(self, epoch: int) -> None:
@@ -463,7 +468,7 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if not 0 < fraction < 1:
         raise DataError(f"--val-fraction must be between 0 and 1, got {fraction}")
     order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(n * fraction)))
+    n_val = max(1, round(n * fraction))
     if n_val >= n:
         raise DataError(f"{n} clips are too few to split off a validation set; give --val-path or more clips")
     return np.sort(order[n_val:]), np.sort(order[:n_val])
@@ -472,7 +477,8 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def _mmnist_checks(config: STLightConfig) -> None:
     if config.channels != 1 or config.height != config.width:
         raise DataError(
-            f"Moving MNIST is grey and square: the config needs channels=1 and height == width, got {config.channels}×{config.height}×{config.width}"
+            "Moving MNIST is grey and square: the config needs channels=1 and height == width, got "
+            f"{config.channels}×{config.height}×{config.width}"
         )
 
 

@@ -374,7 +374,8 @@ def train(
             handle.write(json.dumps(last_metrics) + "\n")
         save_strip(out / f"val_step{step:07d}.png", inp, truth, pred, scale=2 if config.height <= 64 else 1)
         log(
-            f"step {step}: val mse {metrics['mse']:.2f}  mae {metrics['mae']:.2f}  ssim {metrics['ssim']:.4f}  psnr {metrics['psnr']:.2f}"
+            f"step {step}: val mse {metrics['mse']:.2f}  mae {metrics['mae']:.2f}  ssim {metrics['ssim']:.4f}  psnr "
+            f"{metrics['psnr']:.2f}"
         )
         if metrics["mse"] < best_mse:
             best_mse = metrics["mse"]

@@ -66,7 +66,8 @@ def resolve_model(settings: ServeSettings) -> str:
     if DEFAULT_MODEL.is_file():
         return str(DEFAULT_MODEL)
     raise EngineError(
-        f"no model given and no default model is shipped ({DEFAULT_MODEL} is missing); pass --model PATH.onnx (or set STLIGHT_MODEL)"
+        f"no model given and no default model is shipped ({DEFAULT_MODEL} is missing); pass --model PATH.onnx (or set "
+        "STLIGHT_MODEL)"
     )
 
 
@@ -208,7 +209,10 @@ def _problem_doc(description: str) -> dict[str, Any]:
 
 PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The predicted frames (T', C, H, W) or (B, T', C, H, W), in the type chosen by Accept (default: the request's family).",
+        "description": (
+            "The predicted frames (T', C, H, W) or (B, T', C, H, W), in the type chosen by Accept (default: the "
+            "request's family)."
+        ),
         "content": {
             codecs.NPY: {"schema": {"type": "string", "format": "binary"}, "description": "float32 .npy"},
             codecs.JSON: {
@@ -329,7 +333,10 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     app = FastAPI(
         title="STLight frame prediction",
         version=__version__,
-        description="Give it past frames, get the next ones. ONNX Runtime with dynamic batching; every error is application/problem+json (RFC 9457).",
+        description=(
+            "Give it past frames, get the next ones. ONNX Runtime with dynamic batching; every error is "
+            "application/problem+json (RFC 9457)."
+        ),
         lifespan=lifespan,
     )
     app.state.service = service

@@ -85,7 +85,8 @@ class Client:
     ) -> None:
         if retries < 0 or batch_size < 1 or concurrency < 1 or backoff_s < 0:
             raise ValueError(
-                f"need retries >= 0, batch_size >= 1, concurrency >= 1, backoff_s >= 0; got {retries}, {batch_size}, {concurrency}, {backoff_s}"
+                f"need retries >= 0, batch_size >= 1, concurrency >= 1, backoff_s >= 0; got {retries}, {batch_size}, "
+                f"{concurrency}, {backoff_s}"
             )
         self.url = url.rstrip("/")
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s

@@ -79,19 +79,22 @@ def check_array(array: np.ndarray, spec: ClipSpec, source: str) -> Clips:
         raise Problem(
             422,
             "wrong-frame-count",
-            f"{source}: expected {spec.in_frames} input frames (T), got {got_t} (shape {shape_text(array.shape)}; expected {expected})",
+            f"{source}: expected {spec.in_frames} input frames (T), got {got_t} (shape {shape_text(array.shape)}; expected "
+            f"{expected})",
         )
     if got_c != spec.channels:
         raise Problem(
             422,
             "wrong-channels",
-            f"{source}: expected {spec.channels} channel(s) (C), got {got_c} (shape {shape_text(array.shape)}; expected {expected})",
+            f"{source}: expected {spec.channels} channel(s) (C), got {got_c} (shape {shape_text(array.shape)}; expected "
+            f"{expected})",
         )
     if (got_h, got_w) != (spec.height, spec.width):
         raise Problem(
             422,
             "wrong-size",
-            f"{source}: expected frames of {spec.height}x{spec.width} (H x W), got {got_h}x{got_w} (shape {shape_text(array.shape)}; expected {expected})",
+            f"{source}: expected frames of {spec.height}x{spec.width} (H x W), got {got_h}x{got_w} (shape "
+            f"{shape_text(array.shape)}; expected {expected})",
         )
     if array.dtype == np.uint8:
         return Clips(clips.astype(np.float32) / np.float32(255.0), batched)
@@ -187,7 +190,8 @@ def decode_images(files: Sequence[tuple[str, bytes]], spec: ClipSpec) -> Clips:
         raise Problem(
             415,
             "unsupported-media-type",
-            f"this model takes {spec.channels}-channel frames, which images cannot carry; send application/x-npy or application/json",
+            f"this model takes {spec.channels}-channel frames, which images cannot carry; send application/x-npy or "
+            "application/json",
         )
     if len(files) != spec.in_frames:
         raise Problem(422, "wrong-frame-count", f"expected {spec.in_frames} 'frames' images, got {len(files)}")
@@ -206,7 +210,8 @@ def decode_images(files: Sequence[tuple[str, bytes]], spec: ClipSpec) -> Clips:
                     raise Problem(
                         422,
                         "animated-image",
-                        f"{label}: expected one still image per 'frames' part, got an animation of {image.n_frames} frames; send each frame as its own part",
+                        f"{label}: expected one still image per 'frames' part, got an animation of {image.n_frames} frames; "
+                        "send each frame as its own part",
                     )
                 image.load()
                 frames.append(_pixels(image, mode, label))
@@ -253,7 +258,8 @@ def choose_answer_type(accept: str | None, request_type: str) -> str:
                     raise Problem(
                         400,
                         "invalid-accept",
-                        f"Accept: expected q-values from 0 to 1 (e.g. 'application/json;q=0.5'), got {param!r} in {item.strip()!r}",
+                        f"Accept: expected q-values from 0 to 1 (e.g. 'application/json;q=0.5'), got {param!r} in "
+                        f"{item.strip()!r}",
                     )
         if kind and q > 0:
             ranked.append((-q, position, kind))
@@ -283,7 +289,8 @@ def check_answerable(answer_type: str, channels: int, clip_count: int, batched: 
         raise Problem(
             406,
             "not-acceptable",
-            f"{answer_type} needs 1- or 3-channel frames, this model predicts {channels}; ask for application/x-npy or application/json",
+            f"{answer_type} needs 1- or 3-channel frames, this model predicts {channels}; ask for application/x-npy or "
+            "application/json",
         )
     if answer_type == GIF and batched and clip_count != 1:
         raise Problem(

@@ -46,7 +46,10 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--gif",
         action="store_true",
-        help="also write an animated GIF of the input frames then the predicted ones: OUT/<stem>.gif (OUT/<stem>/clip_000.gif ... for many clips)",
+        help=(
+            "also write an animated GIF of the input frames then the predicted ones: OUT/<stem>.gif "
+            "(OUT/<stem>/clip_000.gif ... for many clips)"
+        ),
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="predict inputs again even when their outputs exist (default: skip them)"
@@ -54,7 +57,10 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--has-targets",
         action="store_true",
-        help="inputs hold T + T' frames (the past, then the true future): predict from the first T and print MSE / MAE / PSNR (OpenSTL definitions) against the last T'",
+        help=(
+            "inputs hold T + T' frames (the past, then the true future): predict from the first T and print MSE / MAE / "
+            "PSNR (OpenSTL definitions) against the last T'"
+        ),
     )
     parser.add_argument(
         "--batch-size",
@@ -67,7 +73,10 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         "--concurrency",
         type=int,
         metavar="N",
-        help=f"with --url: requests in flight at once (default {DEFAULT_CONCURRENCY}); 503 answers and connection errors are retried with backoff",
+        help=(
+            f"with --url: requests in flight at once (default {DEFAULT_CONCURRENCY}); 503 answers and connection errors "
+            "are retried with backoff"
+        ),
     )
     parser.add_argument(
         "--device",
@@ -86,7 +95,8 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.url is not None:
         if args.device is not None:
             raise UserError(
-                "--device applies to local mode (--model); the service at --url chose its device when it started (stlight serve --device)"
+                "--device applies to local mode (--model); the service at --url chose its device when it started (stlight "
+                "serve --device)"
             )
         if not args.url.startswith(("http://", "https://")):
             raise UserError(f"--url must start with http:// or https://, got {args.url!r}")
@@ -107,7 +117,8 @@ def _local(args: argparse.Namespace):  # -> LocalClient
     if model is None:
         if not DEFAULT_MODEL.is_file():
             raise UserError(
-                f"no model given and no default model is shipped ({DEFAULT_MODEL} is missing); pass --model PATH.onnx or --url URL"
+                f"no model given and no default model is shipped ({DEFAULT_MODEL} is missing); pass --model PATH.onnx or "
+                "--url URL"
             )
         model = DEFAULT_MODEL
     import onnxruntime as ort

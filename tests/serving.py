@@ -63,10 +63,10 @@ class Server:
 
     def __init__(self, log_path: Path, *args: str, port: int = 0, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
-        self.log = open(log_path, "wb")
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         argv = [sys.executable, "-c", CLI, "serve", "--port", str(port), *args]
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO)
+        with open(log_path, "wb") as log:  # the server writes to its own copy of the descriptor
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO)
         self.url = f"http://127.0.0.1:{port}" if port else ""
 
     def text(self) -> str:
@@ -109,5 +109,4 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log.close()
         return self.proc.returncode

@@ -97,7 +97,7 @@ def mnist_digits(mnist_dir: Path, count: int) -> np.ndarray:
     """The first ``count`` real MNIST digits, (count, 28, 28) uint8."""
     path = next(mnist_dir.glob("*-images-idx3-ubyte*"))
     raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
-    n, rows, cols = (int.from_bytes(raw[i : i + 4], "big") for i in (4, 8, 12))
+    _, rows, cols = (int.from_bytes(raw[i : i + 4], "big") for i in (4, 8, 12))
     return np.frombuffer(raw, np.uint8, count * rows * cols, offset=16).reshape(count, rows, cols)
 
 
@@ -146,7 +146,7 @@ def served(image: str) -> Iterator[tuple[str, str, dict]]:
 
 
 def test_predicts_like_onnxruntime_in_process(served: tuple[str, str, dict], default_model: Path, mnist_dir: Path) -> None:
-    cid, url, ready = served
+    _, url, ready = served
     session = ort.InferenceSession(str(default_model), providers=["CPUExecutionProvider"])
     card = ModelCard.from_metadata(dict(session.get_modelmeta().custom_metadata_map))
     clip = moving_digit_clip(mnist_digits(mnist_dir, 1)[0], card.in_frames, card.channels, card.height, card.width)

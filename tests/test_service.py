@@ -7,6 +7,7 @@ real MNIST digits moving across the frame.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import re
@@ -467,10 +468,8 @@ def _raw_request(url: str, head: str, chunks: list[bytes], *, read_first: bool =
         sock.setblocking(False)
         answer = b""
         for chunk in chunks:
-            try:
+            with contextlib.suppress(BlockingIOError):  # nothing to read yet
                 answer += sock.recv(65536)
-            except BlockingIOError:
-                pass
             if answer:
                 break
             try:
@@ -519,9 +518,9 @@ def test_model_readyz_metrics_and_openapi(server: Server, tiny_onnx: Path) -> No
     ready = httpx.get(server.url + "/readyz").json()
     assert ready["status"] == "ready" and ready["provider"] == "CPUExecutionProvider"
     info = httpx.get(server.url + "/v1/model").json()
-    assert {k: info[k] for k in ("name", "in_frames", "out_frames", "channels", "height", "width", "provider", "max_batch_size")} == {
-        "name": "tiny", "in_frames": 10, "out_frames": 10, "channels": 1, "height": 64, "width": 64, "provider": "CPUExecutionProvider", "max_batch_size": 8,
-    }  # fmt: skip
+    want = {"name": "tiny", "in_frames": 10, "out_frames": 10, "channels": 1, "height": 64, "width": 64,
+            "provider": "CPUExecutionProvider", "max_batch_size": 8}  # fmt: skip
+    assert {k: info[k] for k in want} == want
     assert info["sha256"] == hashlib.sha256(tiny_onnx.read_bytes()).hexdigest()
     assert info["card"]["preset"] == "tiny" and info["card"]["config"]["dim"] > 0
     assert "serving tiny" in server.text() and "on CPUExecutionProvider" in server.text()  # the provider log line
@@ -700,7 +699,8 @@ def test_service_imports_and_serve_help_work_without_torch(tiny_onnx: Path) -> N
         + f"""
 import contextlib, io
 from service.cli import main
-import service.app, service.batching, service.client, service.codecs, service.engine, service.problems, service.serve_cli, service.settings
+import service.app, service.batching, service.client, service.codecs, service.engine
+import service.problems, service.serve_cli, service.settings
 out = io.StringIO()
 with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
     main(["serve", "--help"])
