@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import __version__, codecs
+from service import __version__, codecs, web
 from service.batching import Batcher, ClientGone
 from service.engine import CPU, Engine, EngineError
 from service.metrics import ServiceMetrics
@@ -330,7 +331,8 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
             await batcher.stop()
             log.info("stopped")
 
-    app = FastAPI(
+    # FastAPIOffline: /docs loads Swagger UI from its wheel, not from a CDN (service.web serves /redoc)
+    app = FastAPIOffline(
         title="STLight frame prediction",
         version=__version__,
         description=(
@@ -338,6 +340,8 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
             "application/problem+json (RFC 9457)."
         ),
         lifespan=lifespan,
+        static_url=web.DOCS_STATIC_URL,
+        redoc_url=None,
     )
     app.state.service = service
     register_problem_handlers(app)
@@ -396,6 +400,7 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     async def metrics(service: ServiceDep) -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    web.install(app)
     return app
 
 

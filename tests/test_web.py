@@ -1,0 +1,392 @@
+"""The pages a person uses, in a real browser: headless Chromium (Selenium) against a real
+``stlight serve`` on loopback, with every other host unreachable.
+
+- ``/docs`` and ``/redoc`` render every operation from files the server ships, asking no other host;
+- ``/`` predicts an example clip, an uploaded ``.npy``, frame images and a GIF, and the pixels it
+  draws are the API's own answer for that clip; a bad file shows the API's problem detail;
+- screenshots at desktop and 360 px widths go to ``test-artifacts/web/`` (gitignored);
+  ``STLIGHT_WRITE_DOCS_IMG=1`` also rewrites ``docs/img/page.png``, the README's picture.
+
+The routes behind the page (examples by name, favicon, CSP) are checked without a browser too.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from browser import chromium, foreign, full_page_png, requested_urls, resize, unavailable
+from PIL import Image
+from serving import REPO, Server, to_uint8
+
+NPY, PROBLEM = "application/x-npy", "application/problem+json"
+EXAMPLES = REPO / "service" / "assets" / "examples"
+ARTIFACTS = REPO / "test-artifacts" / "web"
+NO_BROWSER = unavailable()
+needs_browser = pytest.mark.skipif(NO_BROWSER is not None, reason=f"no headless Chromium: {NO_BROWSER}")
+
+
+# ---------------------------------------------------------------------------------------
+# fixtures and helpers
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The shipped default model, served as a user would start it."""
+    srv = Server(tmp_path_factory.mktemp("web") / "server.log")
+    try:
+        srv.wait_listening()
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if NO_BROWSER:
+        pytest.skip(f"no headless Chromium: {NO_BROWSER}")
+    with chromium() as driver:
+        yield driver
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def api_prediction(server: Server, body: bytes) -> np.ndarray:
+    answer = httpx.post(server.url + "/predict", content=body, headers={"Content-Type": NPY}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return np.load(io.BytesIO(answer.content), allow_pickle=False)
+
+
+def wait_for(driver: Any, script: str, timeout: float = 30.0, what: str = "") -> Any:
+    """Poll a JS expression until it is truthy; its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script("return " + script)
+        if value:
+            return value
+        time.sleep(0.05)
+    logs = driver.get_log("browser")
+    raise AssertionError(f"timed out waiting for {what or script}; console: {logs}")
+
+
+def open_page(driver: Any, server: Server) -> None:
+    driver.get(server.url + "/")
+    wait_for(driver, "document.body.dataset.ready === 'true'", what="the page to load its lists")
+    driver.get_log("performance")
+
+
+def predict_and_wait(driver: Any) -> str:
+    """Press Predict; 'ok' once the result shows, or the error text."""
+    driver.execute_script("document.getElementById('status').textContent = ''")
+    driver.find_element("id", "predict").click()
+    shown = "!document.getElementById('result').hidden && document.getElementById('status').textContent.startsWith('Predicted')"
+    failed = "!document.getElementById('error').hidden && document.getElementById('error').textContent"
+    return wait_for(driver, f"({shown} && 'ok') || ({failed})", what="a prediction or an error")
+
+
+def canvas_pixels(driver: Any, selector: str) -> np.ndarray:
+    """The RGB pixels of every canvas matching ``selector``, read back from the page: (N, H, W, 3)."""
+    count, height, width, data = driver.execute_script(
+        """
+        const canvases = [...document.querySelectorAll(arguments[0])];
+        let s = '';
+        for (const c of canvases) {
+          const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+          for (let i = 0; i < d.length; i += 4) s += String.fromCharCode(d[i], d[i + 1], d[i + 2]);
+        }
+        return [canvases.length, canvases.length ? canvases[0].height : 0, canvases.length ? canvases[0].width : 0, btoa(s)];
+        """,
+        selector,
+    )
+    return np.frombuffer(base64.b64decode(data), np.uint8).reshape(count, height, width, 3)
+
+
+def grey_rgb(frames: np.ndarray) -> np.ndarray:
+    """(T, 1, H, W) uint8 -> (T, H, W, 3), how the page draws one-channel frames."""
+    return np.repeat(frames[:, 0, :, :, None], 3, axis=3)
+
+
+def assert_shows(driver: Any, inputs: np.ndarray | None, prediction: np.ndarray) -> None:
+    """The page's input and predicted frame strips hold exactly these pixels."""
+    if inputs is not None:
+        np.testing.assert_array_equal(canvas_pixels(driver, "#input-strip canvas"), grey_rgb(inputs))
+    np.testing.assert_array_equal(canvas_pixels(driver, "#pred-strip canvas"), grey_rgb(to_uint8(prediction)))
+    # the looping animation shows frames of the same prediction
+    shown = canvas_pixels(driver, "#pred-anim")[0]
+    assert any(np.array_equal(shown, frame) for frame in grey_rgb(to_uint8(prediction)))
+
+
+def choose_files(driver: Any, *paths: Path) -> None:
+    driver.find_element("id", "file").send_keys("\n".join(str(p) for p in paths))
+
+
+def downloaded(driver: Any, name: str, timeout: float = 20.0) -> bytes:
+    path = driver.download_dir / name
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and not any(driver.download_dir.glob("*.crdownload")):
+            return path.read_bytes()
+        time.sleep(0.05)
+    raise AssertionError(f"{name} was not downloaded; {sorted(p.name for p in driver.download_dir.iterdir())}")
+
+
+def save_artifact(name: str, png: bytes) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    path.write_bytes(png)
+    return path
+
+
+def assert_offline(driver: Any, server: Server, stopped: tuple[str, ...] = ()) -> None:
+    """No request went to another host; ``stopped``: those the page's CSP may refuse in the browser."""
+    urls, blocked = requested_urls(driver)
+    assert urls, "the performance log recorded no request at all"
+    assert foreign(urls, server.url) == [], "the page asked another host"
+    assert set(blocked) <= set(stopped), blocked
+
+
+# ---------------------------------------------------------------------------------------
+# routes behind the pages (no browser needed)
+# ---------------------------------------------------------------------------------------
+
+
+def test_examples_listed_and_served_by_name(server: Server) -> None:
+    listing = httpx.get(server.url + "/v1/examples").json()["examples"]
+    assert [e["name"] for e in listing] == sorted(p.stem for p in EXAMPLES.glob("*.npy"))
+    for entry in listing:
+        on_disk = np.load(EXAMPLES / f"{entry['name']}.npy")
+        assert entry["shape"] == list(on_disk.shape) and entry["dtype"] == str(on_disk.dtype)
+        for url in (entry["url"], entry["url"] + ".npy"):
+            answer = httpx.get(server.url + url)
+            assert answer.status_code == 200 and answer.headers["content-type"] == NPY
+            assert answer.content == (EXAMPLES / f"{entry['name']}.npy").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "nope",
+        "..%2Fdefault.onnx",
+        "..%2F..%2Fassets%2Fdefault.md",
+        "%2E%2E%2Fexamples-with-targets%2Fmoving-mnist.npy",
+        "%2Fetc%2Fpasswd",
+        "clip0%00.npy",
+        "..",
+        "clip0.npy.npy",
+    ],
+)
+def test_example_names_never_leave_the_folder(server: Server, name: str) -> None:
+    answer = httpx.get(f"{server.url}/v1/examples/{name}")
+    assert answer.status_code == 404, (name, answer.status_code, answer.content[:100])
+    assert answer.headers["content-type"].startswith(PROBLEM)
+    assert not answer.content.startswith(b"\x93NUMPY")
+
+
+def test_page_docs_and_favicon_are_served_from_the_package(server: Server) -> None:
+    page = httpx.get(server.url + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    for asset in ("/web/page.js", "/web/page.css"):
+        assert httpx.get(server.url + asset).status_code == 200
+    icon = httpx.get(server.url + "/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/png" and icon.content.startswith(b"\x89PNG")
+    for docs in ("/docs", "/redoc"):
+        html = httpx.get(server.url + docs).text
+        assert "/static-offline-docs/" in html and "cdn." not in html and "fonts.googleapis" not in html
+    assert httpx.get(server.url + "/static-offline-docs/swagger-ui-bundle.js").status_code == 200
+    assert httpx.get(server.url + "/web/%2E%2E/web.py").status_code == 404
+
+
+# ---------------------------------------------------------------------------------------
+# /docs and /redoc in the browser, with no other host reachable
+# ---------------------------------------------------------------------------------------
+
+
+@needs_browser
+def test_docs_render_every_operation_offline(server: Server, browser: Any) -> None:
+    spec = httpx.get(server.url + "/openapi.json").json()
+    operations = {(method.upper(), path) for path, item in spec["paths"].items() for method in item}
+    assert ("POST", "/predict") in operations and ("GET", "/v1/examples") in operations
+
+    browser.get_log("performance")
+    browser.get(server.url + "/docs")
+    wait_for(browser, f"document.querySelectorAll('.opblock').length >= {len(operations)}", what="Swagger UI's operations")
+    shown = browser.execute_script(
+        "return [...document.querySelectorAll('.opblock')].map(o => [o.querySelector('.opblock-summary-method').textContent,"
+        " o.querySelector('.opblock-summary-path').dataset.path])"
+    )
+    assert {(m, p) for m, p in shown} == operations
+    icon = browser.execute_script("return document.querySelector('link[rel~=icon]').href")
+    assert icon.startswith(server.url + "/static-offline-docs/")
+    save_artifact("docs.png", full_page_png(browser, 1100))
+    assert_offline(browser, server)
+
+    browser.get(server.url + "/redoc")
+    wait_for(
+        browser,
+        f"document.querySelectorAll('[data-section-id^=\"operation/\"]').length >= {len(operations)}",
+        what="ReDoc's operations",
+    )
+    assert_offline(browser, server, stopped=("https://cdn.redoc.ly/redoc/logo-mini.svg",))
+
+
+# ---------------------------------------------------------------------------------------
+# the prediction page
+# ---------------------------------------------------------------------------------------
+
+
+@needs_browser
+def test_example_clip_prediction_is_the_apis_answer(server: Server, browser: Any) -> None:
+    open_page(browser, server)
+    assert "CPU" in browser.find_element("id", "model-info").text
+    browser.find_element("css selector", "#example option[value='clip1']").click()
+    assert predict_and_wait(browser) == "ok"
+
+    clip = np.load(EXAMPLES / "clip1.npy")
+    expected = api_prediction(server, (EXAMPLES / "clip1.npy").read_bytes())
+    assert_shows(browser, clip, expected)
+    meta = browser.find_element("id", "meta").text
+    assert "tiny" in meta and "on CPU" in meta and " ms round trip" in meta
+    assert_offline(browser, server)
+
+    # the .npy download is the API's answer, byte for byte
+    link = browser.find_element("id", "download-npy")
+    assert link.get_attribute("download") == "clip1-prediction.npy"
+    link.click()
+    got = np.load(io.BytesIO(downloaded(browser, "clip1-prediction.npy")), allow_pickle=False)
+    np.testing.assert_array_equal(got, expected)
+
+
+@needs_browser
+def test_uploaded_npy_prediction_and_gif_download(server: Server, browser: Any) -> None:
+    open_page(browser, server)
+    path = EXAMPLES / "clip2.npy"
+    choose_files(browser, path)
+    assert browser.find_element("id", "source-file").is_selected()
+    assert predict_and_wait(browser) == "ok"
+    assert_shows(browser, np.load(path), api_prediction(server, path.read_bytes()))
+
+    browser.find_element("xpath", "//button[starts-with(normalize-space(), 'Make GIF')]").click()
+    gif = downloaded(browser, "clip2-prediction.gif")
+    api_gif = httpx.post(
+        server.url + "/predict", content=path.read_bytes(), headers={"Content-Type": NPY, "Accept": "image/gif"}
+    ).content
+    assert gif == api_gif
+
+
+@needs_browser
+def test_frame_images_sent_in_name_order(server: Server, browser: Any, tmp_path: Path) -> None:
+    clip = np.load(EXAMPLES / "clip0.npy")  # (10, 1, 64, 64) uint8
+    paths = []
+    for t, frame in enumerate(clip):
+        path = tmp_path / f"frame_{t + 1}.png"  # frame_10 must come after frame_9, not after frame_1
+        Image.fromarray(frame[0]).save(path)
+        paths.append(path)
+    open_page(browser, server)
+    choose_files(browser, *reversed(paths))
+    assert predict_and_wait(browser) == "ok"
+    assert_shows(browser, clip, api_prediction(server, npy_bytes(clip)))
+
+
+@needs_browser
+def test_gif_upload(server: Server, browser: Any, tmp_path: Path) -> None:
+    clip = np.load(EXAMPLES / "clip0.npy")
+    path = tmp_path / "digits.gif"
+    frames = [Image.fromarray(f[0]) for f in clip]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    with Image.open(path) as gif:  # the file holds the clip exactly (a grey palette is lossless)
+        assert gif.n_frames == len(clip)
+        for t in range(gif.n_frames):
+            gif.seek(t)
+            np.testing.assert_array_equal(np.asarray(gif.convert("L")), clip[t, 0])
+    open_page(browser, server)
+    choose_files(browser, path)
+    assert predict_and_wait(browser) == "ok"
+    assert_shows(browser, clip, api_prediction(server, npy_bytes(clip)))
+
+
+@needs_browser
+@pytest.mark.parametrize(
+    "name, make",
+    [
+        ("notes.npy", lambda: b"hello, this is not an array"),
+        ("twenty.npy", lambda: (REPO / "service/assets/examples-with-targets/moving-mnist.npy").read_bytes()),
+        ("float.npy", lambda: npy_bytes(np.full((10, 1, 64, 64), 2.0, np.float32))),
+    ],
+)
+def test_bad_file_shows_the_apis_detail(
+    server: Server, browser: Any, tmp_path: Path, name: str, make: Callable[[], bytes]
+) -> None:
+    body = make()
+    path = tmp_path / name
+    path.write_bytes(body)
+    problem = httpx.post(server.url + "/predict", content=body, headers={"Content-Type": NPY})
+    assert 400 <= problem.status_code < 500 and problem.headers["content-type"].startswith(PROBLEM)
+
+    open_page(browser, server)
+    choose_files(browser, path)
+    shown = predict_and_wait(browser)
+    assert shown != "ok"
+    assert problem.json()["detail"] in shown and shown.startswith(str(problem.status_code))
+    assert browser.find_element("id", "error").get_attribute("role") == "alert"
+    assert not browser.find_element("id", "result").is_displayed()
+
+
+@needs_browser
+def test_keyboard_labels_and_narrow_screens(server: Server, browser: Any) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    open_page(browser, server)
+    unlabelled = browser.execute_script(
+        "return [...document.querySelectorAll('input, select, button')]"
+        ".filter(e => e.tagName !== 'BUTTON' ? !e.labels.length : !e.textContent.trim()).map(e => e.id)"
+    )
+    assert unlabelled == []
+    # keyboard only: Enter in a field submits the form; Space toggles the animation
+    browser.find_element("id", "api-key").send_keys(Keys.ENTER)
+    wait_for(browser, "!document.getElementById('result').hidden", what="a prediction after Enter")
+    play = browser.find_element("id", "play")
+    assert play.get_attribute("aria-pressed") == "true"
+    play.send_keys(Keys.SPACE)
+    assert play.get_attribute("aria-pressed") == "false" and play.text == "Play"
+    play.send_keys(Keys.SPACE)
+
+    desktop = full_page_png(browser, 1100)
+    save_artifact("page-desktop.png", desktop)
+    narrow = full_page_png(browser, 360)
+    save_artifact("page-360.png", narrow)
+    overflow = browser.execute_script("return document.documentElement.scrollWidth")
+    assert overflow <= 360, f"the page is {overflow} px wide at a 360 px viewport"
+    resize(browser, 1100, 900)
+    if os.environ.get("STLIGHT_WRITE_DOCS_IMG") == "1":
+        write_readme_picture(browser)
+
+
+def write_readme_picture(browser: Any) -> None:
+    """``docs/img/page.png``: the result part of the page at 900 px, in a small palette PNG."""
+    browser.execute_script("document.activeElement.blur(); window.scrollTo(0, 0)")
+    shot = Image.open(io.BytesIO(full_page_png(browser, 900))).convert("RGB")
+    box = "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
+    box += " return [r.top + scrollY, r.bottom + scrollY, r.right]"
+    top = int(browser.execute_script(box, "#result")[0])
+    bottom = int(browser.execute_script(box, "#pred-strip")[1])
+    right = max(int(browser.execute_script(box, css)[2]) for css in ("#pred-strip figure:last-child", "#pred-anim"))
+    picture = shot.crop((0, max(0, top - 12), min(shot.width, right + 16), bottom + 12)).quantize(colors=64)
+    target = REPO / "docs" / "img" / "page.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(target, optimize=True)
+    resize(browser, 1100, 900)
