@@ -23,14 +23,11 @@ from service.problems import Problem
 ASSETS = Path(__file__).resolve().parent / "assets"
 WEB_DIR = ASSETS / "web"
 EXAMPLES_DIR = ASSETS / "examples"
-# where fastapi_offline mounts its Swagger UI / ReDoc files (its default, kept so its pages find them)
-DOCS_STATIC_URL = "/static-offline-docs"
-WEB_STATIC_URL = "/web"
-
-# Paths a browser must load before anyone has typed an API key: the page is where the key is
-# entered, and the docs only describe the API. Everything they fetch from the API itself sends the key.
-PUBLIC_PATHS = ("/", "/favicon.ico", "/docs", "/docs/oauth2-redirect", "/redoc")
-PUBLIC_PREFIXES = (WEB_STATIC_URL + "/", DOCS_STATIC_URL + "/")
+# Files a browser loads before anyone can type an API key (the page is where the key is entered)
+# live under /static/, which the API keys leave open along with /, /docs and /redoc; everything
+# the page then asks the API for carries the key.
+DOCS_STATIC_URL = "/static/docs"  # fastapi_offline's Swagger UI, ReDoc and favicon
+WEB_STATIC_URL = "/static/web"  # the page's script and style
 
 # The page's own files may come only from this server; the page talks to nothing else either.
 PAGE_CSP = (
@@ -42,11 +39,6 @@ PAGE_CSP = (
 # ReDoc's sidebar always shows a logo from cdn.redoc.ly (no option turns it off): images from
 # elsewhere are refused by the browser, so the page asks no other host and looks the same offline.
 REDOC_CSP = "img-src 'self' data: blob:"
-
-
-def is_public(path: str) -> bool:
-    """Whether ``path`` is one of the page or docs files that must load without an API key."""
-    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
 def favicon_path() -> Path:

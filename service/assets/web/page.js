@@ -76,25 +76,31 @@ function providerName(provider) {
   return short === "CUDA" || short === "CPU" ? short : String(provider);
 }
 
-// GET /v1/models lists every served model; servers that serve one answer only /v1/model.
+// GET /v1/models lists every served model version ({"default", "models": [...]}); /predict?model=NAME
+// uses a model's highest version, so the page lists names once. A server that serves one model
+// and has no /v1/models answers /v1/model.
 function modelsFrom(body) {
-  const list = Array.isArray(body) ? body : body.models || body.data || [];
-  return list
-    .map((entry) => (typeof entry === "string" ? { name: entry, info: null } : { name: entry.name || entry.id, info: entry }))
-    .filter((m) => m.name);
+  const list = Array.isArray(body) ? body : body.models || [];
+  const byName = new Map();
+  for (const entry of list) {
+    const model = typeof entry === "string" ? { name: entry, info: null } : { name: entry.name, info: entry };
+    const seen = byName.get(model.name);
+    if (model.name && (!seen || Number(model.info?.version) > Number(seen.info?.version))) byName.set(model.name, model);
+  }
+  return { models: [...byName.values()], chosen: body.default };
 }
 
 async function loadModels() {
   const select = $("model");
   const info = $("model-info");
   try {
-    let models;
+    let models = [];
+    let chosen;
     try {
-      models = modelsFrom(await getJSON("/v1/models"));
+      ({ models, chosen } = modelsFrom(await getJSON("/v1/models")));
       state.byList = models.length > 0;
     } catch (err) {
       if (err.status !== 404 && err.status !== 405) throw err;
-      models = [];
     }
     if (!models.length) {
       const one = await getJSON("/v1/model");
@@ -103,7 +109,12 @@ async function loadModels() {
     }
     state.models = models;
     state.needsKey = false;
-    select.replaceChildren(...models.map((m) => new Option(m.name, m.name)));
+    select.replaceChildren(
+      ...models.map((m) => {
+        const notReady = m.info && m.info.state && m.info.state !== "ready" ? ` (${m.info.state})` : "";
+        return new Option(m.name + notReady, m.name, false, m.name === chosen);
+      }),
+    );
     describeModel();
   } catch (err) {
     state.needsKey = err.status === 401 || err.status === 403;
@@ -120,7 +131,7 @@ async function currentModelInfo() {
   if (model && state.byList) {
     // a list entry without details: ask for that model's own description
     try {
-      model.info = { ...(model.info || {}), ...(await getJSON(`/v1/models/${encodeURIComponent(model.name)}`)) };
+      model.info = { ...(model.info || {}), ...(await getJSON(`/v1/model?model=${encodeURIComponent(model.name)}`)) };
     } catch (err) {
       /* shown without the details */
     }
@@ -157,6 +168,7 @@ async function loadExamples() {
     const { examples } = await getJSON("/v1/examples");
     select.replaceChildren(...examples.map((e) => new Option(`${e.name} (${e.shape.join("×")})`, e.name)));
     if (!examples.length) throw new Error("none shipped");
+    if (!$("file").files.length) $("source-example").checked = true;
   } catch (err) {
     select.replaceChildren(new Option(`(no examples: ${err.message})`, ""));
     $("source-file").checked = true;
