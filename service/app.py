@@ -14,14 +14,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import __version__, codecs, web
+from service import __version__, codecs, horizon, video, web
 from service.batching import Batcher, ClientGone
 from service.engine import CPU, Engine, EngineError
 from service.metrics import ServiceMetrics
@@ -189,9 +189,21 @@ PREDICT_OPENAPI: dict[str, Any] = {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
                             "description": "T image files (PNG, JPEG, ...), in order",
-                        }
+                        },
+                        "video": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "instead of 'frames': one video file (as the video/* bodies)",
+                        },
                     },
                 }
+            },
+            **{
+                kind: {
+                    "schema": {"type": "string", "format": "binary"},
+                    "description": "a video file: the last T frames are used (or T from ?start=); see ?resize=",
+                }
+                for kind in codecs.VIDEO_TYPES
             },
         },
     }
@@ -225,15 +237,25 @@ PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
             codecs.ZIP: {"schema": {"type": "string", "format": "binary"}, "description": "one PNG per predicted frame"},
             codecs.GIF: {
                 "schema": {"type": "string", "format": "binary"},
-                "description": "animated: the input, then the prediction",
+                "description": "animated: the input, then the prediction (?include_input=false: the prediction alone)",
+            },
+            **{
+                kind: {
+                    "schema": {"type": "string", "format": "binary"},
+                    "description": "the input, then the prediction (?include_input=false: the prediction alone), "
+                    "at the input video's frame rate (10 fps for arrays)",
+                }
+                for kind in (codecs.MP4, codecs.WEBM)
             },
         },
     },
-    400: _problem_doc("Empty or undecodable body (npy, JSON or image)"),
+    400: _problem_doc("Empty or undecodable body (npy, JSON, image or video; a truncated video)"),
     406: _problem_doc("No acceptable answer type"),
     413: _problem_doc("Body larger than max_body_mb"),
     415: _problem_doc("Unsupported Content-Type"),
-    422: _problem_doc("Wrong rank, frame count, channels, size, dtype, or non-finite / out-of-range values"),
+    422: _problem_doc(
+        "Wrong rank, frame count, channels, size, dtype, or non-finite / out-of-range values; a video too long; a horizon too far"
+    ),
     503: _problem_doc("Not ready yet, or the queue is full (see Retry-After)"),
     504: _problem_doc("No answer within request_timeout_s"),
 }
@@ -255,7 +277,27 @@ async def _wait_for_disconnect(request: Request) -> None:
         pass
 
 
-async def _read_clips(request: Request, request_type: str, engine: Engine, settings: ServeSettings) -> codecs.Clips:
+@dataclass(frozen=True)
+class VideoOptions:
+    """How a video body is cut to one clip (query parameters ``resize`` and ``start``)."""
+
+    resize: video.Resize = "none"
+    start: int | None = None
+
+    def check_for(self, request_type: str) -> None:
+        """Refuse video options on array and image bodies rather than ignore them."""
+        given = [f"{k}={v}" for k, v in (("resize", self.resize if self.resize != "none" else None), ("start", self.start)) if v]
+        if given and request_type not in (*codecs.VIDEO_TYPES, codecs.MULTIPART):
+            raise Problem(
+                422,
+                "invalid-request",
+                f"{' and '.join(given)} apply to video bodies ({', '.join(codecs.VIDEO_TYPES)}), not to {request_type}",
+            )
+
+
+async def _read_clips(
+    request: Request, request_type: str, engine: Engine, settings: ServeSettings, options: VideoOptions
+) -> codecs.Clips:
     if request.headers.get("content-length") == "0":
         raise Problem(
             400,
@@ -274,6 +316,17 @@ async def _read_clips(request: Request, request_type: str, engine: Engine, setti
                 400, "undecodable-multipart", f"cannot parse the multipart body: {getattr(exc, 'detail', None) or exc}"
             ) from None
         try:
+            videos = form.getlist("video")
+            if videos:
+                if len(videos) > 1 or form.getlist("frames") or not isinstance(videos[0], UploadFile):
+                    raise Problem(
+                        422,
+                        "missing-frames",
+                        "send one video file in a part named 'video', or image files in parts named 'frames', not both",
+                    )
+                data = await videos[0].read()
+                return await asyncio.to_thread(_decode_video, data, engine, settings, options)
+            options.check_for(codecs.NPY)  # image parts: no video options
             parts = form.getlist("frames")
             if not parts:
                 names = sorted(set(form.keys()))
@@ -296,8 +349,16 @@ async def _read_clips(request: Request, request_type: str, engine: Engine, setti
             "empty-body",
             f"the request body is empty; expected {request_type} with {codecs.shape_text(engine.spec.input_shape)} frames",
         )
+    if request_type in codecs.VIDEO_TYPES:
+        return await asyncio.to_thread(_decode_video, body, engine, settings, options)
     decode = codecs.decode_npy if request_type == codecs.NPY else codecs.decode_json
     return await asyncio.to_thread(decode, body, engine.spec)
+
+
+def _decode_video(data: bytes, engine: Engine, settings: ServeSettings, options: VideoOptions) -> codecs.Clips:
+    return codecs.decode_video(
+        data, engine.spec, resize=options.resize, start=options.start, max_frames=settings.max_video_frames
+    )
 
 
 def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI:
@@ -357,19 +418,55 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
         response_class=Response,
         summary="Predict the next frames",
     )
-    async def predict(request: Request, ready: ReadyDep) -> Response:
-        """Accepts npy, JSON or multipart images; answers npy, JSON, a zip of PNGs or an animated GIF."""
+    async def predict(
+        request: Request,
+        ready: ReadyDep,
+        horizon_frames: Annotated[
+            int | None,
+            Query(
+                alias="horizon",
+                ge=1,
+                description="frames to predict; beyond T' the model is rolled forward on its own predictions (errors compound)",
+            ),
+        ] = None,
+        resize: Annotated[
+            video.Resize,
+            Query(description="video bodies: none (frames must fit the model), fit (scale), crop (scale, cut the centre)"),
+        ] = "none",
+        start: Annotated[
+            int | None, Query(ge=0, description="video bodies: first frame of the T used (default: the last T frames)")
+        ] = None,
+        include_input: Annotated[
+            bool, Query(description="GIF / MP4 / WebM answers: show the input frames before the prediction")
+        ] = True,
+    ) -> Response:
+        """Accepts npy, JSON, multipart images or a video; answers npy, JSON, a zip of PNGs, an
+        animated GIF or an MP4 / WebM video."""
         engine, batcher = ready.engine, ready.batcher
         assert engine is not None and batcher is not None
         request_type = codecs.media_type(request.headers.get("content-type"))
         if request_type not in codecs.REQUEST_TYPES:
             got = f"Content-Type {request_type!r}" if request_type else "no Content-Type"
             raise Problem(415, "unsupported-media-type", f"got {got}; send {', '.join(codecs.REQUEST_TYPES)}")
+        options = VideoOptions(resize, start)
+        options.check_for(request_type)
+        if horizon_frames is not None and horizon_frames > ready.settings.max_horizon:
+            raise Problem(
+                422,
+                "horizon-too-far",
+                f"horizon={horizon_frames} is beyond this server's limit of {ready.settings.max_horizon} frames "
+                "(STLIGHT_MAX_HORIZON)",
+            )
         answer_type = codecs.choose_answer_type(request.headers.get("accept"), request_type)
-        clips = await _read_clips(request, request_type, engine, ready.settings)
+        clips = await _read_clips(request, request_type, engine, ready.settings, options)
         codecs.check_answerable(answer_type, engine.spec.channels, len(clips.frames), clips.batched)
-        prediction = await batcher.predict(clips.frames, lambda: _wait_for_disconnect(request))  # (B, T', C, H, W)
-        body = await asyncio.to_thread(codecs.encode, answer_type, clips, prediction)
+
+        async def step(window: Any) -> Any:  # each rollout step queues through the batcher like any request
+            return await batcher.predict(window, lambda: _wait_for_disconnect(request))  # (B, T', C, H, W)
+
+        frames = horizon_frames or engine.spec.out_frames
+        prediction = await horizon.rollout_async(step, clips.frames, frames, engine.spec.out_frames)  # (B, N, C, H, W)
+        body = await asyncio.to_thread(codecs.encode, answer_type, clips, prediction, include_input=include_input)
         headers = {"Content-Disposition": 'attachment; filename="prediction.zip"'} if answer_type == codecs.ZIP else None
         return Response(body, media_type=answer_type, headers=headers)
 

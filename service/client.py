@@ -99,18 +99,51 @@ class Client:
         self._spec: ClipSpec | None = None
 
     # predictions ---------------------------------------------------------------------
-    def predict(self, frames: np.ndarray) -> np.ndarray:
-        """(T, C, H, W) -> (T', C, H, W) or (N, T, C, H, W) -> (N, T', C, H, W), float32."""
-        array = np.asarray(frames)
-        if array.ndim != 5 or len(array) <= self.batch_size:
-            return self._post_npy(array)
-        chunks = [array[start : start + self.batch_size] for start in range(0, len(array), self.batch_size)]
-        return np.concatenate(list(self._executor().map(self._post_npy, chunks)))
+    def predict(self, frames: np.ndarray, horizon: int | None = None) -> np.ndarray:
+        """(T, C, H, W) -> (T', C, H, W) or (N, T, C, H, W) -> (N, T', C, H, W), float32.
 
-    def _post_npy(self, array: np.ndarray) -> np.ndarray:
+        ``horizon``: predict that many frames instead of T', the service rolling the model
+        forward on its own predictions (errors compound; see docs/video.md)."""
+        array = np.asarray(frames)
+        params = _horizon_params(horizon)
+        if array.ndim != 5 or len(array) <= self.batch_size:
+            return self._post_npy(array, params)
+        chunks = [array[start : start + self.batch_size] for start in range(0, len(array), self.batch_size)]
+        return np.concatenate(list(self._executor().map(lambda chunk: self._post_npy(chunk, params), chunks)))
+
+    def predict_video(
+        self,
+        video: str | Path | bytes,
+        *,
+        media_type: str | None = None,
+        resize: Literal["none", "fit", "crop"] = "none",
+        start: int | None = None,
+        horizon: int | None = None,
+    ) -> np.ndarray:
+        """One clip from a video file (a path, or its bytes with ``media_type``): the last T
+        frames, or T from ``start``, decoded by the service -> (T' or horizon, C, H, W) float32."""
+        if isinstance(video, bytes):
+            data, kind = video, media_type or "video/mp4"
+        else:
+            from service.video import SUFFIX_TYPES
+
+            path = Path(video)
+            kind = media_type or SUFFIX_TYPES.get(path.suffix.lower(), "")
+            if not kind:
+                raise ValueError(f"{path}: cannot tell the video type from its suffix; pass media_type= (e.g. 'video/mp4')")
+            data = path.read_bytes()
+        params: dict[str, str | int] = {**_horizon_params(horizon), "resize": resize}
+        if start is not None:
+            params["start"] = start
+        response = self._send("POST", "/predict", content=data, params=params, headers={"Content-Type": kind, "Accept": NPY})
+        return np.load(io.BytesIO(response.content), allow_pickle=False)
+
+    def _post_npy(self, array: np.ndarray, params: dict[str, int] | None = None) -> np.ndarray:
         buffer = io.BytesIO()
         np.save(buffer, array, allow_pickle=False)
-        response = self._send("POST", "/predict", content=buffer.getvalue(), headers={"Content-Type": NPY, "Accept": NPY})
+        response = self._send(
+            "POST", "/predict", content=buffer.getvalue(), params=params, headers={"Content-Type": NPY, "Accept": NPY}
+        )
         return np.load(io.BytesIO(response.content), allow_pickle=False)
 
     # the model -----------------------------------------------------------------------
@@ -201,6 +234,14 @@ class Client:
         self.close()
 
 
+def _horizon_params(horizon: int | None) -> dict[str, int]:
+    if horizon is None:
+        return {}
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+        raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
+    return {"horizon": horizon}
+
+
 class LocalClient:
     """``LocalClient("model.onnx").predict(clips)``: the same answers as :class:`Client`, computed
     in this process by ONNX Runtime, ``batch_size`` clips per ``session.run``.
@@ -234,8 +275,9 @@ class LocalClient:
         """What ``Client.model()`` answers, for the file on disk."""
         return {**self.engine.describe(), "card": self.engine.card.to_dict()}
 
-    def predict(self, frames: np.ndarray) -> np.ndarray:
-        """(T, C, H, W) -> (T', C, H, W) or (N, T, C, H, W) -> (N, T', C, H, W), float32."""
+    def predict(self, frames: np.ndarray, horizon: int | None = None) -> np.ndarray:
+        """(T, C, H, W) -> (T', C, H, W) or (N, T, C, H, W) -> (N, T', C, H, W), float32;
+        ``horizon`` frames instead of T' by rollout, as :meth:`Client.predict`."""
         from service import codecs
         from service.problems import Problem
 
@@ -243,9 +285,41 @@ class LocalClient:
             clips = codecs.check_array(np.asarray(frames), self.spec, "frames")
         except Problem as exc:
             raise ValueError(exc.detail) from None
-        inputs = clips.frames  # (N, T, C, H, W) float32 in [0, 1]
-        out = np.concatenate([self.engine.run(inputs[s : s + self.batch_size]) for s in range(0, len(inputs), self.batch_size)])
-        return out if clips.batched else out[0]
+        return self._run(clips.frames, clips.batched, horizon)
+
+    def predict_video(
+        self,
+        video: str | Path | bytes,
+        *,
+        media_type: str | None = None,
+        resize: Literal["none", "fit", "crop"] = "none",
+        start: int | None = None,
+        horizon: int | None = None,
+    ) -> np.ndarray:
+        """:meth:`Client.predict_video`, decoded here (``media_type`` is not needed: FFmpeg probes)."""
+        from service import codecs
+        from service.problems import Problem
+
+        data = video if isinstance(video, bytes) else Path(video).read_bytes()
+        try:
+            clips = codecs.decode_video(data, self.spec, resize=resize, start=start)
+        except Problem as exc:
+            raise ValueError(exc.detail) from None
+        return self._run(clips.frames, False, horizon)
+
+    def _run(self, inputs: np.ndarray, batched: bool, horizon: int | None) -> np.ndarray:
+        """(N, T, C, H, W) float32 in [0, 1] -> (N, T' or horizon, C, H, W), without N unless ``batched``."""
+        from service.horizon import rollout
+
+        _horizon_params(horizon)  # the same checks as the remote client
+        frames = horizon or self.spec.out_frames
+        out = np.concatenate(
+            [
+                rollout(self.engine.run, inputs[s : s + self.batch_size], frames, self.spec.out_frames)
+                for s in range(0, len(inputs), self.batch_size)
+            ]
+        )
+        return out if batched else out[0]
 
     def close(self) -> None:
         pass

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from service import video
 from service.card import ClipSpec
 from service.frames import IMAGE_MODES, image_pixels, npy_data_bytes, read_npy_header, shape_text, to_image, to_uint8
 from service.problems import Problem
@@ -26,10 +27,25 @@ JSON = "application/json"
 MULTIPART = "multipart/form-data"
 ZIP = "application/zip"
 GIF = "image/gif"
-REQUEST_TYPES = (NPY, JSON, MULTIPART)
-RESPONSE_TYPES = (NPY, JSON, ZIP, GIF)
-# the answer's type when the request has no Accept header (or accepts anything)
-DEFAULT_ANSWER = {NPY: NPY, JSON: JSON, MULTIPART: ZIP}
+MP4 = "video/mp4"
+WEBM = "video/webm"
+VIDEO_TYPES = tuple(video.MEDIA_TYPES)  # request bodies decoded by service.video (image/gif among them)
+REQUEST_TYPES = (NPY, JSON, MULTIPART, *(t for t in VIDEO_TYPES if t != GIF), GIF)
+RESPONSE_TYPES = (NPY, JSON, ZIP, GIF, MP4, WEBM)
+# answers that show the input before the prediction (unless include_input=false)
+ANIMATED_TYPES = (GIF, MP4, WEBM)
+# the answer's type when the request has no Accept header (or accepts anything): the request's
+# family; AVI and Matroska are answered as MP4 (H.264), what every browser and player shows
+DEFAULT_ANSWER = {
+    NPY: NPY,
+    JSON: JSON,
+    MULTIPART: ZIP,
+    MP4: MP4,
+    WEBM: WEBM,
+    GIF: GIF,
+    "video/x-msvideo": MP4,
+    "video/x-matroska": MP4,
+}
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 GIF_FRAME_MS = 200
 
@@ -37,10 +53,12 @@ GIF_FRAME_MS = 200
 @dataclass(frozen=True)
 class Clips:
     """Decoded input: ``frames`` is float32 (B, T, C, H, W) in [0, 1]; ``batched`` says whether
-    the request had a batch axis (the answer mirrors it)."""
+    the request had a batch axis (the answer mirrors it); ``fps``: a video's frame rate (video
+    answers keep it), None for arrays and images."""
 
     frames: np.ndarray
     batched: bool
+    fps: float | None = None
 
 
 def media_type(content_type: str | None) -> str:
@@ -224,6 +242,33 @@ def decode_images(files: Sequence[tuple[str, bytes]], spec: ClipSpec) -> Clips:
     return check_array(clip, spec, "images")
 
 
+def decode_video(
+    data: bytes,
+    spec: ClipSpec,
+    *,
+    resize: video.Resize = "none",
+    start: int | None = None,
+    max_frames: int = video.MAX_FRAMES,
+) -> Clips:
+    """One clip of T frames from a video file's bytes (any container FFmpeg probes): the last T,
+    or T from frame ``start``. Colour video is converted to grey for a 1-channel model."""
+    try:
+        clip = video.read_video(
+            data,
+            channels=spec.channels,
+            height=spec.height,
+            width=spec.width,
+            resize=resize,
+            count=spec.in_frames,
+            start=start,
+            max_frames=max_frames,
+        )
+    except video.VideoError as exc:
+        raise Problem(exc.status, exc.kind, f"video: {exc.detail}") from None
+    checked = check_array(clip.frames, spec, "video")
+    return Clips(checked.frames, batched=False, fps=clip.fps)
+
+
 def _pixels(image: Image.Image, mode: str, label: str) -> np.ndarray:
     try:
         return image_pixels(image, mode)
@@ -285,18 +330,18 @@ def choose_answer_type(accept: str | None, request_type: str) -> str:
 
 def check_answerable(answer_type: str, channels: int, clip_count: int, batched: bool) -> None:
     """Raise 406 before inference when the chosen answer cannot carry this prediction."""
-    if answer_type in (ZIP, GIF) and channels not in (1, 3):
+    if answer_type in (ZIP, *ANIMATED_TYPES) and channels not in (1, 3):
         raise Problem(
             406,
             "not-acceptable",
             f"{answer_type} needs 1- or 3-channel frames, this model predicts {channels}; ask for application/x-npy or "
             "application/json",
         )
-    if answer_type == GIF and batched and clip_count != 1:
+    if answer_type in ANIMATED_TYPES and batched and clip_count != 1:
         raise Problem(
             406,
             "not-acceptable",
-            f"image/gif animates one clip, the request has {clip_count}; send (T, C, H, W) or ask for application/zip",
+            f"{answer_type} animates one clip, the request has {clip_count}; send (T, C, H, W) or ask for application/zip",
         )
 
 
@@ -328,19 +373,41 @@ def encode_zip(prediction: np.ndarray, batched: bool) -> bytes:
     return buffer.getvalue()
 
 
-def encode_gif(inputs: np.ndarray, prediction: np.ndarray, batched: bool) -> bytes:
-    """Animated GIF of one clip: the input frames, then the predicted ones (looping)."""
-    check_answerable(GIF, prediction.shape[-3], len(prediction) if prediction.ndim == 5 else 1, batched)
-    clip_in = inputs[0] if inputs.ndim == 5 else inputs  # (T, C, H, W)
+def _shown(inputs: np.ndarray, prediction: np.ndarray, include_input: bool) -> np.ndarray:
+    """The frames an animated answer shows: (T + T', C, H, W), or (T', C, H, W) without the input."""
     clip_out = prediction[0] if prediction.ndim == 5 else prediction  # (T', C, H, W)
-    images = [to_image(frame) for frame in to_uint8(np.concatenate([clip_in, clip_out]))]
+    if not include_input:
+        return clip_out
+    clip_in = inputs[0] if inputs.ndim == 5 else inputs  # (T, C, H, W)
+    return np.concatenate([clip_in, clip_out])
+
+
+def encode_gif(
+    inputs: np.ndarray, prediction: np.ndarray, batched: bool, *, include_input: bool = True, fps: float | None = None
+) -> bytes:
+    """Animated GIF of one clip: the input frames, then the predicted ones (looping); at a
+    video's frame rate, else GIF_FRAME_MS per frame."""
+    check_answerable(GIF, prediction.shape[-3], len(prediction) if prediction.ndim == 5 else 1, batched)
+    images = [to_image(frame) for frame in to_uint8(_shown(inputs, prediction, include_input))]
+    duration = round(1000 / fps) if fps else GIF_FRAME_MS
     buffer = io.BytesIO()
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=GIF_FRAME_MS, loop=0)
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0)
     return buffer.getvalue()
 
 
-def encode(answer_type: str, clips: Clips, prediction: np.ndarray) -> bytes:
-    """``prediction`` is (B, T', C, H, W); the answer drops B when the request had no batch axis."""
+def encode_video(
+    answer_type: str, inputs: np.ndarray, prediction: np.ndarray, batched: bool, *, include_input: bool, fps: float | None
+) -> bytes:
+    """MP4 (H.264) or WebM (VP9) of one clip: the input, then the prediction, at the input
+    video's frame rate (video.DEFAULT_FPS for arrays and images)."""
+    check_answerable(answer_type, prediction.shape[-3], len(prediction) if prediction.ndim == 5 else 1, batched)
+    container = "mp4" if answer_type == MP4 else "webm"
+    return video.encode_video(to_uint8(_shown(inputs, prediction, include_input)), fps or video.DEFAULT_FPS, container)
+
+
+def encode(answer_type: str, clips: Clips, prediction: np.ndarray, *, include_input: bool = True) -> bytes:
+    """``prediction`` is (B, T', C, H, W); the answer drops B when the request had no batch axis.
+    ``include_input``: animated answers (GIF, MP4, WebM) show the input frames first."""
     out = prediction if clips.batched else prediction[0]
     if answer_type == NPY:
         return encode_npy(out)
@@ -349,5 +416,7 @@ def encode(answer_type: str, clips: Clips, prediction: np.ndarray) -> bytes:
     if answer_type == ZIP:
         return encode_zip(out, clips.batched)
     if answer_type == GIF:
-        return encode_gif(clips.frames, prediction, clips.batched)
+        return encode_gif(clips.frames, prediction, clips.batched, include_input=include_input, fps=clips.fps)
+    if answer_type in (MP4, WEBM):
+        return encode_video(answer_type, clips.frames, prediction, clips.batched, include_input=include_input, fps=clips.fps)
     raise ValueError(f"unknown answer type {answer_type!r}")  # pragma: no cover - choose_answer_type prevents it

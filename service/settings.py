@@ -46,6 +46,8 @@ class ServeSettings(BaseSettings):
     cuda_graphs: bool = Field(False, description="capture one CUDA graph per batch-size bucket (CUDA only)")
     ort_spinning: bool = Field(True, description="let ONNX Runtime's threads spin briefly between operators and batches")
     warmup_runs: int = Field(2, ge=0, description="session.run calls at each batch-size bucket before /readyz says ready")
+    max_video_frames: int = Field(10_000, ge=1, description="most frames decoded from one video body (422 beyond)")
+    max_horizon: int = Field(1000, ge=1, description="largest ?horizon= (frames predicted by rollout; 422 beyond)")
 
     @property
     def max_body_bytes(self) -> int:

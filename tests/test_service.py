@@ -539,8 +539,9 @@ def test_model_readyz_metrics_and_openapi(server: Server, tiny_onnx: Path) -> No
 
     spec = httpx.get(server.url + "/openapi.json").json()
     predict = spec["paths"]["/predict"]["post"]
-    assert set(predict["requestBody"]["content"]) == {NPY, JSON, "multipart/form-data"}
-    assert set(predict["responses"]["200"]["content"]) == {NPY, JSON, ZIP, GIF}
+    videos = {"video/mp4", "video/webm", "video/x-msvideo", "video/x-matroska", GIF}
+    assert set(predict["requestBody"]["content"]) == {NPY, JSON, "multipart/form-data", *videos}
+    assert set(predict["responses"]["200"]["content"]) == {NPY, JSON, ZIP, GIF, "video/mp4", "video/webm"}
     assert {"400", "413", "415", "422", "503", "504"} <= set(predict["responses"])
     assert {"/healthz", "/readyz", "/v1/model", "/metrics"} <= set(spec["paths"])
     assert httpx.get(server.url + "/docs").status_code == 200

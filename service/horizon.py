@@ -1,0 +1,54 @@
+"""Longer horizons by rollout: predict N frames with a model that predicts T' at a time.
+
+Each step feeds the model the last T frames of (input + predictions so far), exactly as if a
+caller fed the predictions back by hand; predictions are fed back unclipped, as the model
+produced them. Errors compound: every step after the first works from predicted, not observed,
+frames. N <= T' is one run, of which the first N frames are returned.
+
+numpy only; the same plan serves the service (async, every step through the batcher), the
+local client and ``stlight predict`` (sync).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+MAX_HORIZON = 1000  # frames; the service's default limit (each step is a full model run)
+
+
+def steps(horizon: int, out_frames: int) -> int:
+    """Model runs needed for ``horizon`` frames."""
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    return math.ceil(horizon / out_frames)
+
+
+def next_window(window: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """(B, T, ...) and (B, T', ...) -> the last T frames of both, the next step's input."""
+    in_frames = window.shape[1]
+    return np.concatenate([window, prediction], axis=1)[:, -in_frames:]  # (B, T, C, H, W)
+
+
+def rollout(predict: Callable[[np.ndarray], np.ndarray], clips: np.ndarray, horizon: int, out_frames: int) -> np.ndarray:
+    """(B, T, C, H, W) -> (B, horizon, C, H, W), ``predict`` mapping (B, T, ...) -> (B, T', ...)."""
+    window, outputs = clips, []
+    for _ in range(steps(horizon, out_frames)):
+        prediction = predict(window)
+        outputs.append(prediction)
+        window = next_window(window, prediction)
+    return np.concatenate(outputs, axis=1)[:, :horizon]
+
+
+async def rollout_async(
+    predict: Callable[[np.ndarray], Awaitable[np.ndarray]], clips: np.ndarray, horizon: int, out_frames: int
+) -> np.ndarray:
+    """:func:`rollout` with an awaitable ``predict`` (the service's batcher)."""
+    window, outputs = clips, []
+    for _ in range(steps(horizon, out_frames)):
+        prediction = await predict(window)
+        outputs.append(prediction)
+        window = next_window(window, prediction)
+    return np.concatenate(outputs, axis=1)[:, :horizon]

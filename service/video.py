@@ -1,0 +1,307 @@
+"""Video files <-> frames with PyAV (FFmpeg ships in its wheels; no system FFmpeg needed).
+
+Used by the service (video request bodies and answers), ``stlight predict`` (video inputs,
+``--video`` outputs) and training (``--dataset videos``), so it imports neither torch nor
+onnxruntime nor fastapi: numpy, Pillow and PyAV only. Errors are :class:`VideoError`, carrying
+the HTTP status and problem kind the service answers with; the CLIs print the message.
+
+Frames are taken as stored: no frame-rate conversion, no interpolation of missing frames.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+import av
+import av.error
+import numpy as np
+from PIL import Image, ImageOps
+
+Resize = Literal["none", "fit", "crop"]
+RESIZE_MODES: tuple[Resize, ...] = ("none", "fit", "crop")
+# request media types -> what FFmpeg is fed (it probes the format from the bytes anyway)
+MEDIA_TYPES = {
+    "video/mp4": "mp4",
+    "video/webm": "webm",
+    "video/x-msvideo": "avi",
+    "video/x-matroska": "mkv",
+    "image/gif": "gif",
+}
+# file suffix -> the media type a video file is sent as (FFmpeg probes the real format)
+SUFFIX_TYPES = {
+    ".mp4": "video/mp4",
+    ".m4v": "video/mp4",
+    ".mov": "video/mp4",
+    ".webm": "video/webm",
+    ".avi": "video/x-msvideo",
+    ".mkv": "video/x-matroska",
+    ".gif": "image/gif",
+}
+SUFFIXES = tuple(SUFFIX_TYPES)
+DEFAULT_FPS = 10.0  # for frames that never had a rate (arrays, image folders)
+MAX_FRAMES = 10_000  # decoding more frames than this is refused (time and memory bound)
+MAX_PIXELS = 8192 * 8192  # per frame; beyond it one decoded frame alone is too large to hold
+# one frame short of what the container promises can be a rounding of its duration; more is a cut-off file
+TRUNCATION_SLACK = 1
+
+# container -> (FFmpeg muxer, encoder, pixel format, encoder options)
+_ENCODERS: dict[str, tuple[str, str, str, dict[str, str]]] = {
+    "mp4": ("mp4", "libx264", "yuv420p", {"crf": "17", "preset": "veryfast"}),
+    "webm": ("webm", "libvpx-vp9", "yuv420p", {"crf": "24", "b": "0", "deadline": "realtime", "cpu-used": "8"}),
+    "mkv": ("matroska", "libx264", "yuv420p", {"crf": "17", "preset": "veryfast"}),
+    "avi": ("avi", "mjpeg", "yuvj420p", {"q:v": "2"}),
+    "gif": ("gif", "gif", "rgb8", {}),
+}
+CONTAINERS = tuple(_ENCODERS)
+
+
+class VideoError(ValueError):
+    """A video that cannot be used as asked. ``status``: 400 when the bytes are not a readable
+    video, 422 when it is one that does not fit (size, channels, frame count)."""
+
+    def __init__(self, status: int, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.kind, self.detail = status, kind, detail
+
+
+@dataclass(frozen=True)
+class Video:
+    """Decoded frames (N, C, H, W) uint8, the stream's frame rate, and how many frames were
+    decoded in all (``decoded`` >= N when a window was kept)."""
+
+    frames: np.ndarray
+    fps: float
+    decoded: int
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A video's stream properties, read without decoding frames."""
+
+    width: int
+    height: int
+    channels: int  # 1 when the stream's pixel format is grey, else 3
+    fps: float
+    frames: int  # as the container says; 0 when it does not say
+
+
+# ---------------------------------------------------------------------------------------
+# decode
+# ---------------------------------------------------------------------------------------
+
+
+def _open(source: bytes | str | Path) -> av.container.InputContainer:
+    if isinstance(source, bytes | bytearray) and not source:
+        raise VideoError(400, "undecodable-video", "the video is empty (0 bytes)")
+    try:
+        return av.open(io.BytesIO(source) if isinstance(source, bytes | bytearray) else str(source), metadata_errors="ignore")
+    except av.error.FFmpegError as exc:
+        raise VideoError(
+            400,
+            "undecodable-video",
+            f"not a video FFmpeg can read ({_reason(exc)}); expected MP4, WebM, AVI, MKV or animated GIF"
+            " (an MP4 cut short loses its index, which MP4 writes at the end)",
+        ) from None
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, av.error.FFmpegError):
+        return exc.strerror or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        raise VideoError(400, "no-video-stream", f"the file holds no video stream (streams: {', '.join(kinds)})")
+    return container.streams.video[0]
+
+
+def _fps(stream: av.video.stream.VideoStream) -> float:
+    rate = stream.average_rate or stream.guessed_rate
+    fps = float(rate) if rate else 0.0
+    return fps if 0 < fps <= 1000 else DEFAULT_FPS
+
+
+def _promised_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream, fps: float) -> int:
+    """Frames the container says it holds: its frame count (AVI, MP4, GIF), else its duration
+    times the frame rate (Matroska/WebM); 0 when it says neither."""
+    if stream.frames:
+        return int(stream.frames)
+    if container.duration and container.duration > 0:
+        return round(container.duration / av.time_base * fps)
+    return 0
+
+
+def probe(source: bytes | str | Path) -> Probe:
+    """Size, channels, frame rate and announced frame count, without decoding frames."""
+    with _open(source) as container:
+        stream = _stream(container)
+        ctx = stream.codec_context
+        fmt = ctx.pix_fmt or ""
+        channels = 1 if fmt.startswith(("gray", "ya", "mono")) else 3
+        fps = _fps(stream)
+        return Probe(ctx.width, ctx.height, channels, fps, _promised_frames(container, stream, fps))
+
+
+def _frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Iterator[av.VideoFrame]:
+    """Decoded frames; a corrupt packet is a 400 naming the frame it broke at."""
+    index = 0
+    try:
+        for frame in container.decode(stream):
+            yield frame
+            index += 1
+    except av.error.FFmpegError as exc:
+        raise VideoError(
+            400, "undecodable-video", f"the video is truncated or corrupt: decoding failed after {index} frame(s) ({_reason(exc)})"
+        ) from None
+
+
+def _convert(frame: av.VideoFrame, mode: str, resize: Resize, height: int, width: int) -> np.ndarray:
+    """One decoded frame -> (H, W) grey or (H, W, 3) RGB uint8 at the model's size."""
+    pixels = frame.to_ndarray(format="gray" if mode == "L" else "rgb24")
+    if resize == "none" or pixels.shape[:2] == (height, width):
+        if pixels.shape[:2] != (height, width):
+            raise _size_error(pixels.shape[1], pixels.shape[0], width, height)
+        return pixels
+    image = Image.fromarray(pixels, mode)
+    if resize == "fit":  # the whole frame, stretched when the aspect ratio differs
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    else:  # crop: scaled to cover, then the centre cut out
+        image = ImageOps.fit(image, (width, height), Image.Resampling.BILINEAR)
+    return np.asarray(image)
+
+
+def _size_error(got_w: int, got_h: int, width: int, height: int) -> VideoError:
+    return VideoError(
+        422,
+        "wrong-size",
+        f"video frames are {got_w}x{got_h} (W x H); the model expects {width}x{height}. "
+        "Ask for resize=fit (scale the whole frame) or resize=crop (scale and cut out the centre)",
+    )
+
+
+def read_video(
+    source: bytes | str | Path,
+    *,
+    channels: int,
+    height: int,
+    width: int,
+    resize: Resize = "none",
+    count: int | None = None,
+    start: int | None = None,
+    max_frames: int = MAX_FRAMES,
+) -> Video:
+    """Decode a video to (N, C, H, W) uint8 frames at the model's channels and size.
+
+    ``count=None`` keeps every frame; ``count=k`` keeps ``k`` frames: the last ``k`` (the whole
+    file is decoded, keeping a ring of ``k``), or frames ``start ... start + k - 1`` (decoding
+    stops there). Colour becomes grey for ``channels=1`` (FFmpeg's BT.601 luma), grey becomes
+    RGB for ``channels=3``. More than ``max_frames`` frames decoded is a 422: it bounds the work
+    one request can ask for."""
+    if channels not in (1, 3):
+        raise VideoError(
+            422, "wrong-channels", f"video frames are grey (1 channel) or RGB (3); this model takes {channels}: send .npy"
+        )
+    if resize not in RESIZE_MODES:
+        raise VideoError(422, "invalid-resize", f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    if count is not None and count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    mode = "L" if channels == 1 else "RGB"
+    with _open(source) as container:
+        stream = _stream(container)
+        stream.thread_type = "AUTO"
+        ctx = stream.codec_context
+        if ctx.width * ctx.height > MAX_PIXELS:
+            raise VideoError(
+                422, "frame-too-large", f"video frames are {ctx.width}x{ctx.height}; at most {MAX_PIXELS:,} pixels are decoded"
+            )
+        if resize == "none" and ctx.width and (ctx.width, ctx.height) != (width, height):
+            raise _size_error(ctx.width, ctx.height, width, height)
+        fps = _fps(stream)
+        promised = _promised_frames(container, stream, fps)
+        first = start or 0
+        kept: collections.deque[av.VideoFrame] | list[np.ndarray]
+        kept = collections.deque(maxlen=count) if count is not None and start is None else []
+        decoded = 0
+        for frame in _frames(container, stream):
+            decoded += 1
+            if decoded > max_frames:
+                raise VideoError(
+                    422,
+                    "too-many-frames",
+                    f"the video has more than {max_frames:,} frames, the most decoded per video; cut it shorter",
+                )
+            if isinstance(kept, collections.deque):  # the last `count`: convert only those kept at the end
+                kept.append(frame)
+            elif decoded > first:  # converted at once: native-size frames of a long video would not fit in memory
+                kept.append(_convert(frame, mode, resize, height, width))
+                if count is not None and len(kept) == count:
+                    break
+        complete = start is None or count is None or len(kept) < count
+        if complete and promised and decoded < promised - TRUNCATION_SLACK:
+            raise VideoError(
+                400,
+                "truncated-video",
+                f"the video is truncated or corrupt: its container announces {promised} frames, only {decoded} could be decoded",
+            )
+        frames = [_convert(f, mode, resize, height, width) if isinstance(f, av.VideoFrame) else f for f in kept]
+    if count is not None and len(frames) < count:
+        if start is None:
+            raise VideoError(422, "wrong-frame-count", f"the video has {decoded} frame(s); {count} are needed")
+        raise VideoError(
+            422,
+            "wrong-frame-count",
+            f"the video has {decoded} frame(s); start={first} needs frames {first} to {first + count - 1}",
+        )
+    if not frames:
+        raise VideoError(422, "wrong-frame-count", "the video has no frames")
+    clip = np.stack(frames)  # (N, H, W) or (N, H, W, 3)
+    clip = clip[:, None] if clip.ndim == 3 else clip.transpose(0, 3, 1, 2)  # (N, C, H, W)
+    return Video(np.ascontiguousarray(clip), fps, decoded)
+
+
+# ---------------------------------------------------------------------------------------
+# encode
+# ---------------------------------------------------------------------------------------
+
+
+def encode_video(frames: np.ndarray, fps: float = DEFAULT_FPS, container: str = "mp4") -> bytes:
+    """(N, C, H, W) uint8, C in {1, 3} -> the bytes of a video file.
+
+    mp4: H.264 (yuv420p, CRF 17: what browsers and players take), webm: VP9, mkv: H.264,
+    avi: MJPEG, gif: GIF. 4:2:0 needs even sides, so an odd height or width is padded by
+    repeating the last row or column."""
+    if container not in _ENCODERS:
+        raise ValueError(f"container must be one of {', '.join(CONTAINERS)}, got {container!r}")
+    if frames.ndim != 4 or frames.shape[1] not in (1, 3) or frames.dtype != np.uint8 or not len(frames):
+        raise ValueError(f"expected (N, C, H, W) uint8 frames with C 1 or 3 and N >= 1, got {frames.dtype} {frames.shape}")
+    muxer, codec, pix_fmt, options = _ENCODERS[container]
+    pixels = frames.transpose(0, 2, 3, 1)  # (N, H, W, C)
+    if pix_fmt.endswith("420p"):
+        pad_h, pad_w = pixels.shape[1] % 2, pixels.shape[2] % 2
+        if pad_h or pad_w:
+            pixels = np.pad(pixels, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    rate = Fraction(fps if math.isfinite(fps) and fps > 0 else DEFAULT_FPS).limit_denominator(1001)
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=muxer) as out:
+        stream = out.add_stream(codec, rate=rate)
+        if container == "gif" and pixels.shape[3] == 1:
+            pix_fmt = "gray"  # GIF's colour format has 3-3-2 bits: grey would lose levels
+        stream.width, stream.height, stream.pix_fmt = pixels.shape[2], pixels.shape[1], pix_fmt
+        stream.options = dict(options)
+        for frame in pixels:
+            if frame.shape[2] == 1:
+                picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:, :, 0]), format="gray")
+            else:
+                picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            out.mux(stream.encode(picture))
+        out.mux(stream.encode(None))
+    return buffer.getvalue()

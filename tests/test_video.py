@@ -1,0 +1,276 @@
+"""Video in, video out, and longer horizons, on Moving MNIST clips of real digits.
+
+The videos are written here with PyAV (H.264 MP4, VP9 WebM, MJPEG AVI, GIF) and decoded here
+with PyAV too, independently of service/video.py: every path (a real ``stlight serve`` with
+torch blocked, ``stlight predict``, the clients) must equal in-process ONNX Runtime on the
+frames this file decodes from the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+from serving import NO_TORCH, Server
+
+from service.client import Client, LocalClient, ServiceError
+
+T, T_OUT = 10, 10  # the tiny preset: 10 -> 10 frames of 1 x 64 x 64
+PROBLEM, NPY = "application/problem+json", "application/x-npy"
+# format -> (muxer, encoder, pixel format, media type, suffix)
+FORMATS = {
+    "mp4": ("mp4", "libx264", "yuv420p", "video/mp4", ".mp4"),
+    "webm": ("webm", "libvpx-vp9", "yuv420p", "video/webm", ".webm"),
+    "avi": ("avi", "mjpeg", "yuvj420p", "video/x-msvideo", ".avi"),
+    "gif": ("gif", "gif", "gray", "image/gif", ".gif"),
+}
+
+
+# ---------------------------------------------------------------------------------------
+# helpers: PyAV straight, not service.video
+# ---------------------------------------------------------------------------------------
+
+
+def make_video(frames: np.ndarray, fmt: str, fps: int = 10) -> bytes:
+    """(N, H, W) grey or (N, H, W, 3) RGB uint8 -> the bytes of a video file."""
+    muxer, codec, pix_fmt, _, _ = FORMATS[fmt]
+    if fmt == "gif" and frames.ndim == 4:
+        pix_fmt = "rgb8"
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=muxer) as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        if codec == "libvpx-vp9":
+            stream.options = {"deadline": "realtime", "cpu-used": "8"}
+        for frame in frames:
+            picture = av.VideoFrame.from_ndarray(frame, format="gray" if frame.ndim == 2 else "rgb24")
+            out.mux(stream.encode(picture))
+        out.mux(stream.encode(None))
+    return buffer.getvalue()
+
+
+def decode_grey(data: bytes) -> np.ndarray:
+    """Every frame of a video as (N, 1, H, W) float32 in [0, 1] (FFmpeg's grey conversion)."""
+    with av.open(io.BytesIO(data)) as container:
+        frames = [f.to_ndarray(format="gray") for f in container.decode(video=0)]
+    return (np.stack(frames)[:, None] / np.float32(255)).astype(np.float32)
+
+
+def by_hand(reference, clip: np.ndarray, horizon: int) -> np.ndarray:
+    """(T, C, H, W) -> (horizon, C, H, W): the model's outputs fed back as inputs, step by step."""
+    window, out = clip[None], []
+    while sum(len(o) for o in out) < horizon:
+        prediction = reference(window)[0]  # (T', C, H, W)
+        out.append(prediction)
+        window = np.concatenate([window[0], prediction])[-T:][None]
+    return np.concatenate(out)[:horizon]
+
+
+# ---------------------------------------------------------------------------------------
+# fixtures
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clips(mnist_dir: Path) -> np.ndarray:
+    """(4, 24, 64, 64) uint8: Moving MNIST clips of real digits, a few frames longer than T + T'."""
+    from model.data import load_mnist_digits, moving_mnist_clip
+
+    digits = load_mnist_digits(mnist_dir, download=False)
+    rng = np.random.default_rng(15)
+    return np.stack([moving_mnist_clip(rng, digits, T + T_OUT + 4) for _ in range(4)])
+
+
+@pytest.fixture(scope="module")
+def videos(clips: np.ndarray) -> dict[str, bytes]:
+    return {fmt: make_video(clips[i % len(clips)], fmt) for i, fmt in enumerate(FORMATS)}
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_onnx: Path):
+    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"frames": np.asarray(x, np.float32)})[0]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory):
+    log = tmp_path_factory.mktemp("video-server") / "server.log"
+    srv = Server(
+        log, "--model", str(tiny_onnx), "--device", "cpu", env={"STLIGHT_MAX_VIDEO_FRAMES": "200", "STLIGHT_MAX_HORIZON": "60"}
+    )
+    try:
+        srv.wait_listening()
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.text(), srv.text()
+
+
+def post(server: Server, body: bytes, media_type: str, accept: str = NPY, **params: object) -> httpx.Response:
+    return httpx.post(
+        server.url + "/predict",
+        content=body,
+        params=params,
+        headers={"Content-Type": media_type, "Accept": accept},
+        timeout=60,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# the module itself
+# ---------------------------------------------------------------------------------------
+
+
+def test_video_module_imports_neither_onnxruntime_nor_fastapi_nor_torch() -> None:
+    code = NO_TORCH + "import service.video\nprint(sorted(m for m in ('onnxruntime', 'fastapi', 'torch') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------
+# serve
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_each_format_through_predict_equals_onnxruntime_on_its_decoded_frames(
+    server: Server, videos: dict[str, bytes], reference, fmt: str
+) -> None:
+    data = videos[fmt]
+    frames = decode_grey(data)
+    assert len(frames) == T + T_OUT + 4
+    response = post(server, data, FORMATS[fmt][3])
+    assert response.status_code == 200, response.text
+    got = np.load(io.BytesIO(response.content))
+    np.testing.assert_allclose(got, reference(frames[None, -T:])[0], atol=1e-5)  # the last T frames by default
+    response = post(server, data, FORMATS[fmt][3], start=2)
+    np.testing.assert_allclose(np.load(io.BytesIO(response.content)), reference(frames[None, 2 : 2 + T])[0], atol=1e-5)
+
+
+def test_multipart_video_part_is_decoded_like_a_body(server: Server, videos: dict[str, bytes], reference) -> None:
+    data = videos["webm"]
+    response = httpx.post(
+        server.url + "/predict", files={"video": ("clip.webm", data, "video/webm")}, headers={"Accept": NPY}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(np.load(io.BytesIO(response.content)), reference(decode_grey(data)[None, -T:])[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("accept", ["video/mp4", "video/webm"])
+def test_video_answers_hold_input_then_prediction_at_the_input_rate(
+    server: Server, clips: np.ndarray, accept: str, reference
+) -> None:
+    data = make_video(clips[0], "mp4", fps=25)
+    response = post(server, data, "video/mp4", accept=accept)
+    assert response.status_code == 200 and response.headers["content-type"] == accept, response.text
+    with av.open(io.BytesIO(response.content)) as answer:
+        assert float(answer.streams.video[0].average_rate) == 25
+    shown = decode_grey(response.content)
+    assert len(shown) == T + T_OUT
+    expected = np.clip(reference(decode_grey(data)[None, -T:])[0], 0, 1)
+    assert np.abs(shown[T:] - expected).mean() < 0.03  # lossy, but the prediction and not something else
+    alone = post(server, data, "video/mp4", accept=accept, include_input="false")
+    assert len(decode_grey(alone.content)) == T_OUT
+    # arrays have no frame rate: 10 fps
+    body = io.BytesIO()
+    np.save(body, clips[0, :T, None])
+    from_array = post(server, body.getvalue(), NPY, accept=accept, horizon=15)
+    with av.open(io.BytesIO(from_array.content)) as answer:
+        assert float(answer.streams.video[0].average_rate) == 10
+    assert len(decode_grey(from_array.content)) == T + 15
+
+
+def test_truncated_and_non_video_bodies_are_400_problems(server: Server, videos: dict[str, bytes]) -> None:
+    mp4 = videos["mp4"]
+    for body, media_type, words in [
+        (mp4[: len(mp4) // 2], "video/mp4", "not a video"),
+        (np.random.default_rng(0).bytes(20_000), "video/mp4", "not a video"),
+        (b"\x93NUMPY not a video", "video/webm", "not a video"),
+        (videos["avi"][: len(videos["avi"]) * 2 // 3], "video/x-msvideo", "truncated"),
+        (videos["webm"][: len(videos["webm"]) // 2], "video/webm", "truncated"),
+    ]:
+        response = post(server, body, media_type)
+        assert response.status_code == 400, (media_type, response.text)
+        assert response.headers["content-type"] == PROBLEM
+        assert words in response.json()["detail"], response.json()
+    assert post(server, b"", "video/mp4").status_code == 400
+
+
+def test_wrong_size_colour_video_is_422_naming_both_sizes_and_resize_fit_serves_it(server: Server, clips: np.ndarray) -> None:
+    rng = np.random.default_rng(1)
+    colour = np.stack([np.stack([np.kron(f, np.ones((1, 2), np.uint8))[:48]] * 3, axis=-1) for f in clips[1]])
+    colour[..., 0] = rng.integers(0, 255, colour.shape[:3], dtype=np.uint8)  # (N, 48, 128, 3) really in colour
+    data = make_video(colour, "mp4")
+    response = post(server, data, "video/mp4")
+    assert response.status_code == 422 and response.headers["content-type"] == PROBLEM
+    detail = response.json()["detail"]
+    assert "128x48" in detail and "64x64" in detail and "resize=fit" in detail
+    for mode in ("fit", "crop"):
+        served = post(server, data, "video/mp4", resize=mode)
+        assert served.status_code == 200, served.text
+        assert np.load(io.BytesIO(served.content)).shape == (T_OUT, 1, 64, 64)
+    assert post(server, data, "video/mp4", resize="stretch").status_code == 422
+
+
+def test_video_limits_and_misplaced_options_are_422(server: Server, clips: np.ndarray, videos: dict[str, bytes]) -> None:
+    long = make_video(np.concatenate([clips[0]] * 10), "webm")  # 240 frames; the server decodes at most 200
+    response = post(server, long, "video/webm")
+    assert response.status_code == 422 and "200" in response.json()["detail"]
+    short = make_video(clips[0, : T - 1], "mp4")
+    assert "9 frame" in post(server, short, "video/mp4").json()["detail"]
+    beyond = post(server, videos["mp4"], "video/mp4", start=20)
+    assert beyond.status_code == 422 and "start=20" in beyond.json()["detail"]
+    body = io.BytesIO()
+    np.save(body, clips[0, :T, None])
+    assert post(server, body.getvalue(), NPY, resize="fit").status_code == 422
+    assert post(server, body.getvalue(), NPY, horizon=61).status_code == 422
+    assert post(server, body.getvalue(), NPY, horizon=0).status_code == 422
+    # a batch cannot be one video
+    batch = io.BytesIO()
+    np.save(batch, clips[:2, :T, None])
+    assert post(server, batch.getvalue(), NPY, accept="video/mp4").status_code == 406
+
+
+def test_horizon_25_equals_feeding_predictions_back_by_hand(server: Server, clips: np.ndarray, reference) -> None:
+    batch = clips[:3, :T, None]  # (3, T, 1, 64, 64) uint8
+    body = io.BytesIO()
+    np.save(body, batch)
+    response = post(server, body.getvalue(), NPY, horizon=25)
+    assert response.status_code == 200, response.text
+    got = np.load(io.BytesIO(response.content))
+    assert got.shape == (3, 25, 1, 64, 64)
+    for b in range(3):
+        np.testing.assert_allclose(got[b], by_hand(reference, batch[b] / np.float32(255), 25), atol=1e-4)
+    # N <= T': the first N frames of one run
+    short = np.load(io.BytesIO(post(server, body.getvalue(), NPY, horizon=4).content))
+    np.testing.assert_allclose(short, reference(batch / np.float32(255))[:, :4], atol=1e-5)
+
+
+def test_clients_send_videos_and_horizons(
+    server: Server, tiny_onnx: Path, videos: dict[str, bytes], clips: np.ndarray, reference, tmp_path: Path
+) -> None:
+    with Client(server.url) as remote, LocalClient(tiny_onnx, device="cpu") as local:
+        for fmt, data in videos.items():
+            path = tmp_path / f"clip{FORMATS[fmt][4]}"
+            path.write_bytes(data)
+            want = reference(decode_grey(data)[None, -T:])[0]
+            for client in (remote, local):
+                np.testing.assert_allclose(client.predict_video(path), want, atol=1e-5)
+        clip = clips[2, :T, None]
+        want = by_hand(reference, clip / np.float32(255), 25)
+        np.testing.assert_allclose(remote.predict(clip, horizon=25), want, atol=1e-4)
+        np.testing.assert_allclose(local.predict(clip, horizon=25), want, atol=1e-4)
+        with pytest.raises(ServiceError) as caught:
+            remote.predict_video(videos["mp4"][:1000])
+        assert caught.value.status == 400
+        with pytest.raises(ValueError, match="horizon"):
+            local.predict(clip, horizon=0)
