@@ -160,7 +160,9 @@ def _frames(container: av.container.InputContainer, stream: av.video.stream.Vide
             index += 1
     except av.error.FFmpegError as exc:
         raise VideoError(
-            400, "undecodable-video", f"the video is truncated or corrupt: decoding failed after {index} frame(s) ({_reason(exc)})"
+            400,
+            "undecodable-video",
+            f"the video is truncated or corrupt: decoding failed after {index} frame(s) ({_reason(exc)})",
         ) from None
 
 
