@@ -10,7 +10,7 @@ import dataclasses
 import json
 from typing import Any
 
-from model.config import PRESETS, STLightConfig, preset
+from model.config import DATASETS, PRESETS, STLightConfig, configure
 from service.errors import UserError
 
 CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(STLightConfig))
@@ -46,11 +46,15 @@ def add_config_args(
         group.add_argument(flag, dest=name, type=int, default=None, metavar="N", help=f"override {_FIELD_HELP[name]}")
 
 
+def config_overrides(args: argparse.Namespace) -> dict[str, int]:
+    """The ``STLightConfig`` fields set on the command line."""
+    return {name: getattr(args, name) for name in CONFIG_FIELDS if getattr(args, name, None) is not None}
+
+
 def config_from_args(args: argparse.Namespace) -> Any:
     """The preset with the user's overrides; invalid combinations become a UserError."""
-    overrides = {name: getattr(args, name) for name in CONFIG_FIELDS if getattr(args, name, None) is not None}
     try:
-        return dataclasses.replace(preset(args.preset), **overrides)
+        return configure(args.preset, **config_overrides(args))
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
@@ -102,18 +106,24 @@ def run_summary(args: argparse.Namespace) -> int:
 # train
 # ---------------------------------------------------------------------------------------
 
-DATASET_CHOICES = ("mmnist", "npz", "taxibj", "frames")
-# flags that define a run; --resume takes them from the checkpoint and refuses different values
-_RUN_FLAGS = {
-    "lr": "--lr",
-    "schedule": "--schedule",
-    "final_div_factor": "--final-div-factor",
-    "batch_size": "--batch-size",
-    "seed": "--seed",
-    "clips_per_epoch": "--clips-per-epoch",
-    "val_clips": "--val-clips",
-    "val_fraction": "--val-fraction",
-}
+# flags that go to model.plan.TrainRequest under their own names
+_REQUEST_FLAGS = (
+    "dataset",
+    "preset",
+    "data_dir",
+    "data_path",
+    "val_path",
+    "val_fraction",
+    "val_clips",
+    "clips_per_epoch",
+    "seed",
+    "lr",
+    "schedule",
+    "final_div_factor",
+    "batch_size",
+    "epochs",
+    "max_steps",
+)
 
 
 def _positive_int(text: str) -> int:
@@ -150,7 +160,7 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument(
         "--dataset",
-        choices=DATASET_CHOICES,
+        choices=DATASETS,
         default="mmnist",
         help="mmnist: Moving MNIST made on the fly; npz: your clips (N, T+T', C, H, W) in a .npz/.npy; "
         "taxibj: OpenSTL's dataset.npz; frames: a folder of clip folders of images (default: mmnist)",
@@ -195,23 +205,6 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="mmnist: clips generated per epoch (default 10000, OpenSTL's epoch)",
     )
-
-
-def _data_spec(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> Any:
-    from pathlib import Path
-
-    from model.data import DataSpec
-
-    base = dict(saved or {"name": args.dataset})
-    for key in ("data_dir", "data_path", "val_path"):
-        value = getattr(args, key, None)
-        if value is not None:
-            base[key] = str(Path(value).resolve())
-    if saved is None:
-        for key in ("val_fraction", "seed", "clips_per_epoch", "val_clips"):
-            if getattr(args, key, None) is not None:
-                base[key] = getattr(args, key)
-    return DataSpec(**base)
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
@@ -296,131 +289,35 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_train)
 
 
-def _resume_settings(args: argparse.Namespace, payload: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """Settings, config and data spec of the run in ``payload``; flags that would change them are refused."""
-    from model.config import STLightConfig
-    from model.train import RunSettings
-
-    saved = payload["run"]
-    config = STLightConfig.from_dict(payload["config"])
-    clashes = []
-    if args.dataset != saved["dataset"] and args.dataset != "mmnist":
-        clashes.append(f"--dataset {args.dataset} (run: {saved['dataset']})")
-    if args.preset is not None and args.preset != saved["preset"]:
-        clashes.append(f"--preset {args.preset} (run: {saved['preset']})")
-    for name in CONFIG_FIELDS:
-        value = getattr(args, name, None)
-        if value is not None and value != getattr(config, name):
-            clashes.append(f"--{name.replace('_', '-')} {value} (run: {getattr(config, name)})")
-    for key, flag in _RUN_FLAGS.items():
-        value = getattr(args, key, None)
-        if value is not None and value != saved[key]:
-            clashes.append(f"{flag} {value} (run: {saved[key]})")
-    if args.max_steps is not None and args.max_steps != saved["total_steps"]:
-        clashes.append(f"--max-steps {args.max_steps} (run: {saved['total_steps']})")
-    if args.epochs is not None and args.max_steps is None and args.epochs * saved["steps_per_epoch"] != saved["total_steps"]:
-        clashes.append(f"--epochs {args.epochs} (run: {saved['total_steps'] / saved['steps_per_epoch']:g} epochs)")
-    if clashes:
-        raise UserError(
-            f"--resume continues the run in {args.out} unchanged, but these flags differ from it: {'; '.join(clashes)}. "
-            "Drop them, or start a new run with another --out"
-        )
-    spec = _data_spec(args, payload.get("data"))
-    return RunSettings(**saved), config, spec
-
-
-def _fit_config_to_data(args: argparse.Namespace, spec: Any) -> None:
-    """npz / frames: take C, H, W (and T -> T' when the preset needs more frames than the data has)
-    from the data for every field the user did not set; prints what it chose."""
-    from model.config import preset
-    from model.data import data_shape
-
-    shape = data_shape(spec)
-    if shape is None:
-        return
-    chosen = []
-    for name in ("channels", "height", "width"):
-        if getattr(args, name) is None and getattr(preset(args.preset), name) != shape[name]:
-            setattr(args, name, shape[name])
-            chosen.append(f"{name}={shape[name]}")
-    base = preset(args.preset)
-    t_in = args.in_frames or base.in_frames
-    t_out = args.out_frames or base.out_frames
-    if args.in_frames is None and args.out_frames is None and t_in + t_out > shape["frames"] >= 2:
-        args.in_frames, args.out_frames = shape["frames"] // 2, shape["frames"] - shape["frames"] // 2
-        chosen.append(f"in_frames={args.in_frames}, out_frames={args.out_frames}")
-    if chosen:
-        print(f"fitted preset {args.preset} to the data: {', '.join(chosen)}")
-
-
 def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from model.data import DataError
+    from model.plan import TrainRequest, plan_run
+    from model.train import Runtime, SetupError, train
+
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder; give a run folder (created if missing)")
-    resume = None
-    if args.resume:
-        from model.train import load_resume
-
-        if not (out / "last.pt").is_file():
-            raise UserError(f"--resume: {out / 'last.pt'} does not exist; start the run without --resume first")
-        try:
-            resume = load_resume(out)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-        settings, config, spec = _resume_settings(args, resume)
-    else:
-        if (out / "last.pt").exists():
-            raise UserError(f"{out} already holds a run (last.pt); add --resume to continue it, or choose another --out")
-        settings = config = spec = None
-
-    from model.data import DataError, build_datasets
-    from model.train import DEFAULT_PRESET, TABLE2, RunSettings, Runtime, SetupError, train
-
+    request = TrainRequest(
+        out=out,
+        resume=args.resume,
+        overrides=config_overrides(args),
+        **{name: getattr(args, name) for name in _REQUEST_FLAGS},
+    )
+    runtime = Runtime(
+        out=out,
+        device=args.device,
+        workers=args.workers,
+        threads=args.threads,
+        amp=not args.no_amp,
+        val_every=args.val_every,
+        stop_after=args.stop_after,
+        progress=not args.no_progress,
+    )
     try:
-        if settings is None:
-            if args.preset is None:
-                args.preset = DEFAULT_PRESET[args.dataset]
-            spec = _data_spec(args)
-            _fit_config_to_data(args, spec)
-            config = config_from_args(args)
-            datasets = build_datasets(spec, config)
-            defaults = TABLE2[args.dataset]
-            batch_size = args.batch_size or defaults["batch_size"]
-            steps_per_epoch = len(datasets[0]) // batch_size
-            if steps_per_epoch == 0:
-                raise UserError(
-                    f"the training split has {len(datasets[0])} clips, fewer than --batch-size {batch_size}; lower --batch-size"
-                )
-            total = args.max_steps or (args.epochs or defaults["epochs"]) * steps_per_epoch
-            settings = RunSettings(
-                dataset=args.dataset,
-                preset=args.preset,
-                lr=args.lr or defaults["lr"],
-                schedule=args.schedule or defaults["schedule"],
-                final_div_factor=args.final_div_factor or defaults["final_div_factor"],
-                batch_size=batch_size,
-                total_steps=total,
-                steps_per_epoch=steps_per_epoch,
-                seed=spec.seed,
-                clips_per_epoch=spec.clips_per_epoch,
-                val_clips=spec.val_clips,
-                val_fraction=spec.val_fraction,
-            )
-        else:
-            datasets = build_datasets(spec, config)
-        runtime = Runtime(
-            out=out,
-            device=args.device,
-            workers=args.workers,
-            threads=args.threads,
-            amp=not args.no_amp,
-            val_every=args.val_every,
-            stop_after=args.stop_after,
-            progress=not args.no_progress,
-        )
-        summary = train(settings, config, spec, runtime, resume=resume, datasets=datasets)
+        plan = plan_run(request)
+        if plan.fitted:
+            print(plan.fitted)
+        summary = train(plan.settings, plan.config, plan.spec, runtime, resume=plan.resume, datasets=plan.datasets)
     except (DataError, SetupError, FloatingPointError) as exc:
         raise UserError(str(exc)) from None
     if args.json:
@@ -451,7 +348,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="a .pt file written by stlight train (last.pt, best.pt)")
     group = parser.add_argument_group("data")
     group.add_argument(
-        "--dataset", choices=DATASET_CHOICES, default=None, help="dataset kind (default: the one the checkpoint was trained on)"
+        "--dataset", choices=DATASETS, default=None, help="dataset kind (default: the one the checkpoint was trained on)"
     )
     group.add_argument(
         "--data-dir",

@@ -91,6 +91,9 @@ class STLightConfig(ClipSpec):
         return dataclasses.replace(self, **changes)
 
 
+# the dataset kinds `stlight train` reads (model/data.py); here so the CLI can offer them without torch
+DATASETS = ("mmnist", "npz", "taxibj", "frames")
+
 # ---------------------------------------------------------------------------------------
 # presets
 # ---------------------------------------------------------------------------------------
@@ -127,3 +130,8 @@ def preset(name: str) -> STLightConfig:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def configure(name: str, **overrides: int) -> STLightConfig:
+    """The named preset with some fields changed; ``ValueError`` says how to fix an invalid combination."""
+    return dataclasses.replace(preset(name), **overrides)

@@ -26,12 +26,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from model.config import STLightConfig
+from model.config import DATASETS, STLightConfig
 from service.frames import IMAGE_MODES, image_pixels, load_npy
 from service.frames import IMAGE_SUFFIXES as STILL_IMAGE_SUFFIXES
 from service.hashing import file_digest
 
-DATASETS = ("mmnist", "npz", "taxibj", "frames")
 IMAGE_SUFFIXES = (*STILL_IMAGE_SUFFIXES, ".gif")  # a training frame may be a still GIF
 
 # The standard MNIST training images (LeCun, Cortes and Burges); checksums of the gzipped file.

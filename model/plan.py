@@ -1,0 +1,179 @@
+"""Run planning for ``stlight train``: from what the user asked for (:class:`TrainRequest`) to
+everything :func:`model.train.train` needs — settings, config, data spec and datasets — with
+the dataset's defaults (the paper's Table 2) filled in, the config fitted to the data where the
+user left it open, and a resumed run held to the settings stored in its checkpoint.
+
+User mistakes raise :class:`~service.errors.UserError`; bad data raises
+:class:`~model.data.DataError` from the data module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from model.config import STLightConfig, configure, preset
+from model.data import DataSpec, build_datasets, data_shape
+from model.train import DEFAULT_PRESET, TABLE2, RunSettings, load_resume
+from service.errors import UserError
+
+# RunSettings fields a user may set; --resume takes them from the checkpoint and refuses other values
+RUN_FIELDS = ("lr", "schedule", "final_div_factor", "batch_size", "seed", "clips_per_epoch", "val_clips", "val_fraction")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a request field, for messages."""
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What the user asked for. ``None``: the dataset's default, or with ``resume`` the run's own value."""
+
+    out: Path
+    resume: bool = False
+    dataset: str = "mmnist"
+    preset: str | None = None
+    overrides: dict[str, int] = field(default_factory=dict)  # STLightConfig fields the user set
+    data_dir: str | None = None
+    data_path: str | None = None
+    val_path: str | None = None
+    val_fraction: float | None = None
+    val_clips: int | None = None
+    clips_per_epoch: int | None = None
+    seed: int | None = None
+    lr: float | None = None
+    schedule: str | None = None
+    final_div_factor: float | None = None
+    batch_size: int | None = None
+    epochs: int | None = None
+    max_steps: int | None = None
+
+
+@dataclass
+class Plan:
+    settings: RunSettings
+    config: STLightConfig
+    spec: DataSpec
+    datasets: tuple[Dataset, Dataset]
+    resume: dict[str, Any] | None = None  # the checkpoint payload a resumed run continues from
+    fitted: str = ""  # what was taken from the data, for the user to read ("" when nothing)
+
+
+def plan_run(request: TrainRequest) -> Plan:
+    out = request.out
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder; give a run folder (created if missing)")
+    if request.resume:
+        if not (out / "last.pt").is_file():
+            raise UserError(f"--resume: {out / 'last.pt'} does not exist; start the run without --resume first")
+        try:
+            payload = load_resume(out)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        settings, config, spec = _resumed(request, payload)
+        return Plan(settings, config, spec, build_datasets(spec, config), resume=payload)
+    if (out / "last.pt").exists():
+        raise UserError(f"{out} already holds a run (last.pt); add --resume to continue it, or choose another --out")
+    return _new_run(request)
+
+
+def _data_spec(request: TrainRequest, saved: dict[str, Any] | None = None) -> DataSpec:
+    """The request's data; a resumed run keeps its saved spec and takes only new paths (data may move)."""
+    base = dict(saved or {"name": request.dataset})
+    for key in ("data_dir", "data_path", "val_path"):
+        value = getattr(request, key)
+        if value is not None:
+            base[key] = str(Path(value).resolve())
+    if saved is None:
+        for key in ("val_fraction", "seed", "clips_per_epoch", "val_clips"):
+            if getattr(request, key) is not None:
+                base[key] = getattr(request, key)
+    return DataSpec(**base)
+
+
+def _config(name: str, overrides: dict[str, int]) -> STLightConfig:
+    try:
+        return configure(name, **overrides)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _fit_to_data(name: str, overrides: dict[str, int], spec: DataSpec) -> tuple[dict[str, int], str]:
+    """npz / frames: take C, H, W (and T -> T' when the preset needs more frames than the data
+    has) from the data for every field the user did not set; says what it chose."""
+    shape = data_shape(spec)
+    if shape is None:
+        return overrides, ""
+    base, fitted, chosen = preset(name), dict(overrides), []
+    for key in ("channels", "height", "width"):
+        if key not in overrides and getattr(base, key) != shape[key]:
+            fitted[key] = shape[key]
+            chosen.append(f"{key}={shape[key]}")
+    t_in = overrides.get("in_frames", base.in_frames)
+    t_out = overrides.get("out_frames", base.out_frames)
+    if "in_frames" not in overrides and "out_frames" not in overrides and t_in + t_out > shape["frames"] >= 2:
+        fitted["in_frames"], fitted["out_frames"] = shape["frames"] // 2, shape["frames"] - shape["frames"] // 2
+        chosen.append(f"in_frames={fitted['in_frames']}, out_frames={fitted['out_frames']}")
+    return fitted, (f"fitted preset {name} to the data: {', '.join(chosen)}" if chosen else "")
+
+
+def _new_run(request: TrainRequest) -> Plan:
+    name = request.preset or DEFAULT_PRESET[request.dataset]
+    spec = _data_spec(request)
+    overrides, fitted = _fit_to_data(name, request.overrides, spec)
+    config = _config(name, overrides)
+    datasets = build_datasets(spec, config)
+    defaults = TABLE2[request.dataset]
+    batch_size = request.batch_size or defaults["batch_size"]
+    steps_per_epoch = len(datasets[0]) // batch_size
+    if steps_per_epoch == 0:
+        raise UserError(
+            f"the training split has {len(datasets[0])} clips, fewer than --batch-size {batch_size}; lower --batch-size"
+        )
+    settings = RunSettings(
+        dataset=request.dataset,
+        preset=name,
+        lr=request.lr or defaults["lr"],
+        schedule=request.schedule or defaults["schedule"],
+        final_div_factor=request.final_div_factor or defaults["final_div_factor"],
+        batch_size=batch_size,
+        total_steps=request.max_steps or (request.epochs or defaults["epochs"]) * steps_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        seed=spec.seed,
+        clips_per_epoch=spec.clips_per_epoch,
+        val_clips=spec.val_clips,
+        val_fraction=spec.val_fraction,
+    )
+    return Plan(settings, config, spec, datasets, fitted=fitted)
+
+
+def _resumed(request: TrainRequest, payload: dict[str, Any]) -> tuple[RunSettings, STLightConfig, DataSpec]:
+    """Settings, config and data spec of the run in ``payload``; requests that would change them are refused."""
+    saved = payload["run"]
+    config = STLightConfig.from_dict(payload["config"])
+    clashes = []
+    if request.dataset != saved["dataset"] and request.dataset != "mmnist":
+        clashes.append(f"--dataset {request.dataset} (run: {saved['dataset']})")
+    if request.preset is not None and request.preset != saved["preset"]:
+        clashes.append(f"--preset {request.preset} (run: {saved['preset']})")
+    for name, value in request.overrides.items():
+        if value != getattr(config, name):
+            clashes.append(f"{flag(name)} {value} (run: {getattr(config, name)})")
+    for name in RUN_FIELDS:
+        value = getattr(request, name)
+        if value is not None and value != saved[name]:
+            clashes.append(f"{flag(name)} {value} (run: {saved[name]})")
+    if request.max_steps is not None and request.max_steps != saved["total_steps"]:
+        clashes.append(f"--max-steps {request.max_steps} (run: {saved['total_steps']})")
+    epochs = request.epochs
+    if epochs is not None and request.max_steps is None and epochs * saved["steps_per_epoch"] != saved["total_steps"]:
+        clashes.append(f"--epochs {epochs} (run: {saved['total_steps'] / saved['steps_per_epoch']:g} epochs)")
+    if clashes:
+        raise UserError(
+            f"--resume continues the run in {request.out} unchanged, but these flags differ from it: "
+            f"{'; '.join(clashes)}. Drop them, or start a new run with another --out"
+        )
+    return RunSettings(**saved), config, _data_spec(request, payload.get("data"))
