@@ -189,7 +189,7 @@ def check_provider(provider: str) -> None:
         os.dup2(log.fileno(), 2)  # ONNX Runtime's C++ logger writes to the process's stderr
         try:
             ort.set_default_logger_severity(2)
-            session = ort.InferenceSession(_probe_model(), options, providers=[(name, {"use_tf32": "0"})])
+            session = ort.InferenceSession(_probe_model(), options, providers=[(name, cuda_provider_options())])
             got, error = session.get_providers()[0], ""
         except Exception as exc:  # onnxruntime raises its own Fail/RuntimeException types
             got, error = "", f"{type(exc).__name__}: {exc}"

@@ -29,6 +29,8 @@ __all__ = ["CPU", "CUDA", "Engine", "EngineError", "bucket_sizes", "file_sha256"
 
 log = logging.getLogger("stlight.engine")
 
+Spinning = Literal["off", "run", "on"]
+
 _NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
@@ -72,7 +74,7 @@ class Engine:
         cuda_graphs: bool = False,
         buckets: bool | None = None,
         io_binding: bool | None = None,
-        spinning: bool = True,
+        spinning: Spinning = "run",
     ) -> None:
         """``buckets`` and ``io_binding`` default to on for CUDA, off for CPU (padding costs
         CPU time and ONNX Runtime already reads numpy input in place there); turning them on
@@ -82,6 +84,8 @@ class Engine:
             raise EngineError(f"model file not found: {self.path}")
         if device not in ("auto", "cuda", "cpu"):
             raise EngineError(f"device must be auto, cuda or cpu, got {device!r}")
+        if spinning not in ("off", "run", "on"):
+            raise EngineError(f"spinning must be off, run or on, got {spinning!r}")
         if max_batch_size < 1:
             raise EngineError(f"max_batch_size must be >= 1, got {max_batch_size}")
         options = ort.SessionOptions()
@@ -89,12 +93,14 @@ class Engine:
         options.inter_op_num_threads = inter_op_threads
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning: ORT's pool threads spin briefly after each parallel section before they sleep,
-        # so back-to-back batches skip a futex wake-up per operator (~1 ms per batch-1 run on the
-        # 2-core benchmark box), and an idle server still sleeps (the spin is bounded; measured in
-        # docs/serving-performance.md). Off for hosts where a busy-waiting core is unwelcome.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+        # Spinning (measured by benchmarks/ort_spinning.py, docs/serving-performance.md): "run"
+        # lets pool threads spin between the operators of a run, sparing a futex wake-up per
+        # parallel section, and stops them when the run returns, so the event loop gets the
+        # cores back between batches and an idle server sleeps; "on" (ORT's default) also spins
+        # after each run, "off" never spins.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0" if spinning == "off" else "1")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0" if spinning == "off" else "1")
+        options.add_session_config_entry("session.force_spinning_stop", "1" if spinning == "run" else "0")
         options.log_severity_level = 3  # errors only; we report the provider in use ourselves
         self.intra_op_threads, self.inter_op_threads, self.spinning = intra_op_threads, inter_op_threads, spinning
         self.tf32, self.cuda_graphs = tf32, cuda_graphs
@@ -243,6 +249,8 @@ class Engine:
         binding or CUDA graph capture."""
         rng = np.random.default_rng(0)
         sizes = self.buckets or bucket_sizes(max_batch_size or self.max_batch_size)
+        if self.cuda_graphs:  # ONNX Runtime captures a graph after a few plain runs of its id
+            runs = max(runs, 3)
         for _ in range(runs):
             for size in sorted(set(sizes), reverse=True):
                 self.run(rng.random((size, *self.spec.input_shape), dtype=np.float32))
@@ -265,7 +273,7 @@ class Engine:
             "path": str(self.path),
             "intra_op_threads": self.intra_op_threads,
             "inter_op_threads": self.inter_op_threads,
-            "spinning": self.spinning,
+            "ort_spinning": self.spinning,
             "tf32": self.tf32 and self.provider == CUDA,
             "cuda_graphs": self.cuda_graphs,
             "io_binding": self.io_binding,

@@ -39,6 +39,13 @@ def read_npy_header(stream: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
 
     Read before the data, so that a forged shape never makes numpy allocate it; arrays of
     Python objects are refused (loading them would unpickle)."""
+    shape, _, dtype = read_npy_layout(stream)
+    return shape, dtype
+
+
+def read_npy_layout(stream: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """:func:`read_npy_header` plus the Fortran-order flag: all a reader needs to view the data
+    in place (``np.frombuffer``) instead of parsing the header a second time in ``np.load``."""
     start = stream.read(len(NPY_MAGIC))
     if start != NPY_MAGIC:
         raise ValueError(
@@ -50,14 +57,14 @@ def read_npy_header(stream: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
         read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
         if read_header is None:
             raise ValueError(f"npy format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
-        shape, _, dtype = read_header(stream)
+        shape, fortran_order, dtype = read_header(stream)
     except Exception as exc:  # numpy raises ValueError, EOFError, SyntaxError... for a bad header
         raise ValueError(f"no readable .npy header ({type(exc).__name__}: {exc}); write it with numpy.save") from None
     if dtype.hasobject:
         raise ValueError("an .npy of Python objects (it would need unpickling, which is refused); save uint8 or float arrays")
     if any(n < 0 for n in shape):
         raise ValueError(f"the .npy header has a negative dimension in its shape {shape_text(shape)}; write it with numpy.save")
-    return tuple(shape), dtype
+    return tuple(shape), bool(fortran_order), dtype
 
 
 def npy_data_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:

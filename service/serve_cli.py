@@ -25,8 +25,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
             "Every flag can also be set as an environment variable STLIGHT_<FLAG> (e.g. STLIGHT_MAX_BATCH_SIZE=16); "
             "a flag given on the command line wins. Further settings only as variables: STLIGHT_QUEUE_SIZE (256), "
             "STLIGHT_REQUEST_TIMEOUT_S (30), STLIGHT_INTRA_OP_THREADS (0 = all CPUs), STLIGHT_INTER_OP_THREADS (1), "
-            "STLIGHT_WARMUP_RUNS (2), STLIGHT_ORT_SPINNING (true). A process whose warm-up fails or whose GPU hits a "
-            "sticky CUDA error exits with status 1 so its orchestrator replaces it."
+            "STLIGHT_WARMUP_RUNS (2), STLIGHT_ORT_SPINNING (run: ONNX Runtime's threads spin within a run, not "
+            "between runs; on; off). A process whose warm-up fails or whose GPU hits a sticky CUDA error exits "
+            "with status 1 so its orchestrator replaces it."
         ),
     )
     parser.add_argument(

@@ -44,7 +44,10 @@ class ServeSettings(BaseSettings):
     inter_op_threads: int = Field(1, ge=1, description="ONNX Runtime threads across operators (sequential execution: 1)")
     tf32: bool = Field(False, description="allow TF32 on CUDA (faster on Ampere+, outputs move by ~5e-4; not what was validated)")
     cuda_graphs: bool = Field(False, description="capture one CUDA graph per batch-size bucket (CUDA only)")
-    ort_spinning: bool = Field(True, description="let ONNX Runtime's threads spin briefly between operators and batches")
+    ort_spinning: Literal["off", "run", "on"] = Field(
+        "run",
+        description="ONNX Runtime's pool threads: spin between operators of a run (run), also after it (on), never (off)",
+    )
     warmup_runs: int = Field(2, ge=0, description="session.run calls at each batch-size bucket before /readyz says ready")
     max_video_frames: int = Field(10_000, ge=1, description="most frames decoded from one video body (422 beyond)")
     max_horizon: int = Field(1000, ge=1, description="largest ?horizon= (frames predicted by rollout; 422 beyond)")

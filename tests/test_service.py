@@ -153,21 +153,6 @@ def slow_server(slow_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     srv.stop()
 
 
-@pytest.fixture(scope="module")
-def impatient_server(slow_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The slow model with a 0.1 s request timeout: shorter than 8 session.run calls anywhere."""
-    srv = Server(
-        tmp_path_factory.mktemp("serve") / "impatient.log",
-        "--model",
-        str(slow_onnx),
-        env={"STLIGHT_REQUEST_TIMEOUT_S": "0.1", "STLIGHT_WARMUP_RUNS": "1"},
-    )
-    srv.wait_listening()
-    srv.wait_ready()
-    yield srv
-    srv.stop()
-
-
 def wait_until(condition, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -548,7 +533,7 @@ def test_model_readyz_metrics_and_openapi(server: Server, tiny_onnx: Path) -> No
 
 
 # ---------------------------------------------------------------------------------------
-# warm-up, queue full, timeout, disconnected clients, SIGTERM (the slow model)
+# warm-up, disconnected clients, SIGTERM (the slow model)
 # ---------------------------------------------------------------------------------------
 
 
@@ -560,49 +545,8 @@ def test_readyz_is_503_until_warmed_up(slow_server: tuple[Server, dict]) -> None
     assert httpx.get(srv.url + "/readyz").json()["provider"] == "CPUExecutionProvider"
 
 
-def test_full_queue_answers_503_with_retry_after(slow_server: tuple[Server, dict]) -> None:
-    srv, _ = slow_server
-    before = srv.metrics()
-    http, blocker = start_blocker(srv, 64)  # 8 session.run calls keep the engine busy for a while
-    clip = npy_bytes(np.zeros((10, 1, 64, 64), np.uint8))
-
-    async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=srv.url, timeout=120) as client:
-            return await asyncio.gather(*(client.post("/predict", content=clip, headers={"Content-Type": NPY}) for _ in range(6)))
-
-    responses = asyncio.run(burst())
-    assert blocker.result().status_code == 200
-    http.close()
-    assert sorted(r.status_code for r in responses) == [200, 200, 503, 503, 503, 503]  # two queue places
-    for response in responses:
-        if response.status_code == 503:
-            assert_problem(response, 503, "queue places are taken")
-            assert int(response.headers["retry-after"]) >= 1
-    after = srv.metrics()
-    assert (
-        metric(after, "stlight_dropped_requests_total", reason="queue_full")
-        - metric(before, "stlight_dropped_requests_total", reason="queue_full")
-        == 4
-    )
-
-
-def test_timeouts_answer_504_and_queued_ones_never_run(impatient_server: Server) -> None:
-    srv = impatient_server
-    before = srv.metrics()
-    http, blocker = start_blocker(srv, 64)  # runs far longer than 0.1 s
-    waiting = httpx.post(
-        srv.url + "/predict", content=npy_bytes(np.zeros((10, 1, 64, 64), np.uint8)), headers={"Content-Type": NPY}
-    )
-    assert_problem(waiting, 504, "0.1 s", "request_timeout_s")
-    assert_problem(blocker.result(), 504, "0.1 s")
-    http.close()
-    wait_until(lambda: metric(srv.metrics(), "stlight_batch_size_sum") - metric(before, "stlight_batch_size_sum") >= 64)
-    after = srv.metrics()
-    delta = lambda name, **labels: metric(after, name, **labels) - metric(before, name, **labels)  # noqa: E731
-    assert delta("stlight_request_timeouts_total") == 2
-    assert delta("stlight_dropped_requests_total", reason="timeout") == 1  # the queued one was dropped...
-    assert delta("stlight_batch_size_sum") == 64  # ...and never run; the blocker's clips all ran
-    assert delta("stlight_requests_total", route="/predict", status="504") == 2
+# queue full (503 + Retry-After), timeouts (504) and the batch policy are unit-tested in-process
+# in tests/test_batching.py; here only what needs a real socket: a client that hangs up.
 
 
 def test_requests_of_departed_clients_are_dropped_before_inference(slow_server: tuple[Server, dict]) -> None:
