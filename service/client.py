@@ -1,6 +1,7 @@
 """Python clients with one signature: ``predict(frames) -> np.ndarray``.
 
 - :class:`Client` posts npy to a running ``stlight serve`` (httpx), retrying with backoff on 503
+  and 502 (a load balancer whose replica failed)
   (honouring ``Retry-After``) and on connection errors; many clips are split into batches sent
   with bounded concurrency.
 - :class:`LocalClient` runs the ONNX file in-process with ONNX Runtime, in batches.
@@ -30,7 +31,9 @@ if TYPE_CHECKING:  # the engine imports onnxruntime, which the HTTP client does 
     from service.engine import Engine
 
 NPY = "application/x-npy"
-RETRY_STATUSES = (503,)
+# 503: the server is full or warming up. 502: a load balancer or ingress in front of replicas
+# (compose.balanced.yaml's HAProxy, Kubernetes) lost the replica mid-request.
+RETRY_STATUSES = (502, 503)
 # failures where the request surely did not run to completion; predict is a pure function, so
 # re-sending is safe
 RETRY_ERRORS = (httpx.NetworkError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
@@ -46,7 +49,7 @@ class ServiceError(Exception):
 
 
 class ServiceUnreachable(ServiceError):
-    """No answer (connection refused, reset...) or still 503 after every retry."""
+    """No answer (connection refused, reset...) or still 502/503 after every retry."""
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -66,7 +69,7 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 class Client:
     """``Client("http://127.0.0.1:8000").predict(clips)`` against ``stlight serve``.
 
-    ``retries`` more attempts after a 503 or a connection error, waiting ``Retry-After`` when the
+    ``retries`` more attempts after a 503, a 502 or a connection error, waiting ``Retry-After`` when the
     server sends it, else ``backoff_s`` doubling up to ``max_backoff_s`` (with jitter). Arrays of
     more than ``batch_size`` clips go out as ``batch_size`` requests, at most ``concurrency`` in
     flight. Thread-safe: several threads may share one client."""
@@ -95,7 +98,7 @@ class Client:
         self._http = client or httpx.Client(timeout=timeout, limits=limits)
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
-        self.retried: Counter[str] = Counter()  # "503" / "connection": retries made, for logs and tests
+        self.retried: Counter[str] = Counter()  # "503" / "502" / "connection": retries made, for logs and tests
         self._spec: ClipSpec | None = None
 
     # predictions ---------------------------------------------------------------------
@@ -167,7 +170,7 @@ class Client:
 
     # transport -----------------------------------------------------------------------
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One request with retries on 503 and connection errors; raises :class:`ServiceError`."""
+        """One request with retries on 502/503 and connection errors; raises :class:`ServiceError`."""
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:

@@ -74,7 +74,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         type=int,
         metavar="N",
         help=(
-            f"with --url: requests in flight at once (default {DEFAULT_CONCURRENCY}); 503 answers and connection errors "
+            f"with --url: requests in flight at once (default {DEFAULT_CONCURRENCY}); 502/503 answers and connection errors "
             "are retried with backoff"
         ),
     )

@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +25,6 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from serving import free_port
 
 from service.card import ModelCard
 
@@ -226,75 +224,3 @@ def test_docker_stop_is_graceful(image: str) -> None:
         assert "Finished server process" in logs(cid)
     finally:
         docker("rm", "-f", cid, check=False)
-
-
-# ---------------------------------------------------------------------------------------
-# compose
-# ---------------------------------------------------------------------------------------
-
-COMPOSE_TOOLS = {"docker-compose v1": ["docker-compose"], "docker compose v2": ["docker", "compose"]}
-
-
-def compose_tool(name: str) -> list[str]:
-    command = COMPOSE_TOOLS[name]
-    if shutil.which(command[0]) is None:
-        pytest.skip(f"{name} is not installed")
-    probe = subprocess.run([*command, "version"], capture_output=True, text=True, timeout=30)
-    if probe.returncode != 0:
-        pytest.skip(f"{name} is not installed")
-    return command
-
-
-def compose(
-    command: list[str], *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """Run compose on the repository's file with no STLIGHT_* variables from the caller but ``env``."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("STLIGHT_")} | (env or {})
-    argv = [*command, "-f", str(REPO / "docker-compose.yml"), *args]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=environment)
-    assert done.returncode == 0, f"{' '.join(command)} {' '.join(args)}:\n{done.stdout}{done.stderr}"
-    return done
-
-
-@pytest.mark.parametrize("tool", sorted(COMPOSE_TOOLS))
-def test_compose_file_validates(tool: str) -> None:
-    command = compose_tool(tool)
-    compose(command, "config", "-q")
-    if tool.endswith("v2"):  # v1 lists every service here, though its `up` too leaves profiled ones out
-        assert compose(command, "config", "--services").stdout.split() == ["stlight"]  # the CPU service only on demand
-    assert sorted(compose(command, "--profile", "cpu", "config", "--services").stdout.split()) == ["stlight", "stlight-cpu"]
-    text = compose(command, "--profile", "cpu", "config", env={"STLIGHT_MODEL": "/models/mine.onnx"}).stdout
-    assert "driver: nvidia" in text and "RUNTIME: cpu" in text and "RUNTIME: cuda" in text
-    assert text.count("STLIGHT_MODEL: /models/mine.onnx") == 2
-    if tool.endswith("v2"):
-        config = json.loads(compose(command, "--profile", "cpu", "config", "--format", "json").stdout)
-        gpu, cpu = config["services"]["stlight"], config["services"]["stlight-cpu"]
-        gpu_devices = gpu["deploy"]["resources"]["reservations"]["devices"]
-        assert gpu_devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-        assert "deploy" not in cpu
-        assert gpu["environment"]["STLIGHT_DEVICE"] == "cuda" and cpu["environment"]["STLIGHT_DEVICE"] == "cpu"
-        for service in (gpu, cpu):
-            assert service["ports"][0]["target"] == 8000 and service["restart"] == "unless-stopped"
-            assert service["volumes"][0]["target"] == "/models" and service["volumes"][0]["read_only"]
-            assert "/readyz" in " ".join(service["healthcheck"]["test"])
-
-
-def test_compose_cpu_service_comes_up_healthy(image: str) -> None:
-    """``docker compose up stlight-cpu``, the documented way on a CPU-only host, end to end, with
-    the image built above (``STLIGHT_IMAGE``; ``--build`` would rebuild it, ~20 s more)."""
-    try:
-        command = compose_tool("docker compose v2")
-    except pytest.skip.Exception:
-        command = compose_tool("docker-compose v1")
-    port = free_port()
-    env = {"STLIGHT_PORT": str(port), "STLIGHT_IMAGE": image, "COMPOSE_PROJECT_NAME": f"stlight-test-{uuid.uuid4().hex[:8]}"}
-    compose(command, "up", "-d", "--no-build", "stlight-cpu", env=env, timeout=120)
-    try:
-        cid = compose(command, "ps", "-q", "stlight-cpu", env=env).stdout.strip()
-        ready = wait_ready(cid, f"http://127.0.0.1:{port}")
-        assert ready["provider"] == "CPUExecutionProvider"
-        assert state(cid)["Health"]["Status"] in ("starting", "healthy")  # compose's healthcheck is attached
-        assert docker("exec", cid, "printenv", "STLIGHT_DEVICE").stdout.strip() == "cpu"
-        assert docker("exec", cid, "printenv", "STLIGHT_MODEL", check=False).returncode == 1  # unset, not ""
-    finally:
-        compose(command, "down", "--timeout", "30", env=env)

@@ -7,11 +7,13 @@ session gives on the same file.
 
 from __future__ import annotations
 
+import io
 import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -217,6 +219,27 @@ def test_client_gives_up_after_its_retries() -> None:
         with pytest.raises(ServiceUnreachable, match="after 2 retries"):
             client.predict(np.zeros((T, 1, 64, 64), np.uint8))
         assert client.retried["connection"] == 2
+
+
+def test_client_retries_a_gateways_502_but_not_a_400() -> None:
+    """A load balancer answers 502 when the replica it chose dies mid-request (tests/test_compose.py
+    kills one for real); the clip is re-sent. A 400 is the request's own fault and is not."""
+    answers = iter([502, 502, 200, 400])
+    body = io.BytesIO()
+    np.save(body, np.zeros((2, 1, 4, 4), np.float32))
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        status = next(answers)
+        if status == 200:
+            return httpx.Response(200, content=body.getvalue(), headers={"Content-Type": "application/x-npy"})
+        return httpx.Response(status, json={"title": "Bad Gateway" if status == 502 else "Bad Request"})
+
+    with Client("http://gateway", client=httpx.Client(transport=httpx.MockTransport(gateway)), backoff_s=0.001) as client:
+        assert client.predict(np.zeros((T, 1, 4, 4), np.float32)).shape == (2, 1, 4, 4)
+        assert client.retried["502"] == 2
+        with pytest.raises(ServiceError) as error:
+            client.predict(np.zeros((T, 1, 4, 4), np.float32))
+        assert error.value.status == 400 and client.retried["502"] == 2
 
 
 # ---------------------------------------------------------------------------------------
