@@ -65,9 +65,9 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def api_prediction(server: Server, body: bytes, content_type: str = NPY) -> np.ndarray:
+def api_prediction(server: Server, body: bytes, content_type: str = NPY, query: str = "") -> np.ndarray:
     headers = {"Content-Type": content_type, "Accept": NPY}
-    answer = httpx.post(server.url + "/predict", content=body, headers=headers, timeout=30)
+    answer = httpx.post(server.url + "/predict" + query, content=body, headers=headers, timeout=30)
     assert answer.status_code == 200, answer.text
     return np.load(io.BytesIO(answer.content), allow_pickle=False)
 
@@ -138,7 +138,9 @@ def assert_shows(driver: Any, inputs: np.ndarray | None, prediction: np.ndarray)
 
 
 def choose_files(driver: Any, *paths: Path) -> None:
-    driver.find_element("id", "file").send_keys("\n".join(str(p) for p in paths))
+    picker = driver.find_element("id", "file")
+    picker.clear()  # a multiple-file picker adds to its earlier choice otherwise
+    picker.send_keys("\n".join(str(p) for p in paths))
 
 
 def downloaded(driver: Any, name: str, timeout: float = 20.0) -> bytes:
@@ -328,6 +330,53 @@ def test_gif_upload(server: Server, browser: Any, tmp_path: Path) -> None:
     else:  # the page sends the frames it decoded, as PNGs
         expected = api_prediction(server, npy_bytes(clip))
     assert_shows(browser, clip, expected)
+
+
+@needs_browser
+def test_video_upload_resize_and_mp4_download(server: Server, browser: Any, tmp_path: Path) -> None:
+    if "video/mp4" not in request_types(server):
+        pytest.skip("this server takes no video bodies")
+    import av
+
+    from service.video import encode_video
+
+    clip = np.load(EXAMPLES / "clip0.npy")  # (10, 1, 64, 64)
+    path = tmp_path / "digits.mp4"
+    path.write_bytes(encode_video(clip, container="mp4"))
+    open_page(browser, server)
+    choose_files(browser, path)
+    assert predict_and_wait(browser) == "ok"
+    assert_shows(browser, None, api_prediction(server, path.read_bytes(), "video/mp4"))
+    assert browser.find_element("css selector", "#input-stage video").get_attribute("src").startswith("blob:")
+
+    browser.find_element("xpath", "//button[starts-with(normalize-space(), 'Make MP4')]").click()
+    with av.open(io.BytesIO(downloaded(browser, "digits-prediction.mp4"))) as video:
+        frames = [f.to_ndarray(format="gray") for f in video.decode(video=0)]
+    assert len(frames) == 20 and frames[0].shape == (64, 64)  # the input, then the prediction
+
+    # a video of another size: refused as it is, predicted once the page asks the API to fit it
+    big = np.repeat(np.repeat(clip, 2, axis=2), 2, axis=3)  # (10, 1, 128, 128)
+    path = tmp_path / "big.mp4"
+    path.write_bytes(encode_video(big, container="mp4"))
+    choose_files(browser, path)
+    shown = predict_and_wait(browser)
+    assert shown.startswith("422") and "128" in shown
+    browser.find_element("css selector", "#resize option[value='fit']").click()
+    assert predict_and_wait(browser) == "ok"
+    assert_shows(browser, None, api_prediction(server, path.read_bytes(), "video/mp4", "?resize=fit"))
+
+
+@needs_browser
+def test_longer_horizon(server: Server, browser: Any) -> None:
+    open_page(browser, server)
+    if not browser.find_element("id", "horizon").is_displayed():
+        pytest.skip("this server has no ?horizon=")
+    browser.find_element("id", "horizon").send_keys("15")
+    assert predict_and_wait(browser) == "ok"
+    expected = api_prediction(server, (EXAMPLES / "clip0.npy").read_bytes(), query="?horizon=15")
+    assert expected.shape[0] == 15
+    assert_shows(browser, np.load(EXAMPLES / "clip0.npy"), expected)
+    browser.find_element("id", "horizon").clear()
 
 
 @needs_browser

@@ -157,6 +157,17 @@ async function loadApiTypes() {
     const answers = Object.keys((op.responses["200"] && op.responses["200"].content) || {});
     if (requests.length) state.requestTypes = requests;
     if (answers.length) state.answerTypes = answers;
+    // options the server offers show up as query parameters of /predict
+    const params = new Map((op.parameters || []).map((p) => [p.name, p]));
+    $("horizon-field").hidden = !params.has("horizon");
+    const resize = params.get("resize");
+    const schema = (resize && resize.schema) || {};
+    const choices = schema.enum || (schema.anyOf || []).flatMap((s) => s.enum || []);
+    if (choices.length) {
+      const label = { none: "refuse them", fit: "scale to fit", crop: "scale, crop the centre" };
+      $("resize").replaceChildren(...choices.map((c) => new Option(label[c] || c, c)));
+      $("resize-field").hidden = false;
+    }
   } catch (err) {
     /* keep the defaults */
   }
@@ -344,8 +355,14 @@ async function buildRequest() {
 }
 
 function predictUrl() {
+  const query = new URLSearchParams();
   const model = $("model").value;
-  return state.byList && model ? `/predict?model=${encodeURIComponent(model)}` : "/predict";
+  if (state.byList && model) query.set("model", model);
+  const horizon = $("horizon").value.trim();
+  if (!$("horizon-field").hidden && horizon) query.set("horizon", horizon);
+  const resize = $("resize").value;
+  if (!$("resize-field").hidden && resize && resize !== "none") query.set("resize", resize);
+  return "/predict" + (query.size ? `?${query}` : "");
 }
 
 async function post(request, accept) {
@@ -436,28 +453,31 @@ function downloadButtons(request) {
   const list = $("downloads");
   list.querySelectorAll("li.other").forEach((li) => li.remove());
   const formats = [
-    ["image/gif", "gif", "GIF (input, then prediction)"],
-    ["video/mp4", "mp4", "MP4 (input, then prediction)"],
-    ["video/webm", "webm", "WebM (input, then prediction)"],
-  ];
-  for (const [type, ext, what] of formats) {
-    if (!state.answerTypes.includes(type)) continue;
-    const li = document.createElement("li");
-    li.className = "other";
+    ["image/gif", "gif", "GIF"],
+    ["video/mp4", "mp4", "MP4"],
+    ["video/webm", "webm", "WebM"],
+  ].filter(([type]) => state.answerTypes.includes(type));
+  if (!formats.length) return;
+  const li = document.createElement("li");
+  li.className = "other";
+  li.append("Input, then prediction: ");
+  for (const [type, ext, name] of formats) {
+    // made on request: each is another inference and encoding on the server
     const button = document.createElement("button");
     button.type = "button";
     button.className = "secondary";
-    button.textContent = `Make ${what}`;
+    button.textContent = `Make ${name}`;
+    button.setAttribute("aria-label", `Make ${name}: the input, then the prediction`);
     button.addEventListener("click", async () => {
       button.disabled = true;
-      setStatus(`Asking the server for ${ext.toUpperCase()}…`);
+      setStatus(`Asking the server for ${name}…`);
       try {
         const blob = await (await post(request, type)).blob();
         const link = document.createElement("a");
         link.href = keepUrl(URL.createObjectURL(blob));
         link.download = `${request.stem}-prediction.${ext}`;
         link.textContent = link.download;
-        li.replaceChildren(link);
+        button.replaceWith(link);
         link.click();
         setStatus(`${link.download} is ready.`);
       } catch (err) {
@@ -467,8 +487,8 @@ function downloadButtons(request) {
       }
     });
     li.append(button);
-    list.append(li);
   }
+  list.append(li);
 }
 
 // ---------------------------------------------------------------------------------------
