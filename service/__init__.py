@@ -3,4 +3,10 @@
 Nothing in this package imports torch, so the serving image stays small.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    # pyproject.toml's [project] version is the only place the number is written
+    __version__ = version("stlight")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"

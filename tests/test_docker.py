@@ -171,6 +171,20 @@ def test_container_is_not_root_and_has_no_torch(served: tuple[str, str, dict]) -
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
 
 
+def test_nvidia_runtime_settings_only_on_the_gpu_image(image: str) -> None:
+    """The CUDA image asks the NVIDIA runtime for compute GPUs and a CUDA 13 driver; the CPU image
+    asks for nothing, so it runs the same under any runtime."""
+    env = dict(
+        item.split("=", 1) for item in json.loads(docker("image", "inspect", image, "--format", "{{json .Config.Env}}").stdout)
+    )
+    if image.endswith("-cuda"):
+        assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
+        assert env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
+        assert env["NVIDIA_REQUIRE_CUDA"] == "cuda>=13.0"
+    else:
+        assert not {k for k in env if k.startswith("NVIDIA_")}, env
+
+
 def test_image_healthcheck_turns_healthy(served: tuple[str, str, dict]) -> None:
     cid, _, _ = served  # started with --health-interval 1s; the HEALTHCHECK command is the image's
     deadline = time.monotonic() + 30
