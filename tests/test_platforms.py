@@ -28,5 +28,5 @@ def test_auto_runs_on_cpu_without_a_cuda_build(macos_onnxruntime: None) -> None:
 
 
 def test_cuda_without_a_cuda_build_is_one_clear_error(macos_onnxruntime: None) -> None:
-    with pytest.raises(EngineError, match="no CUDAExecutionProvider.*install onnxruntime-gpu or use --device cpu"):
+    with pytest.raises(EngineError, match=r"no CUDAExecutionProvider.*install onnxruntime-gpu or use --device cpu"):
         Engine(DEFAULT_MODEL, device="cuda")
