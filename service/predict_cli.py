@@ -21,13 +21,17 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
             "Predict every input and write OUT/<stem>.npy (float32, the input's leading shape: (T', C, H, W) "
             "or (N, T', C, H, W)). Inputs: .npy holding one clip (T, C, H, W) or many (N, T, C, H, W), uint8 0-255 "
             "or float 0-1; .npz with an array 'clips'; a folder of frame images (one clip, frames in name order); "
-            "animated .gif; folders of these (walked; sub-folders are kept below OUT). Inputs whose outputs exist "
+            "animated .gif; video files (.mp4, .webm, .avi, .mkv, .mov, .m4v: their last T frames, or every window "
+            "with --windows); folders of these (walked; sub-folders are kept below OUT). Inputs whose outputs exist "
             "are skipped, so an interrupted run resumes. A bad input is reported with the reason and the others "
             "go on; the exit status is 1 if any input failed, 2 for a usage mistake."
         ),
     )
     parser.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="files (.npy, .npz, .gif) or folders (of frame images, or of inputs)"
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="files (.npy, .npz, .gif, .mp4, .webm, .avi, .mkv, .mov, .m4v) or folders (of frame images, or of inputs)",
     )
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
     where = parser.add_mutually_exclusive_group()
@@ -49,6 +53,47 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         help=(
             "also write an animated GIF of the input frames then the predicted ones: OUT/<stem>.gif "
             "(OUT/<stem>/clip_000.gif ... for many clips)"
+        ),
+    )
+    parser.add_argument(
+        "--video",
+        action="store_true",
+        help=(
+            "also write an MP4 (H.264) of the input frames then the predicted ones: OUT/<stem>.mp4 "
+            "(OUT/<stem>/clip_000.mp4 ... for many clips), at a video input's frame rate, else 10 fps"
+        ),
+    )
+    group = parser.add_argument_group("video inputs and horizon")
+    group.add_argument(
+        "--windows",
+        action="store_true",
+        help=(
+            "video files: predict every window of T frames (T + T' with --has-targets) instead of only the last one; "
+            "OUT/<stem>.npy is then (N, T', C, H, W)"
+        ),
+    )
+    group.add_argument(
+        "--stride",
+        type=int,
+        metavar="N",
+        help="with --windows: frames between the starts of consecutive windows (default: the window length, no overlap)",
+    )
+    group.add_argument(
+        "--resize",
+        choices=("none", "fit", "crop"),
+        default="none",
+        help=(
+            "video files whose frames are not the model's H x W: none (refuse them; the default), fit (scale the whole "
+            "frame, stretching if the aspect ratio differs), crop (scale to cover, cut out the centre)"
+        ),
+    )
+    group.add_argument(
+        "--horizon",
+        type=int,
+        metavar="N",
+        help=(
+            "predict N frames instead of the model's T': beyond T' the model is rolled forward on its own predictions "
+            "(errors compound); with --has-targets inputs then hold T + N frames"
         ),
     )
     parser.add_argument(
@@ -106,6 +151,12 @@ def _check_args(args: argparse.Namespace) -> None:
         )
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} exists and is not a folder")
+    if args.stride is not None and not args.windows:
+        raise UserError("--stride applies to --windows (every window of a video file); add --windows or drop --stride")
+    if args.stride is not None and args.stride < 1:
+        raise UserError(f"--stride must be at least 1, got {args.stride}")
+    if args.horizon is not None and args.horizon < 1:
+        raise UserError(f"--horizon must be at least 1, got {args.horizon}")
 
 
 def _local(args: argparse.Namespace):  # -> LocalClient
@@ -152,7 +203,7 @@ def _remote(args: argparse.Namespace):  # -> Client
 
 def run_predict(args: argparse.Namespace) -> int:
     _check_args(args)
-    from service.predict import discover, predict_files
+    from service.predict import Rollout, VideoReading, discover, predict_files
 
     out = args.out
     sources, failures = discover(args.inputs, out)
@@ -161,17 +212,19 @@ def run_predict(args: argparse.Namespace) -> int:
     predictor = _remote(args) if args.url else _local(args)
     where = args.url if args.url else f"{predictor.engine.path} on {predictor.provider}"
     try:
-        if (args.png or args.gif) and predictor.spec.channels not in (1, 3):
-            raise UserError(f"--png/--gif need 1- or 3-channel frames; this model predicts {predictor.spec.channels}")
+        if (args.png or args.gif or args.video) and predictor.spec.channels not in (1, 3):
+            raise UserError(f"--png/--gif/--video need 1- or 3-channel frames; this model predicts {predictor.spec.channels}")
         for name, reason in failures:
             print(f"stlight predict: {name}: {reason}", file=sys.stderr)
         out.mkdir(parents=True, exist_ok=True)
         print(f"stlight predict: {len(sources)} input(s) -> {out} with {where}", file=sys.stderr)
         summary = predict_files(
             sources,
-            predictor,
+            predictor if args.horizon is None else Rollout(predictor, args.horizon),
             png=args.png,
             gif=args.gif,
+            video=args.video,
+            reading=VideoReading(windows=args.windows, stride=args.stride, resize=args.resize),
             overwrite=args.overwrite,
             has_targets=args.has_targets,
             batch_size=args.batch_size,

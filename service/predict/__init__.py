@@ -2,14 +2,24 @@
 
 - :mod:`~service.predict.inputs`: find inputs (files and folders, walked) and where their outputs go;
 - :mod:`~service.predict.readers`: one reader per input kind (``.npy``, ``.npz``, a folder of
-  frame images, an animated ``.gif``), each giving the input's shape-checked clips;
+  frame images, an animated ``.gif``, a video file), each giving the input's shape-checked clips;
 - :mod:`~service.predict.writers`: the ``.npy`` of predictions (written last and atomically, so
-  its presence means the input is done), PNG frames and GIFs;
+  its presence means the input is done), PNG frames, GIFs and MP4s;
 - :mod:`~service.predict.run`: batches shared across inputs, a local or remote predictor, scoring.
 """
 
 from service.predict.inputs import Source, discover, finished
-from service.predict.readers import InputError
-from service.predict.run import Predictor, Summary, predict_files
+from service.predict.readers import InputError, VideoReading
+from service.predict.run import Predictor, Rollout, Summary, predict_files
 
-__all__ = ["InputError", "Predictor", "Source", "Summary", "discover", "finished", "predict_files"]
+__all__ = [
+    "InputError",
+    "Predictor",
+    "Rollout",
+    "Source",
+    "Summary",
+    "VideoReading",
+    "discover",
+    "finished",
+    "predict_files",
+]

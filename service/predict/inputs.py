@@ -11,10 +11,12 @@ from typing import Literal
 
 from service.frames import IMAGE_SUFFIXES
 
-Kind = Literal["npy", "npz", "frames", "gif"]
+Kind = Literal["npy", "npz", "frames", "gif", "video"]
 # a file input's kind by its suffix; a folder of FRAME_SUFFIXES images is the kind "frames".
 # A new input kind adds its suffix here and its reader in service/predict/readers.py.
-FILE_KINDS: dict[str, Kind] = {".npy": "npy", ".npz": "npz", ".gif": "gif"}
+# (kept in step with service.video.SUFFIX_TYPES, not imported: discovery needs no PyAV)
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".avi", ".mkv")
+FILE_KINDS: dict[str, Kind] = {".npy": "npy", ".npz": "npz", ".gif": "gif", **dict.fromkeys(VIDEO_SUFFIXES, "video")}
 # still images that make a frames folder (a .gif is always a clip of its own)
 FRAME_SUFFIXES = IMAGE_SUFFIXES
 
@@ -38,6 +40,10 @@ class Source:
     @property
     def gif(self) -> Path:
         return self.base.with_name(self.base.name + ".gif")
+
+    @property
+    def mp4(self) -> Path:
+        return self.base.with_name(self.base.name + ".mp4")
 
 
 def file_kind(path: Path) -> Kind | None:
@@ -113,10 +119,12 @@ def discover(inputs: Sequence[str | Path], out_dir: Path) -> tuple[list[Source],
     return sources, failures
 
 
-def finished(source: Source, png: bool, gif: bool) -> bool:
+def finished(source: Source, png: bool, gif: bool, video: bool = False) -> bool:
     """Whether every output asked for exists (the .npy is written last, so it marks completion)."""
     if not source.npy.is_file():
         return False
     if png and not (source.base.is_dir() and any(source.base.rglob("frame_*.png"))):
+        return False
+    if video and not (source.mp4.is_file() or (source.base.is_dir() and any(source.base.glob("clip_*.mp4")))):
         return False
     return not gif or source.gif.is_file() or (source.base.is_dir() and any(source.base.glob("clip_*.gif")))

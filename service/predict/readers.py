@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from service import codecs
+from service import codecs, video
 from service.card import ClipSpec
 from service.frames import IMAGE_MODES, load_npy, shape_text
 from service.predict.inputs import FRAME_SUFFIXES, Kind, frame_files
@@ -28,13 +28,30 @@ class InputError(ValueError):
     """An input that cannot be used; the message says what was expected and what came."""
 
 
+class _GifFrameCount(InputError):
+    """A GIF with other than the frames needed: read again as a video (the last ones, or windows)."""
+
+
 @dataclass
 class Clips:
     """An input's clips, still raw (memory-mapped for .npy): (N, T, C, H, W) any dtype.
-    ``batched``: the input had an N axis (its output keeps one)."""
+    ``batched``: the input had an N axis (its output keeps one); ``fps``: a video's frame rate."""
 
     raw: np.ndarray
     batched: bool
+    fps: float | None = None
+
+
+@dataclass(frozen=True)
+class VideoReading:
+    """How video files become clips: one clip per file (its last frames) by default; with
+    ``windows``, every window of T (T + T' with targets) frames, ``stride`` apart (default: the
+    window length, so windows do not overlap)."""
+
+    windows: bool = False
+    stride: int | None = None
+    resize: video.Resize = "none"
+    max_frames: int = video.MAX_FRAMES
 
 
 def frames_expected(spec: ClipSpec, has_targets: bool) -> int:
@@ -156,19 +173,67 @@ def read_gif(path: Path, spec: ClipSpec, has_targets: bool) -> Clips:
         if sum(repeats) == need:
             frames = [f for f, r in zip(frames, repeats, strict=True) for _ in range(r)]
     if len(frames) != need:
-        raise InputError(f"has {_frame_count_error(len(frames), spec, has_targets)}")
+        raise _GifFrameCount(f"has {_frame_count_error(len(frames), spec, has_targets)}")
     clip = np.stack(frames)  # (T, H, W) or (T, H, W, 3)
     clip = clip[:, None] if clip.ndim == 3 else clip.transpose(0, 3, 1, 2)  # (T, C, H, W)
     return Clips(clip[None], batched=False)
 
 
+# ---------------------------------------------------------------------------------------
+# video files (MP4, WebM, AVI, MKV, MOV): decoded by service.video, as the service decodes them
+# ---------------------------------------------------------------------------------------
+
+
+def read_video_file(path: Path, spec: ClipSpec, has_targets: bool, reading: VideoReading | None = None) -> Clips:
+    """The last T (T + T' with targets) frames as one clip, or every window of them."""
+    reading = reading or VideoReading()
+    need = frames_expected(spec, has_targets)
+    try:
+        decoded = video.read_video(
+            path,
+            channels=spec.channels,
+            height=spec.height,
+            width=spec.width,
+            resize=reading.resize,
+            count=None if reading.windows else need,
+            max_frames=reading.max_frames,
+        )
+    except video.VideoError as exc:
+        raise InputError(exc.detail) from None
+    if not reading.windows:
+        return Clips(decoded.frames[None], batched=False, fps=decoded.fps)
+    if len(decoded.frames) < need:
+        raise InputError(f"has {_frame_count_error(len(decoded.frames), spec, has_targets)}")
+    # windows as a view of the decoded frames, not copies: (N, need, C, H, W)
+    windows = np.moveaxis(np.lib.stride_tricks.sliding_window_view(decoded.frames, need, axis=0), -1, 1)
+    return Clips(windows[:: reading.stride or need], batched=True, fps=decoded.fps)
+
+
 Reader = Callable[[Path, ClipSpec, bool], Clips]
 # one reader per input kind (service/predict/inputs.py says which paths are which kind)
-READERS: dict[Kind, Reader] = {"npy": read_npy_input, "npz": read_npz_input, "frames": read_frames, "gif": read_gif}
+READERS: dict[Kind, Reader] = {
+    "npy": read_npy_input,
+    "npz": read_npz_input,
+    "frames": read_frames,
+    "gif": read_gif,
+    "video": read_video_file,
+}
 
 
-def read_source(path: Path, kind: Kind, spec: ClipSpec, has_targets: bool) -> Clips:
-    """Read and shape-check one input with its kind's reader."""
+def read_source(path: Path, kind: Kind, spec: ClipSpec, has_targets: bool, reading: VideoReading | None = None) -> Clips:
+    """Read and shape-check one input with its kind's reader (video files as ``reading`` says).
+
+    A GIF of exactly the frames needed is read by Pillow (frames merged by their encoder are
+    repeated by duration); any other GIF, or one to be windowed or resized, is read as a video."""
+    if kind == "gif":
+        if reading is not None and (reading.windows or reading.resize != "none"):
+            return read_video_file(path, spec, has_targets, reading)
+        try:
+            return read_gif(path, spec, has_targets)
+        except _GifFrameCount:
+            return read_video_file(path, spec, has_targets, reading)
+    if kind == "video" and reading is not None:
+        return read_video_file(path, spec, has_targets, reading)
     return READERS[kind](path, spec, has_targets)
 
 

@@ -20,7 +20,7 @@ from service.card import ClipSpec
 from service.client import ServiceUnreachable
 from service.frames import shape_text
 from service.predict.inputs import Source, finished
-from service.predict.readers import Clips, InputError, read_npy, read_source, split_checked
+from service.predict.readers import Clips, InputError, VideoReading, read_npy, read_source, split_checked
 from service.predict.writers import commit_output, discard_output, new_output, write_images
 from service.scores import ScoreSums
 
@@ -29,6 +29,28 @@ class Predictor(Protocol):
     spec: ClipSpec
 
     def predict(self, frames: np.ndarray) -> np.ndarray: ...
+
+
+class HorizonClient(Protocol):
+    spec: ClipSpec
+
+    def predict(self, frames: np.ndarray, horizon: int | None = None) -> np.ndarray: ...
+
+
+class Rollout:
+    """A predictor of ``horizon`` frames from a client that rolls its model forward
+    (:class:`~service.client.Client` asks the service to, :class:`~service.client.LocalClient`
+    does it in process); its ``spec`` says T' = horizon, so outputs and targets have that length."""
+
+    def __init__(self, client: HorizonClient, horizon: int) -> None:
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        self.client, self.horizon = client, horizon
+        s = client.spec
+        self.spec = ClipSpec(s.in_frames, horizon, s.channels, s.height, s.width)
+
+    def predict(self, frames: np.ndarray) -> np.ndarray:
+        return self.client.predict(frames, horizon=self.horizon)
 
 
 @dataclass
@@ -92,6 +114,8 @@ class _Run:
         *,
         png: bool,
         gif: bool,
+        video: bool,
+        reading: VideoReading | None,
         has_targets: bool,
         batch_size: int,
         concurrency: int,
@@ -100,7 +124,8 @@ class _Run:
         from tqdm import tqdm
 
         self.predictor, self.spec = predictor, predictor.spec
-        self.png, self.gif, self.has_targets = png, gif, has_targets
+        self.png, self.gif, self.video, self.has_targets = png, gif, video, has_targets
+        self.reading = reading
         self.batch_size, self.concurrency = batch_size, concurrency
         self.summary = Summary()
         self.scores = ScoreSums()
@@ -196,7 +221,17 @@ class _Run:
                     part = prediction[offset : offset + n]  # (n, T', C, H, W)
                     try:
                         job.output[segment.start : segment.start + n] = part
-                        write_images(job.source, job.clips.batched, segment.start, segment.inputs, part, self.png, self.gif)
+                        write_images(
+                            job.source,
+                            job.clips.batched,
+                            segment.start,
+                            segment.inputs,
+                            part,
+                            self.png,
+                            self.gif,
+                            self.video,
+                            job.clips.fps,
+                        )
                     except OSError as exc:
                         job.error = f"cannot write outputs: {exc}"
                     else:
@@ -227,7 +262,7 @@ class _Run:
 
     # skipped inputs still count in the metrics -----------------------------------------
     def score_existing(self, source: Source) -> None:
-        clips = read_source(source.path, source.kind, self.spec, has_targets=True)
+        clips = read_source(source.path, source.kind, self.spec, True, self.reading)
         prediction = read_npy(source.npy)
         expected = (len(clips.raw), *self.spec.output_shape)
         got = prediction.shape if clips.batched else (1, *prediction.shape)
@@ -249,6 +284,8 @@ def predict_files(
     *,
     png: bool = False,
     gif: bool = False,
+    video: bool = False,
+    reading: VideoReading | None = None,
     overwrite: bool = False,
     has_targets: bool = False,
     batch_size: int = 8,
@@ -259,14 +296,17 @@ def predict_files(
 
     ``concurrency`` batches run at once (remote: requests in flight; local: 1 is best, ONNX
     Runtime already uses every core). With ``has_targets`` the metrics cover skipped inputs too
-    (read back from their outputs), so a resumed run reports the whole set."""
-    if (png or gif) and predictor.spec.channels not in (1, 3):
-        raise ValueError(f"--png/--gif need 1- or 3-channel frames; this model predicts {predictor.spec.channels}")
+    (read back from their outputs), so a resumed run reports the whole set. ``video`` writes
+    ``<stem>.mp4`` (input then prediction); ``reading`` says how video files become clips."""
+    if (png or gif or video) and predictor.spec.channels not in (1, 3):
+        raise ValueError(f"--png/--gif/--video need 1- or 3-channel frames; this model predicts {predictor.spec.channels}")
     run = _Run(
         predictor,
         len(sources),
         png=png,
         gif=gif,
+        video=video,
+        reading=reading,
         has_targets=has_targets,
         batch_size=batch_size,
         concurrency=concurrency,
@@ -279,7 +319,7 @@ def predict_files(
             if run.summary.stopped:
                 break
             run.collect(block=False)
-            if not overwrite and finished(source, png, gif):
+            if not overwrite and finished(source, png, gif, video):
                 run.summary.skipped += 1
                 if has_targets:
                     try:
@@ -289,7 +329,7 @@ def predict_files(
                 run.bar.update(1)
                 continue
             try:
-                clips = read_source(source.path, source.kind, run.spec, has_targets)
+                clips = read_source(source.path, source.kind, run.spec, has_targets, reading)
                 shape = (len(clips.raw), *run.spec.output_shape) if clips.batched else run.spec.output_shape
                 output = new_output(source, shape)
             except InputError as exc:

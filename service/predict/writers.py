@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service import codecs
+from service import codecs, video
 from service.frames import to_image, to_uint8
 from service.predict import readers
 from service.predict.inputs import Source
@@ -48,9 +48,18 @@ def discard_output(source: Source) -> None:
 
 
 def write_images(
-    source: Source, batched: bool, first: int, inputs: np.ndarray, prediction: np.ndarray, png: bool, gif: bool
+    source: Source,
+    batched: bool,
+    first: int,
+    inputs: np.ndarray,
+    prediction: np.ndarray,
+    png: bool,
+    gif: bool,
+    mp4: bool = False,
+    fps: float | None = None,
 ) -> None:
-    """PNG frames and/or GIFs of clips ``first ...`` of ``source`` (inputs (n, T, ...), prediction (n, T', ...))."""
+    """PNG frames, GIFs and/or MP4 videos (input then prediction, at ``fps`` or 10 fps) of clips
+    ``first ...`` of ``source`` (inputs (n, T, ...), prediction (n, T', ...))."""
     for offset, (clip_in, clip_out) in enumerate(zip(inputs, prediction, strict=True)):
         folder = source.base / f"clip_{first + offset:03d}" if batched else source.base
         if png:
@@ -61,3 +70,8 @@ def write_images(
             target = folder.with_name(folder.name + ".gif") if batched else source.gif
             target.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(target, codecs.encode_gif(clip_in, clip_out, batched=False))
+        if mp4:
+            target = folder.with_name(folder.name + ".mp4") if batched else source.mp4
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shown = codecs.to_uint8(np.concatenate([clip_in, clip_out]))  # (T + T', C, H, W)
+            atomic_write(target, video.encode_video(shown, fps or video.DEFAULT_FPS, "mp4"))
