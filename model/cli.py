@@ -123,6 +123,8 @@ _REQUEST_FLAGS = (
     "batch_size",
     "epochs",
     "max_steps",
+    "stride",
+    "resize",
 )
 
 
@@ -163,14 +165,16 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         choices=DATASETS,
         default="mmnist",
         help="mmnist: Moving MNIST made on the fly; npz: your clips (N, T+T', C, H, W) in a .npz/.npy; "
-        "taxibj: OpenSTL's dataset.npz; frames: a folder of clip folders of images (default: mmnist)",
+        "taxibj: OpenSTL's dataset.npz; frames: a folder of clip folders of images; videos: a folder of video files "
+        "(.mp4, .webm, .avi, .mkv, .gif, ...) cut into windows of T+T' frames, split by file (default: mmnist)",
     )
     group.add_argument(
         "--data-dir",
         default=None,
         metavar="DIR",
         help="mmnist: folder with *-images-idx3-ubyte(.gz) (downloaded there if absent; default data/mnist) "
-        "and optionally mnist_test_seq.npy; frames: the folder of clip folders; taxibj: folder with dataset.npz",
+        "and optionally mnist_test_seq.npy; frames: the folder of clip folders; taxibj: folder with dataset.npz; "
+        "videos: the folder of video files (walked)",
     )
     group.add_argument(
         "--data-path",
@@ -198,12 +202,30 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="mmnist: validation clips, generated from a fixed seed so they are the same every run (default 1000)",
     )
+    _add_video_args(group)
     group.add_argument(
         "--clips-per-epoch",
         type=_positive_int,
         default=None,
         metavar="N",
         help="mmnist: clips generated per epoch (default 10000, OpenSTL's epoch)",
+    )
+
+
+def _add_video_args(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--stride",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="videos: frames between the starts of consecutive windows of T+T' frames (default T+T': no overlap)",
+    )
+    group.add_argument(
+        "--resize",
+        choices=("none", "fit", "crop"),
+        default=None,
+        help="videos: frames not of the config's H x W are refused (none, the default), scaled whole (fit) or scaled "
+        "and centre-cropped (crop)",
     )
 
 
@@ -317,6 +339,9 @@ def run_train(args: argparse.Namespace) -> int:
         plan = plan_run(request)
         if plan.fitted:
             print(plan.fitted)
+        for dataset in plan.datasets:  # videos: files too short for one window are left out, not an error
+            for path, frames in getattr(dataset, "skipped", ()):
+                print(f"skipped {path}: {frames} frame(s), fewer than in_frames + out_frames")
         summary = train(plan.settings, plan.config, plan.spec, runtime, resume=plan.resume, datasets=plan.datasets)
     except (DataError, SetupError, FloatingPointError) as exc:
         raise UserError(str(exc)) from None
@@ -342,7 +367,8 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="OpenSTL metrics (MSE, MAE, SSIM, PSNR, per-frame MSE) of a checkpoint on a test split",
         description="Evaluate a checkpoint on the dataset's test split: every clip of an npz/npy file, Moving MNIST's "
-        "fixed validation clips (or mnist_test_seq.npy), TaxiBJ's X_test/Y_test, every clip folder of a frames dataset. "
+        "fixed validation clips (or mnist_test_seq.npy), TaxiBJ's X_test/Y_test, every clip folder of a frames dataset, "
+        "every window of every file of a videos folder. "
         "Computed in fp32 (no mixed precision, no TF32 on GPUs), as training's validation is.",
     )
     parser.add_argument("checkpoint", metavar="CKPT", help="a .pt file written by stlight train (last.pt, best.pt)")
@@ -356,12 +382,13 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help=(
             "mmnist: folder with MNIST digits and optionally mnist_test_seq.npy; frames: folder of clip folders; taxibj: "
-            "folder with dataset.npz"
+            "folder with dataset.npz; videos: folder of video files"
         ),
     )
     group.add_argument(
         "--data-path", default=None, metavar="FILE", help="npz: the clips file; taxibj: dataset.npz; mmnist: mnist_test_seq.npy"
     )
+    _add_video_args(group)
     group.add_argument(
         "--val-clips",
         type=_positive_int,
@@ -401,7 +428,15 @@ def run_eval(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     try:
         device = resolve_device(args.device)
-        spec = DataSpec(name=name, data_dir=args.data_dir, data_path=args.data_path, val_clips=args.val_clips)
+        trained = payload.get("data") or {}  # videos: the run's stride and resize unless given
+        spec = DataSpec(
+            name=name,
+            data_dir=args.data_dir,
+            data_path=args.data_path,
+            val_clips=args.val_clips,
+            stride=args.stride or trained.get("stride"),
+            resize=args.resize or trained.get("resize") or "none",
+        )
         dataset = build_test_dataset(spec, config)
     except (DataError, ValueError) as exc:
         raise UserError(str(exc)) from None

@@ -92,7 +92,7 @@ class STLightConfig(ClipSpec):
 
 
 # the dataset kinds `stlight train` reads (model/data.py); here so the CLI can offer them without torch
-DATASETS = ("mmnist", "npz", "taxibj", "frames")
+DATASETS = ("mmnist", "npz", "taxibj", "frames", "videos")
 
 # ---------------------------------------------------------------------------------------
 # presets

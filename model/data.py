@@ -6,6 +6,8 @@ float32 in [0, 1].
 - ``npz``: the user's own clips, ``(N, T+T', C, H, W)`` in a ``.npz`` (key ``clips``) or ``.npy``.
 - ``taxibj``: OpenSTL's ``dataset.npz`` (``X_train, Y_train, X_test, Y_test`` in [-1, 1]).
 - ``frames``: a folder of clip folders of image files, sorted by name (KTH-style).
+- ``videos``: every video file under a folder, cut into windows of T+T' frames
+  (:mod:`model.video_data`; split by file).
 
 Bad data fails at load with a :class:`DataError` that says what was expected. Every clip is a pure
 function of ``(seed, epoch, index)``, so runs are reproducible with any number of loader workers
@@ -21,6 +23,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -461,6 +464,8 @@ class DataSpec:
     seed: int = 0
     clips_per_epoch: int = 10_000  # OpenSTL's Moving MNIST epoch
     val_clips: int = 1000
+    stride: int | None = None  # videos: frames between window starts (None: T+T', no overlap)
+    resize: str = "none"  # videos: none, fit or crop (service.video.RESIZE_MODES)
 
 
 def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -490,6 +495,10 @@ def data_shape(spec: DataSpec) -> dict[str, int] | None:
             return None  # check_clips explains
         _, t, c, h, w = clips.shape
         return {"frames": t, "channels": c, "height": h, "width": w}
+    if spec.name == "videos" and (spec.data_dir or spec.data_path):
+        from model.video_data import probe_shape
+
+        return probe_shape(spec.data_dir or spec.data_path or "", _resize(spec))
     if spec.name == "frames" and (spec.data_dir or spec.data_path):
         from PIL import Image
 
@@ -502,6 +511,20 @@ def data_shape(spec: DataSpec) -> dict[str, int] | None:
             c = 1 if image.mode in ("1", "L", "LA", "I", "I;16", "F") else 3  # grey modes, else RGB
         return {"frames": len(images), "channels": c, "height": h, "width": w}
     return None
+
+
+def _resize(spec: DataSpec) -> Any:
+    from service.video import RESIZE_MODES
+
+    if spec.resize not in RESIZE_MODES:
+        raise DataError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {spec.resize!r}")
+    return spec.resize
+
+
+def _videos(spec: DataSpec, config: STLightConfig, files: Sequence[Path]) -> Dataset:
+    from model.video_data import VideoWindows
+
+    return VideoWindows(files, config, stride=spec.stride, resize=_resize(spec))
 
 
 def build_datasets(spec: DataSpec, config: STLightConfig) -> tuple[Dataset, Dataset]:
@@ -539,6 +562,17 @@ def build_datasets(spec: DataSpec, config: STLightConfig) -> tuple[Dataset, Data
             return FrameFolders(dirs, config), FrameFolders(frame_clip_dirs(spec.val_path), config)
         train_idx, val_idx = _split(len(dirs), spec.val_fraction, spec.seed)
         return FrameFolders([dirs[i] for i in train_idx], config), FrameFolders([dirs[i] for i in val_idx], config)
+    if name == "videos":
+        from model.video_data import split_files, video_files
+
+        root = spec.data_dir or spec.data_path
+        if not root:
+            raise DataError("--dataset videos needs --data-dir DIR holding video files (.mp4, .webm, .avi, .mkv, .gif, ...)")
+        files = video_files(root)
+        if spec.val_path:
+            return _videos(spec, config, files), _videos(spec, config, video_files(spec.val_path))
+        train_files, val_files = split_files(files, spec.val_fraction, spec.seed)  # whole files: no shared frames
+        return _videos(spec, config, train_files), _videos(spec, config, val_files)
     raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
 
 
@@ -566,4 +600,11 @@ def build_test_dataset(spec: DataSpec, config: STLightConfig) -> Dataset:
         if not root:
             raise DataError("--dataset frames needs --data-dir ROOT holding one folder of image files per clip")
         return FrameFolders(frame_clip_dirs(root), config)
+    if name == "videos":
+        from model.video_data import video_files
+
+        root = spec.data_dir or spec.data_path
+        if not root:
+            raise DataError("--dataset videos needs --data-dir DIR holding video files (.mp4, .webm, .avi, .mkv, .gif, ...)")
+        return _videos(spec, config, video_files(root))
     raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")

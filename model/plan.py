@@ -50,6 +50,8 @@ class TrainRequest:
     batch_size: int | None = None
     epochs: int | None = None
     max_steps: int | None = None
+    stride: int | None = None  # videos: frames between window starts
+    resize: str | None = None  # videos: none, fit or crop
 
 
 @dataclass
@@ -88,7 +90,7 @@ def _data_spec(request: TrainRequest, saved: dict[str, Any] | None = None) -> Da
         if value is not None:
             base[key] = str(Path(value).resolve())
     if saved is None:
-        for key in ("val_fraction", "seed", "clips_per_epoch", "val_clips"):
+        for key in ("val_fraction", "seed", "clips_per_epoch", "val_clips", "stride", "resize"):
             if getattr(request, key) is not None:
                 base[key] = getattr(request, key)
     return DataSpec(**base)
@@ -102,14 +104,15 @@ def _config(name: str, overrides: dict[str, int]) -> STLightConfig:
 
 
 def _fit_to_data(name: str, overrides: dict[str, int], spec: DataSpec) -> tuple[dict[str, int], str]:
-    """npz / frames: take C, H, W (and T -> T' when the preset needs more frames than the data
-    has) from the data for every field the user did not set; says what it chose."""
+    """npz / frames / videos: take C, H, W (and T -> T' when the preset needs more frames than
+    the data has) from the data for every field the user did not set (videos: H and W only, and
+    only without --resize); says what it chose."""
     shape = data_shape(spec)
     if shape is None:
         return overrides, ""
     base, fitted, chosen = preset(name), dict(overrides), []
     for key in ("channels", "height", "width"):
-        if key not in overrides and getattr(base, key) != shape[key]:
+        if key in shape and key not in overrides and getattr(base, key) != shape[key]:
             fitted[key] = shape[key]
             chosen.append(f"{key}={shape[key]}")
     t_in = overrides.get("in_frames", base.in_frames)
@@ -166,6 +169,11 @@ def _resumed(request: TrainRequest, payload: dict[str, Any]) -> tuple[RunSetting
         value = getattr(request, name)
         if value is not None and value != saved[name]:
             clashes.append(f"{flag(name)} {value} (run: {saved[name]})")
+    saved_data = payload.get("data") or {}
+    for name in ("stride", "resize"):  # videos: the windows a run trains on
+        value = getattr(request, name)
+        if value is not None and value != saved_data.get(name):
+            clashes.append(f"{flag(name)} {value} (run: {saved_data.get(name)})")
     if request.max_steps is not None and request.max_steps != saved["total_steps"]:
         clashes.append(f"--max-steps {request.max_steps} (run: {saved['total_steps']})")
     epochs = request.epochs

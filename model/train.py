@@ -39,8 +39,9 @@ TABLE2: dict[str, dict[str, Any]] = {
     "taxibj": {"lr": 3e-3, "schedule": "cosine", "final_div_factor": 1e4, "batch_size": 16, "epochs": 50},
     "frames": {"lr": 5e-4, "schedule": "onecycle", "final_div_factor": 1e4, "batch_size": 12, "epochs": 100},  # KTH
     "npz": {"lr": 1e-3, "schedule": "onecycle", "final_div_factor": 1e4, "batch_size": 16, "epochs": 100},
+    "videos": {"lr": 5e-4, "schedule": "onecycle", "final_div_factor": 1e4, "batch_size": 12, "epochs": 100},  # as frames (KTH)
 }
-DEFAULT_PRESET = {"mmnist": "mmnist-xs", "taxibj": "taxibj-s", "frames": "kth-xs", "npz": "tiny"}
+DEFAULT_PRESET = {"mmnist": "mmnist-xs", "taxibj": "taxibj-s", "frames": "kth-xs", "npz": "tiny", "videos": "kth-xs"}
 COSINE_MIN_LR = 1e-6  # OpenSTL's min_lr for its cosine schedule
 # The loss is summed on the device and read (a host sync) this often: reading it every step
 # would stall the GPU's queue once per step. A NaN is therefore noticed up to this many steps

@@ -185,8 +185,8 @@ def _size_error(got_w: int, got_h: int, width: int, height: int) -> VideoError:
     return VideoError(
         422,
         "wrong-size",
-        f"video frames are {got_w}x{got_h} (W x H); the model expects {width}x{height}. "
-        "Ask for resize=fit (scale the whole frame) or resize=crop (scale and cut out the centre)",
+        f"video frames are {got_w}x{got_h} (W x H); the model expects {width}x{height}. Scale them with resize=fit "
+        "(the whole frame) or resize=crop (the centre): ?resize=fit on /predict, --resize fit for stlight predict and train",
     )
 
 

@@ -9,6 +9,7 @@ frames this file decodes from the same bytes.
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -335,3 +336,93 @@ def test_stlight_predict_video_mistakes(tiny_onnx: Path, videos: dict[str, bytes
     assert done.returncode == 1 and "not a video" in done.stdout + done.stderr
     done = run_cli("predict", str(tmp_path / "cut.mp4"), "--out", str(tmp_path / "out"), "--stride", "3")
     assert done.returncode == 2 and "--windows" in done.stderr and "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# training: --dataset videos
+# ---------------------------------------------------------------------------------------
+
+# a small model predicting 1 frame from 4 (as tests/test_train.py): windows of 5 frames
+SMALL = ["--preset", "tiny", "--dim", "32", "--depth", "2", "--in-frames", "4", "--out-frames", "1", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def video_dir(clips: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five 24-frame Moving MNIST videos in three formats, two in a sub-folder."""
+    root = tmp_path_factory.mktemp("videos")
+    (root / "more").mkdir()
+    names = ["a.mp4", "b.webm", "c.avi", "more/d.mp4", "more/e.webm"]
+    for i, name in enumerate(names):
+        (root / name).write_bytes(make_video(np.roll(clips[i % len(clips)], i, axis=2), FORMATS[name.rsplit(".", 1)[1]][0]))
+    (root / ".hidden.mp4").write_bytes(b"not read")
+    return root
+
+
+def test_videos_dataset_splits_by_file_and_windows_decoded_frames(video_dir: Path) -> None:
+    from model.config import preset
+    from model.data import DataSpec, build_datasets
+
+    config = preset("tiny").replace(in_frames=4, out_frames=1, dim=32, depth=2)
+    spec = DataSpec("videos", data_dir=str(video_dir), val_fraction=0.4, stride=4)
+    train, val = build_datasets(spec, config)
+    assert len(train.files) == 3 and len(val.files) == 2
+    assert not set(train.files) & set(val.files)
+    assert {p.relative_to(video_dir).as_posix() for p in train.files + val.files} == {
+        "a.mp4",
+        "b.webm",
+        "c.avi",
+        "more/d.mp4",
+        "more/e.webm",
+    }
+    per_file = len(range(0, 24 - 5 + 1, 4))  # windows of 5 frames, 4 apart
+    assert len(train) == 3 * per_file and len(val) == 2 * per_file
+    frames = decode_grey(train.files[0].read_bytes())
+    inputs, targets = train[1]  # the first file's second window: frames 4-7, then 8
+    np.testing.assert_allclose(inputs.numpy(), frames[4:8], atol=1e-6)
+    np.testing.assert_allclose(targets.numpy(), frames[8:9], atol=1e-6)
+    # the same seed, the same split; the whole folder for eval
+    again, _ = build_datasets(spec, config)
+    assert again.files == train.files
+    from model.data import build_test_dataset
+
+    assert len(build_test_dataset(spec, config)) == 5 * per_file
+
+
+@pytest.mark.slow
+def test_train_on_videos_resumes_to_identical_weights_and_evaluates(
+    video_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from service.cli import main
+
+    run = [*SMALL, "--dataset", "videos", "--data-dir", str(video_dir), "--stride", "4", "--val-fraction", "0.4"]
+    run += ["--batch-size", "4", "--max-steps", "6", "--no-progress"]  # 15 training windows: 3 steps per epoch
+    assert main(["train", *run, "--out", str(tmp_path / "whole")]) == 0
+    assert main(["train", *run, "--stop-after", "4", "--out", str(tmp_path / "split")]) == 0
+    assert main(["train", "--out", str(tmp_path / "split"), "--resume", "--threads", "1", "--no-progress"]) == 0
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
+    split = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
+    assert split["step"] == whole["step"] == 6
+    assert split["data"]["stride"] == 4 and split["data"]["resize"] == "none"
+    for name, tensor in whole["model"].items():
+        assert torch.equal(tensor, split["model"][name]), name
+    capsys.readouterr()
+    assert main(["train", "--out", str(tmp_path / "split"), "--resume", "--stride", "2"]) == 2
+    assert "--stride 2 (run: 4)" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "whole" / "last.pt"), "--data-dir", str(video_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["mse"] > 0
+
+
+def test_train_on_wrong_size_colour_videos_says_resize(clips: np.ndarray, tmp_path: Path, capsys) -> None:
+    from service.cli import main
+
+    colour = np.stack([np.stack([np.kron(f, np.ones((1, 2), np.uint8))[:48]] * 3, axis=-1) for f in clips[0]])
+    for name in ("x.mp4", "y.mp4"):
+        (tmp_path / name).write_bytes(make_video(colour, "mp4"))
+    base = ["train", *SMALL, "--dataset", "videos", "--data-dir", str(tmp_path), "--val-fraction", "0.5", "--max-steps", "1"]
+    # the size is fitted from the data unless --height/--width say otherwise
+    assert main([*base, "--height", "64", "--width", "64", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "128x48" in err and "64x64" in err and "--resize fit" in err and "Traceback" not in err
+    assert main([*base, "--resize", "crop", "--batch-size", "2", "--no-progress", "--out", str(tmp_path / "b")]) == 0
