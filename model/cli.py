@@ -235,7 +235,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         help="train a model (Moving MNIST, your own clips, TaxiBJ, image folders)",
         description="Train STLight with Adam on the MSE loss. Defaults per dataset follow the paper's Table 2 "
         "(Moving MNIST: lr 3e-3, OneCycle with final_div_factor 1e4, batch 16, 200 epochs). "
-        "Writes last.pt, best.pt, metrics.jsonl and a PNG strip per validation under --out.",
+        "Writes last.pt, best.pt, metrics.jsonl and a PNG strip per validation under --out. "
+        "Several GPUs or machines: torchrun --nproc-per-node N [--nnodes M --rdzv-endpoint HOST:PORT] --no-python "
+        "stlight train ... trains with DistributedDataParallel (NCCL on GPUs, gloo on CPU); rank 0 writes the run folder.",
     )
     _add_data_args(parser)
     add_config_args(
@@ -255,7 +257,13 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         metavar="F",
         help="OneCycle: final lr = lr / 25 / F (default 1e4)",
     )
-    group.add_argument("--batch-size", type=_positive_int, default=None, metavar="N", help="clips per optimizer step")
+    group.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="clips per optimizer step and process: under torchrun a step trains on N × processes clips",
+    )
     group.add_argument(
         "--epochs", type=_positive_int, default=None, metavar="N", help="epochs to train (ignored when --max-steps is given)"
     )
@@ -315,14 +323,20 @@ def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from model.data import DataError
+    from model.distributed import ranks_from_env
     from model.plan import TrainRequest, plan_run
     from model.train import Runtime, SetupError, train
 
+    try:
+        ranks = ranks_from_env()  # torchrun's; one process alone without it
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     out = Path(args.out)
     request = TrainRequest(
         out=out,
         resume=args.resume,
         overrides=config_overrides(args),
+        processes=ranks.world,
         **{name: getattr(args, name) for name in _REQUEST_FLAGS},
     )
     runtime = Runtime(
@@ -337,7 +351,7 @@ def run_train(args: argparse.Namespace) -> int:
     )
     try:
         plan = plan_run(request)
-        if plan.fitted:
+        if plan.fitted and ranks.main:
             print(plan.fitted)
         for dataset in plan.datasets:  # videos: files too short for one window are left out, not an error
             for path, frames in getattr(dataset, "skipped", ()):
@@ -345,6 +359,8 @@ def run_train(args: argparse.Namespace) -> int:
         summary = train(plan.settings, plan.config, plan.spec, runtime, resume=plan.resume, datasets=plan.datasets)
     except (DataError, SetupError, FloatingPointError) as exc:
         raise UserError(str(exc)) from None
+    if not ranks.main:  # rank 0 reports for the run
+        return 0
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

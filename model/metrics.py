@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy.ndimage import uniform_filter
 
@@ -76,6 +78,16 @@ class MetricAccumulator:
         self.psnr_sum += float(frame_psnr(pred, true).sum())
         self.ssim_sum += float(frame_ssim(pred, true).sum())
         self.clips += len(pred)
+
+    def reduce(self, all_reduce_sum: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Replace the sums by their totals over processes that each accumulated other clips
+        (``all_reduce_sum``: element-wise sum over processes); the result is then that of all clips."""
+        if self.frame_sq is None or self.frame_abs is None:
+            raise ValueError("no clips were added")
+        t = len(self.frame_sq)
+        totals = all_reduce_sum(np.concatenate([[self.clips, self.psnr_sum, self.ssim_sum], self.frame_sq, self.frame_abs]))
+        self.clips, self.psnr_sum, self.ssim_sum = round(float(totals[0])), float(totals[1]), float(totals[2])
+        self.frame_sq, self.frame_abs = totals[3 : 3 + t], totals[3 + t :]
 
     def result(self) -> dict[str, float | list[float]]:
         if not self.clips or self.frame_sq is None or self.frame_abs is None:

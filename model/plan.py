@@ -52,6 +52,7 @@ class TrainRequest:
     max_steps: int | None = None
     stride: int | None = None  # videos: frames between window starts
     resize: str | None = None  # videos: none, fit or crop
+    processes: int = 1  # this launch's process count (torchrun's WORLD_SIZE); --batch-size is per process
 
 
 @dataclass
@@ -76,6 +77,12 @@ def plan_run(request: TrainRequest) -> Plan:
         except ValueError as exc:
             raise UserError(str(exc)) from None
         settings, config, spec = _resumed(request, payload)
+        if settings.world_size != request.processes:
+            raise UserError(
+                f"--resume: the run in {out} trained in {settings.world_size} process(es) × batch {settings.batch_size}, "
+                f"this launch has {request.processes}; start it with {settings.world_size} process(es) in all "
+                "so the batches stay the same"
+            )
         return Plan(settings, config, spec, build_datasets(spec, config), resume=payload)
     if (out / "last.pt").exists():
         raise UserError(f"{out} already holds a run (last.pt); add --resume to continue it, or choose another --out")
@@ -131,10 +138,11 @@ def _new_run(request: TrainRequest) -> Plan:
     datasets = build_datasets(spec, config)
     defaults = TABLE2[request.dataset]
     batch_size = request.batch_size or defaults["batch_size"]
-    steps_per_epoch = len(datasets[0]) // batch_size
+    steps_per_epoch = len(datasets[0]) // (batch_size * request.processes)
     if steps_per_epoch == 0:
+        per = f" × {request.processes} processes" if request.processes > 1 else ""
         raise UserError(
-            f"the training split has {len(datasets[0])} clips, fewer than --batch-size {batch_size}; lower --batch-size"
+            f"the training split has {len(datasets[0])} clips, fewer than --batch-size {batch_size}{per}; lower --batch-size"
         )
     settings = RunSettings(
         dataset=request.dataset,
@@ -149,6 +157,7 @@ def _new_run(request: TrainRequest) -> Plan:
         clips_per_epoch=spec.clips_per_epoch,
         val_clips=spec.val_clips,
         val_fraction=spec.val_fraction,
+        world_size=request.processes,
     )
     return Plan(settings, config, spec, datasets, fitted=fitted)
 

@@ -22,13 +22,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm import tqdm
 
+from model import distributed
 from model.checkpoint import read_checkpoint, save_checkpoint
 from model.config import STLightConfig
 from model.data import DataError, DataSpec, build_datasets
+from model.distributed import Ranks, ranks_from_env
 from model.metrics import MetricAccumulator
 from model.stlight import STLight, count_params
 from service.frames import to_uint8
@@ -62,13 +66,18 @@ class RunSettings:
     lr: float
     schedule: str  # "onecycle" | "cosine"
     final_div_factor: float
-    batch_size: int
+    batch_size: int  # per process; a step trains on batch_size × world_size clips
     total_steps: int
     steps_per_epoch: int
     seed: int
     clips_per_epoch: int
     val_clips: int
     val_fraction: float
+    world_size: int = 1  # processes (torchrun); older checkpoints were all single-process
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
 
 
 @dataclass
@@ -90,33 +99,48 @@ class Runtime:
 # ---------------------------------------------------------------------------------------
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, ranks: Ranks | None = None) -> torch.device:
+    """``auto``/``cuda``/``cpu`` as a device; under torchrun, a GPU is this process's local rank."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise SetupError("--device cuda was asked for but no CUDA GPU is visible to PyTorch; use --device cpu")
-    return torch.device(name)
+    if name != "cuda" or ranks is None or not ranks.distributed:
+        return torch.device(name)
+    visible = torch.cuda.device_count()
+    if ranks.local_rank >= visible:
+        raise SetupError(
+            f"torchrun started {ranks.local_world} processes on this node but PyTorch sees {visible} GPU(s); "
+            f"use --nproc-per-node {visible} (one process per GPU), or --device cpu"
+        )
+    torch.cuda.set_device(ranks.local_rank)
+    return torch.device("cuda", ranks.local_rank)
 
 
 class EpochBatches(Sampler[list[tuple[int, int]]]):
     """Batches of ``(epoch, index)`` keys from a per-epoch permutation seeded by ``(seed, epoch)``;
-    drops the last partial batch. ``start`` skips the batches a resumed run has already trained on."""
+    drops the last partial batch. ``start`` skips the batches a resumed run has already trained on.
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+    With ``world`` processes a global batch is ``batch_size × world`` clips and process ``rank``
+    takes its ``rank``-th slice, so the clips of a step do not depend on how many processes share it."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
-        return self.n // self.batch_size - self.start
+        return self.n // (self.batch_size * self.world) - self.start
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=generator).tolist()
-        for b in range(self.start, self.n // self.batch_size):
-            yield [(self.epoch, i) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
+        size = self.batch_size * self.world
+        for b in range(self.start, self.n // size):
+            first = b * size + self.rank * self.batch_size
+            yield [(self.epoch, i) for i in order[first : first + self.batch_size]]
 
 
 class EpochClips(Dataset):
@@ -144,6 +168,13 @@ def rng_states(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state(device)
     return states
+
+
+def rng_of_rank(payload: dict[str, Any], rank: int) -> dict[str, Any]:
+    """The RNG states a process of rank ``rank`` resumes with: its own when the checkpoint has them
+    (``rng_ranks``, one per process of a torchrun run), else rank 0's (``rng``)."""
+    per_rank = payload.get("rng_ranks") or []
+    return per_rank[rank] if rank < len(per_rank) else payload["rng"]
 
 
 def set_rng_states(states: dict[str, Any], device: torch.device) -> None:
@@ -258,6 +289,7 @@ def evaluate(
             first = (inputs[0].float().cpu().numpy(), targets[0].numpy(), pred_np[0])
     net.train(was_training)
     assert first is not None, "empty dataset"
+    acc.reduce(lambda sums: distributed.all_reduce_sum(sums, device))  # each process saw its share of the clips
     return acc.result(), first
 
 
@@ -304,31 +336,72 @@ def train(
     """Train (or continue ``resume``, a checkpoint dict) and return a summary.
 
     Writes ``last.pt`` (each epoch, each validation, at the end), ``best.pt`` (best validation
-    MSE), ``metrics.jsonl`` and ``val_step*.png`` under ``runtime.out``."""
-    out = runtime.out
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(runtime.threads or os.cpu_count() or 1)
-    device = resolve_device(runtime.device)
-    workers = runtime.workers if runtime.workers is not None else (0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
-    log = tqdm.write
+    MSE), ``metrics.jsonl`` and ``val_step*.png`` under ``runtime.out``. Under torchrun every
+    process calls this; they train together (DDP) and rank 0 alone writes."""
+    ranks = ranks_from_env()
+    if ranks.world != settings.world_size:
+        raise SetupError(
+            f"the run has {settings.world_size} process(es) × batch {settings.batch_size}, this launch has {ranks.world}; "
+            f"start {settings.world_size} (torchrun --nproc-per-node ... with {settings.world_size} in all)"
+        )
+    device = resolve_device(runtime.device, ranks)
+    started = distributed.start(ranks, device)
+    try:
+        summary = _train(settings, config, spec, runtime, resume, datasets, ranks, device)
+    except BaseException:
+        if started:
+            dist.destroy_process_group()
+        raise
+    distributed.finish(started)
+    return summary
 
-    # data
+
+def _train(
+    settings: RunSettings,
+    config: STLightConfig,
+    spec: DataSpec,
+    runtime: Runtime,
+    resume: dict[str, Any] | None,
+    datasets: tuple[Dataset, Dataset] | None,
+    ranks: Ranks,
+    device: torch.device,
+) -> dict[str, Any]:
+    out = runtime.out
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(runtime.threads or max(1, cores // ranks.local_world))  # the node's cores, shared
+    workers = runtime.workers if runtime.workers is not None else (0 if device.type == "cpu" else min(8, cores))
+
+    def log(message: str) -> None:
+        if ranks.main:
+            tqdm.write(message)
+
+    # data: each process takes its slice of every global batch, and every world-th validation clip
     train_set, val_set = datasets if datasets is not None else build_datasets(spec, config)
-    steps_per_epoch = len(train_set) // settings.batch_size
+    steps_per_epoch = len(train_set) // settings.global_batch
     if steps_per_epoch != settings.steps_per_epoch:
         raise DataError(
             f"the training data now gives {steps_per_epoch} batches per epoch, the run was made with {settings.steps_per_epoch}; "
             "resume with the same data, or start a new run"
         )
-    sampler = EpochBatches(len(train_set), settings.batch_size, settings.seed)
+    n_val = len(val_set)  # type: ignore[arg-type]
+    if n_val < ranks.world:
+        raise SetupError(f"{n_val} validation clips cannot be shared by {ranks.world} processes; use more")
+    sampler = EpochBatches(len(train_set), settings.batch_size, settings.seed, ranks.rank, ranks.world)  # type: ignore[arg-type]
     loader = loader_for(EpochClips(train_set), settings.batch_size, workers, device, batch_sampler=sampler)
-    val_loader = loader_for(val_set, max(settings.batch_size, 32), workers, device)
+    val_share = Subset(val_set, range(ranks.rank, n_val, ranks.world)) if ranks.distributed else val_set
+    val_loader = loader_for(val_share, max(settings.batch_size, 32), workers, device)
     if device.type == "cuda":
         configure_cuda(runtime.amp)
 
     # model and optimizer
     seed_everything(settings.seed)
-    net = STLight(config).to(device)
+    net = STLight(config).to(device)  # what is saved and validated
+    model: torch.nn.Module = net  # what trains: net itself, or net in DDP
+    if ranks.distributed:
+        distributed.sync_batchnorm(net, device)  # N processes × batch b normalise as one process × batch N·b
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
     scheduler = make_scheduler(optimizer, settings)
     autocast, amp_dtype = autocast_for(device, runtime.amp)
@@ -341,29 +414,38 @@ def train(
         if resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
         step, best_mse, last_metrics = resume["step"], resume.get("best_mse", math.inf), resume.get("metrics")
-        set_rng_states(resume["rng"], device)
+        set_rng_states(rng_of_rank(resume, ranks.rank), device)
         log(f"resumed {out / 'last.pt'} at step {step}/{settings.total_steps}")
-    net.train()
+    model.train()
 
-    def state(epoch_float: float) -> dict[str, Any]:
-        return {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "step": step,
-            "epoch": epoch_float,
-            "rng": rng_states(device),  # the data is a function of (seed, epoch, index): no loader state needed
-            "metrics": last_metrics,
-            "best_mse": best_mse,
-            "preset": settings.preset,
-            "dataset": settings.dataset,
-            "run": dataclasses.asdict(settings),
-            "data": dataclasses.asdict(spec),
-        }
+    def save(name: str) -> None:
+        """Every process calls this (their RNG states are gathered); rank 0 writes."""
+        rng = rng_states(device)  # the data is a function of (seed, epoch, index): no loader state needed
+        per_rank = distributed.gather(rng) if ranks.distributed else None
+        if not ranks.main:
+            return
+        save_checkpoint(
+            out / name,
+            net,
+            config,
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            scaler=scaler.state_dict() if scaler.is_enabled() else None,
+            step=step,
+            epoch=step / steps_per_epoch,
+            rng=rng,
+            rng_ranks=per_rank,
+            metrics=last_metrics,
+            best_mse=best_mse,
+            preset=settings.preset,
+            dataset=settings.dataset,
+            run=dataclasses.asdict(settings),
+            data=dataclasses.asdict(spec),
+        )
 
     def validate() -> None:
         nonlocal best_mse, last_metrics
-        metrics, (inp, truth, pred) = evaluate(net, val_loader, device)
+        metrics, (inp, truth, pred) = evaluate(net, val_loader, device)  # reduced over processes
         last_metrics = {
             "step": step,
             "epoch": round(step / steps_per_epoch, 4),
@@ -371,16 +453,17 @@ def train(
             "train_loss": window_loss(),
             **metrics,
         }
-        with open(out / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(last_metrics) + "\n")
-        save_strip(out / f"val_step{step:07d}.png", inp, truth, pred, scale=2 if config.height <= 64 else 1)
+        if ranks.main:
+            with open(out / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(last_metrics) + "\n")
+            save_strip(out / f"val_step{step:07d}.png", inp, truth, pred, scale=2 if config.height <= 64 else 1)
         log(
             f"step {step}: val mse {metrics['mse']:.2f}  mae {metrics['mae']:.2f}  ssim {metrics['ssim']:.4f}  psnr "
             f"{metrics['psnr']:.2f}"
         )
         if metrics["mse"] < best_mse:
             best_mse = metrics["mse"]
-            save_checkpoint(out / "best.pt", net, config, **state(step / steps_per_epoch))
+            save("best.pt")
 
     # the loss stays on the device between reads (see LOSS_READ_EVERY)
     pending = torch.zeros((), device=device)
@@ -390,6 +473,9 @@ def train(
         nonlocal pending_steps, window_sum, window_steps, ema
         if not pending_steps:
             return
+        if ranks.distributed:  # the mean over processes: the loss of the global batch, and one verdict on NaN
+            dist.all_reduce(pending)
+            pending.div_(ranks.world)
         total = float(pending.item())
         if not math.isfinite(total):
             raise FloatingPointError(f"loss became {total} by step {step}; lower --lr")
@@ -416,7 +502,7 @@ def train(
         initial=step,
         desc="train",
         unit="step",
-        disable=not runtime.progress,
+        disable=not (runtime.progress and ranks.main),
         mininterval=0.5 if interactive else 30,
         dynamic_ncols=True,
     )
@@ -427,7 +513,7 @@ def train(
         for inputs, targets in loader:
             inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             with autocast:
-                loss = F.mse_loss(net(inputs).float(), targets)
+                loss = F.mse_loss(model(inputs).float(), targets)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -439,12 +525,12 @@ def train(
             bar.update(1)
             if step % LOSS_READ_EVERY == 0 or step >= end_step:
                 read_loss()
-                rate = (step - start_step) * settings.batch_size / (time.perf_counter() - started)
+                rate = (step - start_step) * settings.global_batch / (time.perf_counter() - started)
                 bar.set_postfix(loss=f"{ema:.5f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", samples_s=f"{rate:.1f}", refresh=False)
             if runtime.val_every and step % runtime.val_every == 0:
                 validate()
                 validated_at = step
-                save_checkpoint(out / "last.pt", net, config, **state(step / steps_per_epoch))
+                save("last.pt")
             if step >= end_step:
                 break
         if step % steps_per_epoch == 0 and validated_at != step:  # an epoch ended
@@ -452,13 +538,13 @@ def train(
                 validate()
                 validated_at = step
             read_loss()  # a NaN stops the run before it reaches a checkpoint
-            save_checkpoint(out / "last.pt", net, config, **state(step / steps_per_epoch))
+            save("last.pt")
     bar.close()
     read_loss()
     loop_seconds = time.perf_counter() - started  # training only: before the final validation
     if validated_at != step:
         validate()
-    save_checkpoint(out / "last.pt", net, config, **state(step / steps_per_epoch))
+    save("last.pt")
     elapsed = time.perf_counter() - started
     return {
         "step": step,
@@ -468,7 +554,7 @@ def train(
         "metrics": last_metrics,
         "params": count_params(net),
         "seconds": elapsed,
-        "samples_per_s": (step - start_step) * settings.batch_size / elapsed if elapsed > 0 else None,
+        "samples_per_s": (step - start_step) * settings.global_batch / elapsed if elapsed > 0 else None,
         "loop_seconds": loop_seconds,
         "out": str(out),
     }
