@@ -27,6 +27,8 @@ from service.engine import CPU, Engine, EngineError
 from service.metrics import ServiceMetrics
 from service.openapi import PREDICT_OPENAPI, PREDICT_RESPONSES, problem_doc
 from service.problems import BodyLimitMiddleware, Problem, register_problem_handlers
+from service.request_id import RequestIdMiddleware, annotate
+from service.security import ApiKeyMiddleware, KeyStore, document_keys, key_store
 from service.settings import DEFAULT_MODEL, ServeSettings
 
 log = logging.getLogger("stlight.service")
@@ -262,9 +264,9 @@ def _decode_video(data: bytes, engine: Engine, settings: ServeSettings, options:
     )
 
 
-def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI:
-    """The service. Pass a loaded ``engine`` to skip loading in the lifespan (the CLI loads it
-    first so that start-up errors are plain messages)."""
+def create_app(settings: ServeSettings, engine: Engine | None = None, keys: KeyStore | None = None) -> FastAPI:
+    """The service. Pass a loaded ``engine`` to skip loading in the lifespan, and the API ``keys``
+    read from ``settings`` (the CLI does both first so that start-up errors are plain messages)."""
     service = ServiceState(settings)
 
     @asynccontextmanager
@@ -309,8 +311,13 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     register_problem_handlers(app)
     app.add_exception_handler(ClientGone, _client_gone)
     app.add_exception_handler(ClientDisconnect, _client_gone)  # gone while the body was streaming in
+    # the last added runs first: request id -> metrics -> API key (before any body is read) -> body limit
+    keys = keys if keys is not None else key_store(settings)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, store=keys, metrics_auth=settings.metrics_auth)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
+    app.add_middleware(RequestIdMiddleware, log_requests=settings.access_log)
+    document_keys(app, keys, settings.metrics_auth)
 
     @app.post(
         "/predict",
@@ -345,6 +352,7 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
         animated GIF or an MP4 / WebM video."""
         engine, batcher = ready.engine, ready.batcher
         assert engine is not None and batcher is not None
+        annotate(model=engine.name)  # for the access log line
         request_type = codecs.media_type(request.headers.get("content-type"))
         if request_type not in codecs.REQUEST_TYPES:
             got = f"Content-Type {request_type!r}" if request_type else "no Content-Type"
@@ -360,6 +368,7 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
             )
         answer_type = codecs.choose_answer_type(request.headers.get("accept"), request_type)
         clips = await _read_clips(request, request_type, engine, ready.settings, options)
+        annotate(batch=len(clips.frames))
         codecs.check_answerable(answer_type, engine.spec.channels, len(clips.frames), clips.batched)
 
         async def step(window: Any) -> Any:  # each rollout step queues through the batcher like any request

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import email.utils
 import io
+import os
 import random
 import threading
 import time
@@ -38,6 +39,7 @@ RETRY_STATUSES = (502, 503)
 # re-sending is safe
 RETRY_ERRORS = (httpx.NetworkError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 MAX_RETRY_AFTER_S = 60.0  # a Retry-After beyond this is capped (a bad header must not hang a script)
+API_KEY_ENV = "STLIGHT_API_KEY"  # the key a client sends when none is passed (as OPENAI_API_KEY does)
 
 
 class ServiceError(Exception):
@@ -72,7 +74,8 @@ class Client:
     ``retries`` more attempts after a 503, a 502 or a connection error, waiting ``Retry-After`` when the
     server sends it, else ``backoff_s`` doubling up to ``max_backoff_s`` (with jitter). Arrays of
     more than ``batch_size`` clips go out as ``batch_size`` requests, at most ``concurrency`` in
-    flight. Thread-safe: several threads may share one client."""
+    flight. ``api_key`` (default: ``$STLIGHT_API_KEY``) is sent as ``Authorization: Bearer``.
+    Thread-safe: several threads may share one client."""
 
     def __init__(
         self,
@@ -85,6 +88,7 @@ class Client:
         max_backoff_s: float = 8.0,
         batch_size: int = 8,
         concurrency: int = 4,
+        api_key: str | None = None,
     ) -> None:
         if retries < 0 or batch_size < 1 or concurrency < 1 or backoff_s < 0:
             raise ValueError(
@@ -96,6 +100,9 @@ class Client:
         self.batch_size, self.concurrency = batch_size, concurrency
         limits = httpx.Limits(max_connections=max(concurrency, 10), max_keepalive_connections=max(concurrency, 10))
         self._http = client or httpx.Client(timeout=timeout, limits=limits)
+        api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        # per request, not on the httpx client: a client passed in keeps its own headers
+        self._auth = {"Authorization": f"Bearer {api_key.strip()}"} if api_key and api_key.strip() else {}
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self.retried: Counter[str] = Counter()  # "503" / "502" / "connection": retries made, for logs and tests
@@ -171,10 +178,11 @@ class Client:
     # transport -----------------------------------------------------------------------
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One request with retries on 502/503 and connection errors; raises :class:`ServiceError`."""
+        headers = {**self._auth, **kwargs.pop("headers", {})}
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
-                response = self._http.request(method, f"{self.url}{path}", **kwargs)
+                response = self._http.request(method, f"{self.url}{path}", headers=headers, **kwargs)
             except RETRY_ERRORS as exc:
                 if last:
                     raise ServiceUnreachable(

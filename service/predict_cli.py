@@ -128,6 +128,12 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         choices=("auto", "cpu", "cuda"),
         help="local mode: auto (CUDA when it really loads, else CPU; the default), cpu, or cuda (fail unless CUDA loads)",
     )
+    parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="with --url: the key of a service started with API keys, sent as 'Authorization: Bearer KEY' "
+        "(default: $STLIGHT_API_KEY, which other users of this host cannot read from the process list)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (the summary is still printed)")
     parser.set_defaults(handler=run_predict)
 
@@ -149,6 +155,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(
             "--concurrency applies to --url; local mode runs one batch at a time on every CPU core (use --batch-size)"
         )
+    elif args.api_key is not None:
+        raise UserError("--api-key applies to --url; local mode (--model) runs the file in this process")
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} exists and is not a folder")
     if args.stride is not None and not args.windows:
@@ -187,12 +195,13 @@ def _remote(args: argparse.Namespace):  # -> Client
     from service.client import Client, ServiceError
 
     concurrency = args.concurrency or DEFAULT_CONCURRENCY
-    client = Client(args.url, batch_size=args.batch_size, concurrency=concurrency)
+    client = Client(args.url, batch_size=args.batch_size, concurrency=concurrency, api_key=args.api_key)
     try:
         client.spec  # noqa: B018 - asks /v1/model once, with retries: a wrong URL fails here, as one line
     except ServiceError as exc:
         client.close()
-        raise UserError(f"cannot use the service at {args.url}: {exc}") from None
+        hint = " (pass --api-key or set STLIGHT_API_KEY)" if exc.status == 401 else ""
+        raise UserError(f"cannot use the service at {args.url}: {exc}{hint}") from None
     except (KeyError, TypeError, ValueError) as exc:
         client.close()
         raise UserError(

@@ -15,6 +15,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.request_id import HEADER as REQUEST_ID_HEADER
+from service.request_id import current_request_id
+
 log = logging.getLogger("stlight.service")
 
 MEDIA_TYPE = "application/problem+json"
@@ -68,6 +71,12 @@ def problem_response(
         "detail": detail,
         **extra,
     }
+    request_id = current_request_id()
+    if request_id is not None:
+        # instance names this occurrence (RFC 9457); the header is set here too because the 500
+        # handler's answer bypasses the middleware that sets it on every other answer
+        body["instance"] = f"urn:stlight:request:{request_id}"
+        headers = {**(headers or {}), REQUEST_ID_HEADER: request_id}
     return JSONResponse(body, status_code=status, headers=headers, media_type=MEDIA_TYPE)
 
 

@@ -6,14 +6,16 @@ Imported to build the parser, so heavy imports (onnxruntime, fastapi) wait for t
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 
 from service.errors import UserError
 
 # flag -> settings field; flags default to None so only the ones given override the environment
-_FLAGS = ("model", "host", "port", "device", "max_batch_size", "max_delay_ms", "max_body_mb", "tf32", "cuda_graphs")
+_FLAGS = (
+    "model", "host", "port", "device", "max_batch_size", "max_delay_ms", "max_body_mb", "tf32", "cuda_graphs",
+    "api_key_file", "metrics_auth", "log_format", "access_log",
+)  # fmt: skip
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
@@ -26,8 +28,10 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
             "a flag given on the command line wins. Further settings only as variables: STLIGHT_QUEUE_SIZE (256), "
             "STLIGHT_REQUEST_TIMEOUT_S (30), STLIGHT_INTRA_OP_THREADS (0 = all CPUs), STLIGHT_INTER_OP_THREADS (1), "
             "STLIGHT_WARMUP_RUNS (2), STLIGHT_ORT_SPINNING (run: ONNX Runtime's threads spin within a run, not "
-            "between runs; on; off). A process whose warm-up fails or whose GPU hits a sticky CUDA error exits "
-            "with status 1 so its orchestrator replaces it."
+            "between runs; on; off), STLIGHT_API_KEYS (comma-separated API keys), STLIGHT_DRAIN_TIMEOUT_S (30: on "
+            "SIGTERM, how long requests already received may take before they are cancelled). A process whose warm-up "
+            "fails or whose GPU hits a sticky CUDA error exits with status 1 so its orchestrator replaces it. See "
+            "docs/operations.md for keys, request ids, logs and draining."
         ),
     )
     parser.add_argument(
@@ -77,6 +81,32 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         "for small models) [STLIGHT_CUDA_GRAPHS]",
     )
     parser.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="API keys, one a line (# comments); re-read on SIGHUP or when the file changes. With it or STLIGHT_API_KEYS, "
+        "every route but /healthz, /readyz, /v2/health/* (and the page and docs) needs 'Authorization: Bearer KEY' or "
+        "'X-API-Key: KEY' [STLIGHT_API_KEY_FILE]",
+    )
+    parser.add_argument(
+        "--metrics-auth",
+        action="store_const",
+        const=True,
+        help="/metrics needs an API key too (default: open to scrapers, like the probes) [STLIGHT_METRICS_AUTH]",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="text lines (the default) or one JSON object per line with time, level, request_id, route, status, "
+        "duration_ms, model, batch; uvicorn's lines follow it [STLIGHT_LOG_FORMAT]",
+    )
+    parser.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_const",
+        const=False,
+        help="no log line per request (default: one, with its request id) [STLIGHT_ACCESS_LOG=false]",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log verbosity (default info)"
     )
     parser.set_defaults(handler=run_serve)
@@ -98,20 +128,37 @@ def settings_from_args(args: argparse.Namespace):  # -> ServeSettings (imported 
 
 def run_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from service.logging_setup import configure
+
+    configure(settings.log_format, args.log_level)
     import uvicorn
 
     from service.app import create_app, load_engine
     from service.engine import EngineError
+    from service.security import KeyFileError, key_store, warn_if_open
 
+    try:
+        keys = key_store(settings)
+    except KeyFileError as exc:
+        raise UserError(str(exc)) from None
+    warn_if_open(settings.host, keys)
     try:
         engine = load_engine(settings)  # before uvicorn starts, so a bad model or --device cuda fails as one line
     except EngineError as exc:
         raise UserError(str(exc)) from None
-    app = create_app(settings, engine=engine)
-    # uvicorn handles SIGTERM/SIGINT: stop accepting, finish in-flight requests, run the lifespan shutdown
+    app = create_app(settings, engine=engine, keys=keys)
+    # Drain: on SIGTERM/SIGINT uvicorn closes the listening socket (new connections are refused),
+    # lets every request already received finish (in flight or queued for the batcher) for up to
+    # drain_timeout_s, then runs the lifespan shutdown. log_config=None: our handler formats
+    # uvicorn's lines too; access_log=False: service.request_id writes a richer line per request.
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=30, access_log=False
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        log_config=None,
+        timeout_graceful_shutdown=settings.drain_timeout_s,
+        access_log=False,
     )
     server = uvicorn.Server(config)
     service = app.state.service

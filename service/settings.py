@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default.onnx"
@@ -51,6 +51,13 @@ class ServeSettings(BaseSettings):
     warmup_runs: int = Field(2, ge=0, description="session.run calls at each batch-size bucket before /readyz says ready")
     max_video_frames: int = Field(10_000, ge=1, description="most frames decoded from one video body (422 beyond)")
     max_horizon: int = Field(1000, ge=1, description="largest ?horizon= (frames predicted by rollout; 422 beyond)")
+    # operations (service.security, service.request_id, service.logging_setup; docs/operations.md)
+    api_keys: SecretStr = Field(SecretStr(""), description="comma-separated keys; any set: routes but the probes need one")
+    api_key_file: Path | None = Field(None, description="file of keys, one a line; re-read on SIGHUP or when it changes")
+    metrics_auth: bool = Field(False, description="/metrics needs a key too (default: open, like the probes)")
+    log_format: Literal["text", "json"] = Field("text", description="text lines, or one JSON object per line")
+    access_log: bool = Field(True, description="one log line per request (id, route, status, duration, model, batch)")
+    drain_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, how long requests already received may take")
 
     @property
     def max_body_bytes(self) -> int:
