@@ -1,0 +1,478 @@
+"""Soak test of ``stlight serve``: hours-long health in minutes. A real server (API keys on, JSON
+logs) under ``--concurrency`` clients for ``--duration`` seconds, mixing good requests of every
+body format and answer type with bad ones — wrong shapes, corrupt files, oversize bodies (declared
+and streamed), missing or wrong keys, clients that hang up mid-body or before their answer, slow
+bodies. The server's RSS, open file descriptors and threads are sampled every few seconds.
+
+    python benchmarks/soak.py                             # 10 minutes, the shipped default model
+    python benchmarks/soak.py --duration 60 --model m.onnx
+
+Prints requests served, the 5xx count (must be 0), outcomes by class (unexpected ones are
+errors), and RSS / FD / thread growth from minute 1 to the end. Exit status 1 on any 5xx, any
+unexpected outcome, any wrong answer or a traceback in the server log. Good answers are checked
+against in-process ONNX Runtime on the same file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import random
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO / "service" / "assets" / "default.onnx"
+EXAMPLES = REPO / "service" / "assets" / "examples"
+NPY, JSON, ZIP, GIF = "application/x-npy", "application/json", "application/zip", "image/gif"
+BODY_LIMIT_MB = 1  # the server's --max-body-mb: oversize bodies stay cheap to send
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX file to serve (default: the shipped model)")
+    parser.add_argument("--duration", type=float, default=600, help="seconds of load (default 600 = 10 min)")
+    parser.add_argument("--concurrency", type=int, default=32, help="clients sending back to back (default 32)")
+    parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between RSS/FD/thread samples (default 5)")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cuda", "cpu"), help="server device (default cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the request mix (default 0)")
+    parser.add_argument("--log", type=Path, help="keep the server's log here (default: a temporary file)")
+    parser.add_argument("--json-out", type=Path, help="also write the figures as JSON to this file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args()
+    if args.duration <= 0 or args.concurrency < 1 or args.sample_every <= 0:
+        parser.error("--duration and --sample-every must be > 0 and --concurrency >= 1")
+    if not args.model.is_file():
+        parser.error(f"--model {args.model} does not exist")
+    return args
+
+
+# ---------------------------------------------------------------------------------------
+# the request mix: every body built once, before the clock starts
+# ---------------------------------------------------------------------------------------
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def image_bytes(frame: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def multipart(frames: list[tuple[str, bytes, str]]) -> tuple[bytes, str]:
+    """A multipart/form-data body of ``frames`` parts, and its Content-Type."""
+    boundary = secrets.token_hex(16)
+    disposition = 'Content-Disposition: form-data; name="frames"; filename='
+    parts = [
+        f'--{boundary}\r\n{disposition}"{name}"\r\nContent-Type: {kind}\r\n\r\n'.encode() + data + b"\r\n"
+        for name, data, kind in frames
+    ]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+@dataclass
+class Kind:
+    """One class of request: how to send it and which answers are right."""
+
+    name: str
+    weight: float
+    expect: tuple[int, ...]  # acceptable statuses; () for a client that hangs up (no answer read)
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    # "" (sent by httpx), or a socket scenario: declared-oversize, streamed-oversize,
+    # hang-up-mid-body, hang-up-before-answer, slow-body
+    raw: str = ""
+    check: Callable[[httpx.Response], str] | None = None  # "" when the answer is right, else why not
+    # errors that are the client's own doing: data still in flight when the server, having
+    # answered 413 and closed, resets the connection can take the unread answer with it (TCP)
+    tolerate: tuple[str, ...] = ()
+
+
+def build_kinds(model: Path) -> list[Kind]:
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    clips = np.stack([np.load(p) for p in sorted(EXAMPLES.glob("clip*.npy"))])  # (3, T, C, H, W) uint8, real digits
+    t, c, h, w = clips.shape[1:]
+    run = lambda x: session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]  # noqa: E731
+
+    def npy_answer(expected: np.ndarray) -> Callable[[httpx.Response], str]:
+        def check(response: httpx.Response) -> str:
+            got = np.load(io.BytesIO(response.content), allow_pickle=False)
+            if got.shape != expected.shape:
+                return f"shape {got.shape} != {expected.shape}"
+            error = float(np.abs(got - expected).max())
+            return "" if error <= 1e-4 else f"max error {error:.2e}"
+
+        return check
+
+    def json_answer(expected: np.ndarray) -> Callable[[httpx.Response], str]:
+        def check(response: httpx.Response) -> str:
+            got = np.asarray(response.json()["frames"], np.float32)
+            error = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
+            return "" if error <= 1e-4 else f"shape {got.shape} or max error {error:.2e}"
+
+        return check
+
+    def zip_answer(frames: int) -> Callable[[httpx.Response], str]:
+        def check(response: httpx.Response) -> str:
+            with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+                n = len(archive.namelist())
+            return "" if n == frames else f"{n} PNGs, expected {frames}"
+
+        return check
+
+    def gif_answer(frames: int) -> Callable[[httpx.Response], str]:
+        def check(response: httpx.Response) -> str:
+            n = Image.open(io.BytesIO(response.content)).n_frames
+            return "" if n == frames else f"{n} GIF frames, expected {frames}"
+
+        return check
+
+    one = clips[0]
+    floats = (clips[2] / 255.0).astype(np.float32)
+    out_frames = run(one[None] / 255.0).shape[1]
+    want_one, want_floats = run(one[None] / 255.0)[0], run(floats[None])[0]
+    png_parts, png_type = multipart([(f"f{i}.png", image_bytes(one[i, 0], "PNG"), "image/png") for i in range(t)])
+    jpeg_frames = [image_bytes(clips[1][i, 0], "JPEG") for i in range(t)]
+    jpeg_parts, jpeg_type = multipart([(f"f{i}.jpg", f, "image/jpeg") for i, f in enumerate(jpeg_frames)])
+    corrupt_png, corrupt_type = multipart(
+        [(f"f{i}.png", image_bytes(one[i, 0], "PNG")[: 40 if i == 3 else None], "image/png") for i in range(t)]
+    )
+    ok = (200,)
+    return [
+        # good: every body format, every answer type
+        Kind("npy uint8 -> npy", 10, ok, npy_bytes(one), {"Content-Type": NPY, "Accept": NPY}, check=npy_answer(want_one)),
+        Kind("npy float32 batch of 3 -> npy", 6, ok, npy_bytes((clips / 255.0).astype(np.float32)),
+             {"Content-Type": NPY, "Accept": NPY}, check=npy_answer(run(clips / 255.0))),
+        Kind("json float -> json", 4, ok, json.dumps({"frames": floats.tolist()}).encode(),
+             {"Content-Type": JSON}, check=json_answer(want_floats)),
+        Kind("json uint8 -> json", 4, ok, json.dumps({"frames": one.tolist(), "dtype": "uint8"}).encode(),
+             {"Content-Type": JSON}, check=json_answer(want_one)),
+        Kind("png parts -> zip", 5, ok, png_parts, {"Content-Type": png_type}, check=zip_answer(out_frames)),
+        Kind("jpeg parts -> gif", 4, ok, jpeg_parts, {"Content-Type": jpeg_type, "Accept": GIF},
+             check=gif_answer(t + out_frames)),
+        Kind("npy -> zip", 3, ok, npy_bytes(one), {"Content-Type": NPY, "Accept": ZIP}, check=zip_answer(out_frames)),
+        Kind("slow body (8 pieces, 0.25 s apart)", 2, ok, npy_bytes(one), {"Content-Type": NPY}, raw="slow-body"),
+        # bad: each must be a 4xx naming the problem, never a 5xx
+        Kind("wrong frame count", 3, (422,), npy_bytes(one[: t - 3]), {"Content-Type": NPY}),
+        Kind("wrong frame size", 3, (422,), npy_bytes(np.zeros((t, c, h // 2, w // 2), np.uint8)), {"Content-Type": NPY}),
+        Kind("floats out of range", 2, (422,), npy_bytes(clips[0].astype(np.float32)), {"Content-Type": NPY}),
+        Kind("truncated npy", 3, (400,), npy_bytes(one)[: len(npy_bytes(one)) // 2], {"Content-Type": NPY}),
+        Kind("corrupt png part", 3, (400,), corrupt_png, {"Content-Type": corrupt_type}),
+        Kind("broken json", 2, (400,), b'{"frames": [[[', {"Content-Type": JSON}),
+        Kind("unsupported content type", 2, (415,), b"hello", {"Content-Type": "text/plain"}),
+        Kind("no api key", 2, (401,), npy_bytes(one), {"Content-Type": NPY, "Authorization": ""}),
+        Kind("wrong api key", 2, (401,), npy_bytes(one), {"Content-Type": NPY, "Authorization": "Bearer not-the-key"}),
+        Kind("oversize, declared", 2, (413,), b"", {"Content-Type": NPY}, raw="declared-oversize"),
+        Kind("oversize, streamed", 2, (413,), b"", {"Content-Type": NPY}, raw="streamed-oversize",
+             tolerate=("ConnectionResetError", "BrokenPipeError", "IncompleteReadError")),
+        Kind("hang-up mid-body", 2, (), npy_bytes(one), {"Content-Type": NPY}, raw="hang-up-mid-body"),
+        Kind("hang-up before the answer", 2, (), npy_bytes(one), {"Content-Type": NPY}, raw="hang-up-before-answer"),
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------
+# raw-socket scenarios (what httpx will not do on purpose)
+# ---------------------------------------------------------------------------------------
+
+
+async def read_status(reader: asyncio.StreamReader, timeout: float = 120) -> int:
+    """The status code of the answer, reading its head and body (Content-Length) so the
+    connection ends cleanly."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    status = int(head.split(b" ", 2)[1])
+    length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+    if length:
+        await asyncio.wait_for(reader.readexactly(int(length.group(1))), timeout)
+    return status
+
+
+async def raw_request(url: str, kind: Kind, key: str) -> int | None:
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    limit = BODY_LIMIT_MB * 2**20
+    head = f"POST /predict HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nContent-Type: {NPY}\r\n"
+    try:
+        if kind.raw == "declared-oversize":
+            writer.write(f"{head}Content-Length: {limit + 1}\r\n\r\n".encode())
+            return await read_status(reader)
+        if kind.raw == "streamed-oversize":  # chunked, no length: refused once the limit is passed
+            writer.write(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())
+            chunk = b"%x\r\n" % 65536 + b"\0" * 65536 + b"\r\n"
+            answer = asyncio.ensure_future(read_status(reader))
+            for _ in range(4 * limit // 65536):
+                if answer.done():
+                    break
+                writer.write(chunk)
+                try:
+                    await writer.drain()
+                except ConnectionError:
+                    break
+            return await answer
+        body = kind.body
+        writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode())
+        if kind.raw == "hang-up-mid-body":
+            writer.write(body[: len(body) // 2])
+            await writer.drain()
+            await asyncio.sleep(random.uniform(0, 0.2))
+            return None
+        if kind.raw == "hang-up-before-answer":
+            writer.write(body)
+            await writer.drain()
+            await asyncio.sleep(random.uniform(0, 0.05))  # queued or running by now, sometimes answered
+            return None
+        if kind.raw == "slow-body":
+            piece = -(-len(body) // 8)
+            for start in range(0, len(body), piece):
+                writer.write(body[start : start + piece])
+                await writer.drain()
+                await asyncio.sleep(0.25)
+            return await read_status(reader)
+        raise ValueError(kind.raw)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+# ---------------------------------------------------------------------------------------
+# the server and its samples
+# ---------------------------------------------------------------------------------------
+
+
+def start_server(args: argparse.Namespace, key: str, log: Path) -> tuple[subprocess.Popen, str]:
+    command = [sys.executable, "-m", "service.cli", "serve", "--model", str(args.model), "--port", "0",
+               "--device", args.device, "--max-body-mb", str(BODY_LIMIT_MB), "--log-format", "json"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "STLIGHT_API_KEYS": key, "STLIGHT_REQUEST_TIMEOUT_S": "120"}
+    proc = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        found = re.search(r"Uvicorn running on (http://[\d.]+:\d+)", log.read_text(errors="replace"))
+        if found:
+            url = found.group(1)
+            while httpx.get(url + "/readyz").status_code != 200:
+                time.sleep(0.1)
+            return proc, url
+        if proc.poll() is not None:
+            raise SystemExit(f"the server failed to start:\n{log.read_text()}")
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"the server did not start within 180 s:\n{log.read_text()}")
+
+
+@dataclass
+class Sample:
+    t: float
+    rss_mb: float
+    fds: int
+    threads: int
+    served: int
+
+
+def sample(pid: int, t: float, served: int) -> Sample:
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss_kb = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    threads = int(re.search(r"Threads:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    return Sample(t, rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd")), threads, served)
+
+
+# ---------------------------------------------------------------------------------------
+# the soak
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    sent: Counter[str] = field(default_factory=Counter)
+    outcomes: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    unexpected: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    wrong: Counter[str] = field(default_factory=Counter)
+    five_xx: int = 0
+    answered: int = 0
+
+
+async def soak(args: argparse.Namespace, url: str, pid: int, kinds: list[Kind], key: str) -> tuple[Tally, list[Sample], float]:
+    tally, samples = Tally(), []
+    weights = [k.weight for k in kinds]
+    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+    began = time.monotonic()
+    stop_at = began + args.duration
+    bar = tqdm(total=int(args.duration), unit="s", disable=args.no_progress, desc="soak", dynamic_ncols=True)
+
+    async def one(http: httpx.AsyncClient, kind: Kind) -> None:
+        tally.sent[kind.name] += 1
+        try:
+            if kind.raw:
+                status = await raw_request(url, kind, key)
+                response = None
+            else:
+                headers = {"Authorization": f"Bearer {key}", **kind.headers}
+                headers = {k: v for k, v in headers.items() if v}  # "" removes the key
+                response = await http.post("/predict", content=kind.body, headers=headers)
+                status = response.status_code
+        except (httpx.HTTPError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+            outcome = f"{type(exc).__name__}"
+            tally.outcomes[kind.name][outcome] += 1
+            if kind.expect and outcome not in kind.tolerate:  # a request that expected an answer got none
+                tally.unexpected[kind.name][outcome] += 1
+            return
+        outcome = "no answer read" if status is None else str(status)
+        tally.outcomes[kind.name][outcome] += 1
+        if status is None:
+            return
+        tally.answered += 1
+        tally.five_xx += status >= 500
+        if status not in kind.expect:
+            tally.unexpected[kind.name][outcome] += 1
+        elif response is not None and kind.check is not None:
+            why = await asyncio.to_thread(kind.check, response)
+            if why:
+                tally.wrong[f"{kind.name}: {why}"] += 1
+
+    async def worker(http: httpx.AsyncClient, index: int) -> None:
+        local = random.Random(args.seed * 1000 + index)  # one generator per client: the mix does not depend on timing
+        while time.monotonic() < stop_at:
+            await one(http, local.choices(kinds, weights)[0])
+
+    async def sampler() -> None:
+        shown = 0
+        while True:
+            now = time.monotonic() - began
+            samples.append(sample(pid, now, tally.answered))
+            step = min(int(now), int(args.duration)) - shown
+            if step > 0:
+                bar.update(step)
+                shown += step
+            bar.set_postfix(
+                answered=tally.answered, five_xx=tally.five_xx, rss_mb=f"{samples[-1].rss_mb:.0f}", fds=samples[-1].fds
+            )
+            if now >= args.duration:
+                return
+            await asyncio.sleep(min(args.sample_every, max(0.0, args.duration - now)))
+
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+        sampling = asyncio.create_task(sampler())
+        await asyncio.gather(*(worker(http, i) for i in range(args.concurrency)))
+        await sampling
+    bar.close()
+    await asyncio.sleep(1.0)  # let the server finish with the last hang-ups before the final sample
+    samples.append(sample(pid, time.monotonic() - began, tally.answered))
+    return tally, samples, time.monotonic() - began
+
+
+def server_counts(url: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: Counter[str] = Counter()
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+        for s in family.samples:
+            if s.name == "stlight_requests_total":
+                counts[s.labels["status"]] += s.value
+            elif s.name == "stlight_dropped_requests_total":
+                counts[f"dropped {s.labels['reason']}"] += s.value
+    return dict(counts)
+
+
+def report(tally: Tally, samples: list[Sample], elapsed: float, server: dict[str, float], tracebacks: int, args) -> dict:
+    first = next((s for s in samples if s.t >= 60), samples[0])
+    last = samples[-1]
+    server_5xx = int(sum(v for k, v in server.items() if k[:1] == "5"))
+    print(f"\nsoak: {elapsed:.0f} s, {args.concurrency} clients, model {args.model.name} on --device {args.device}")
+    print(f"requests sent {sum(tally.sent.values()):,}; answered {tally.answered:,} ({tally.answered / elapsed:.1f}/s)")
+    print(f"5xx answers: {tally.five_xx} seen by clients, {server_5xx} counted by the server (must be 0)")
+    print(f"server log tracebacks: {tracebacks}")
+    print("\n| class | sent | outcomes | unexpected |\n|---|---|---|---|")
+    for kind, sent in sorted(tally.sent.items(), key=lambda kv: -kv[1]):
+        outcomes = ", ".join(f"{k} ×{v}" for k, v in tally.outcomes[kind].most_common())
+        unexpected = ", ".join(f"{k} ×{v}" for k, v in tally.unexpected[kind].most_common()) or "0"
+        print(f"| {kind} | {sent:,} | {outcomes} | {unexpected} |")
+    if tally.wrong:
+        print("\nwrong answers:", dict(tally.wrong))
+    print("\nserver metrics, requests by status:", {k: int(v) for k, v in sorted(server.items())})
+    print("\n| t (s) | RSS MiB | open FDs | threads | answered |\n|---|---|---|---|---|")
+    shown = [
+        s for i, s in enumerate(samples) if i == 0 or s is first or s is last or int(s.t // 60) != int(samples[i - 1].t // 60)
+    ]
+    for s in shown:
+        print(f"| {s.t:.0f} | {s.rss_mb:.1f} | {s.fds} | {s.threads} | {s.served:,} |")
+    growth = {
+        "rss_mb": (first.rss_mb, last.rss_mb),
+        "fds": (first.fds, last.fds),
+        "threads": (first.threads, last.threads),
+    }
+    print(f"\ngrowth from t={first.t:.0f} s to t={last.t:.0f} s:")
+    for name, (a, b) in growth.items():
+        print(f"  {name}: {a:.1f} -> {b:.1f} ({b - a:+.1f}, {100 * (b - a) / a:+.1f} %)")
+    return {
+        "elapsed_s": elapsed,
+        "concurrency": args.concurrency,
+        "sent": sum(tally.sent.values()),
+        "answered": tally.answered,
+        "five_xx_client": tally.five_xx,
+        "five_xx_server": server_5xx,
+        "tracebacks": tracebacks,
+        "unexpected": {k: dict(v) for k, v in tally.unexpected.items() if v},
+        "wrong": dict(tally.wrong),
+        "outcomes": {k: dict(v) for k, v in tally.outcomes.items()},
+        "server_statuses": server,
+        "growth": growth,
+        "samples": [s.__dict__ for s in samples],
+    }
+
+
+def main() -> int:
+    args = parse_args()
+    key = secrets.token_urlsafe(24)
+    print(f"building requests from {EXAMPLES} and references with in-process ONNX Runtime ...", file=sys.stderr)
+    kinds = build_kinds(args.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = args.log or Path(tmp) / "server.log"
+        proc, url = start_server(args, key, log)
+        try:
+            tally, samples, elapsed = asyncio.run(soak(args, url, proc.pid, kinds, key))
+            server = server_counts(url)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(60)
+        text = log.read_text(errors="replace")
+        tracebacks = text.count("Traceback")
+        figures = report(tally, samples, elapsed, server, tracebacks, args)
+        figures["exit_status"] = code
+        print(f"server exit status after SIGTERM: {code}")
+        if key in text:
+            print("the API key appears in the server log", file=sys.stderr)
+            return 1
+    if args.json_out:
+        args.json_out.write_text(json.dumps(figures, indent=1, default=str))
+    unexpected = any(tally.unexpected.values())
+    failed = figures["five_xx_client"] or figures["five_xx_server"] or tracebacks or unexpected or tally.wrong or code
+    print("FAIL" if failed else "PASS: no 5xx, every outcome as expected, every good answer right")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
