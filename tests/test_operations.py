@@ -125,6 +125,9 @@ def test_keys_guard_every_route_but_the_probes(keyed: Server) -> None:
         assert http.get("/readyz").status_code == 200
         assert http.get("/v2/health/live").status_code != 401  # open, whether or not the route exists yet
         assert http.get("/openapi.json").status_code == 200
+        for page in ("/", "/docs", "/redoc"):
+            assert http.get(page).status_code == 200, page
+        assert_401(http.get("/v1/examples"))  # what the page fetches from the API needs the key it sends
         # without a key, with a wrong one, on every kind of route
         assert_401(http.get("/v1/model"))
         assert_401(http.post("/predict", content=CLIP, headers={"Content-Type": NPY}))
