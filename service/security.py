@@ -28,17 +28,18 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import web
 from service.problems import problem_response
 from service.settings import ServeSettings
 
 log = logging.getLogger("stlight.security")
 
-# Open with keys set: the probes (a kubelet or load balancer has no key), the OpenAPI document
-# (Swagger UI at /docs fetches it without one; it describes the API and holds no data), and the
-# page and docs files a browser loads before a person can type a key (service.web lists them).
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
-PUBLIC_PREFIXES = ("/v2/health/",)
+# Open with keys set: the probes (a kubelet or load balancer has no key); the page, the docs and
+# their files under /static/ (service.web), which a browser loads before a person can type a key
+# into the page; and the OpenAPI document, which Swagger UI fetches without one. None holds data.
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/", "/favicon.ico", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+)
+PUBLIC_PREFIXES = ("/v2/health/", "/static/")
 METRICS_PATH = "/metrics"
 RECHECK_S = 1.0  # how often the key file's mtime/size/inode is looked at (on a request, not a timer)
 SHORT_KEY = 16  # shorter keys are accepted with a warning: they can be guessed
@@ -175,7 +176,7 @@ def presented_keys(scope: Scope) -> list[str]:
 
 
 def is_public(path: str, *, metrics_auth: bool) -> bool:
-    if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or web.is_public(path):
+    if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
         return True
     return path == METRICS_PATH and not metrics_auth
 

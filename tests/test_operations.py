@@ -125,7 +125,7 @@ def test_keys_guard_every_route_but_the_probes(keyed: Server) -> None:
         assert http.get("/readyz").status_code == 200
         assert http.get("/v2/health/live").status_code != 401  # open, whether or not the route exists yet
         assert http.get("/openapi.json").status_code == 200
-        for page in ("/", "/docs", "/redoc"):
+        for page in ("/", "/docs", "/redoc", "/static/web/page.js"):
             assert http.get(page).status_code == 200, page
         assert_401(http.get("/v1/examples"))  # what the page fetches from the API needs the key it sends
         # without a key, with a wrong one, on every kind of route
