@@ -465,33 +465,13 @@ def _train(
             best_mse = metrics["mse"]
             save("best.pt")
 
-    # the loss stays on the device between reads (see LOSS_READ_EVERY)
-    pending = torch.zeros((), device=device)
-    pending_steps, window_sum, window_steps, ema = 0, 0.0, 0, None
+    losses = LossMeter(device, ranks)
 
     def read_loss() -> None:
-        nonlocal pending_steps, window_sum, window_steps, ema
-        if not pending_steps:
-            return
-        if ranks.distributed:  # the mean over processes: the loss of the global batch, and one verdict on NaN
-            dist.all_reduce(pending)
-            pending.div_(ranks.world)
-        total = float(pending.item())
-        if not math.isfinite(total):
-            raise FloatingPointError(f"loss became {total} by step {step}; lower --lr")
-        mean = total / pending_steps
-        keep = 0.98**pending_steps  # the per-step EMA of the loss, applied to the window's mean
-        ema = mean if ema is None else keep * ema + (1 - keep) * mean
-        window_sum, window_steps = window_sum + total, window_steps + pending_steps
-        pending.zero_()
-        pending_steps = 0
+        losses.read(step)
 
     def window_loss() -> float | None:
-        nonlocal window_sum, window_steps
-        read_loss()
-        value = window_sum / window_steps if window_steps else None
-        window_sum, window_steps = 0.0, 0
-        return value
+        return losses.window_mean(step)
 
     # loop
     start_step, started = step, time.perf_counter()
@@ -520,13 +500,14 @@ def _train(
             scaler.update()
             scheduler.step()
             step += 1
-            pending.add_(loss.detach())
-            pending_steps += 1
+            losses.add(loss)
             bar.update(1)
             if step % LOSS_READ_EVERY == 0 or step >= end_step:
                 read_loss()
                 rate = (step - start_step) * settings.global_batch / (time.perf_counter() - started)
-                bar.set_postfix(loss=f"{ema:.5f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", samples_s=f"{rate:.1f}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{losses.ema:.5f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", samples_s=f"{rate:.1f}", refresh=False
+                )
             if runtime.val_every and step % runtime.val_every == 0:
                 validate()
                 validated_at = step
@@ -558,6 +539,46 @@ def _train(
         "loop_seconds": loop_seconds,
         "out": str(out),
     }
+
+
+class LossMeter:
+    """The training loss, summed on the device and read (a host sync) only when asked: every
+    ``LOSS_READ_EVERY`` steps, before a validation and before a checkpoint."""
+
+    def __init__(self, device: torch.device, ranks: Ranks) -> None:
+        self.ranks = ranks
+        self.pending = torch.zeros((), device=device)
+        self.pending_steps = 0
+        self.window_sum, self.window_steps = 0.0, 0  # read since the last validation
+        self.ema: float | None = None  # for the progress bar
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.pending.add_(loss.detach())  # queued on the device: no sync
+        self.pending_steps += 1
+
+    def read(self, step: int) -> None:
+        """Fetch the pending sum; raise FloatingPointError on NaN or infinity."""
+        if not self.pending_steps:
+            return
+        if self.ranks.distributed:  # the mean over processes: the loss of the global batch, and one verdict on NaN
+            dist.all_reduce(self.pending)
+            self.pending.div_(self.ranks.world)
+        total = float(self.pending.item())
+        if not math.isfinite(total):
+            raise FloatingPointError(f"loss became {total} by step {step}; lower --lr")
+        mean = total / self.pending_steps
+        keep = 0.98**self.pending_steps  # the per-step EMA of the loss, applied to the window's mean
+        self.ema = mean if self.ema is None else keep * self.ema + (1 - keep) * mean
+        self.window_sum, self.window_steps = self.window_sum + total, self.window_steps + self.pending_steps
+        self.pending.zero_()
+        self.pending_steps = 0
+
+    def window_mean(self, step: int) -> float | None:
+        """The mean loss per step since the last call (``metrics.jsonl``'s train_loss)."""
+        self.read(step)
+        value = self.window_sum / self.window_steps if self.window_steps else None
+        self.window_sum, self.window_steps = 0.0, 0
+        return value
 
 
 def load_resume(out: Path) -> dict[str, Any]:

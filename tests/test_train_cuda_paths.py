@@ -16,13 +16,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from model import train as train_module
 from model.config import preset
 from model.data import ClipArray, DataSpec, load_clip_file
 from model.train import (
     LOSS_READ_EVERY,
     EpochBatches,
     EpochClips,
+    LossMeter,
     RunSettings,
     Runtime,
     configure_cuda,
@@ -183,33 +183,22 @@ def test_nan_loss_is_caught_at_the_next_read_before_any_checkpoint(tmp_path: Pat
 
 
 def test_loss_is_read_from_the_device_every_n_steps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    reads = []
-    original = train_module.LOSS_READ_EVERY
-    assert original > 1
-    real_item = torch.Tensor.item
+    syncs = []
+    real_read = LossMeter.read
 
-    def item(self: torch.Tensor) -> Any:
-        if self.dim() == 0 and self.dtype == torch.float32 and not self.requires_grad and getattr(self, "_is_loss_sum", False):
-            reads.append(1)
-        return real_item(self)
+    def read(self: LossMeter, step: int) -> None:
+        if self.pending_steps:  # a read that fetches from the device
+            syncs.append(step)
+        real_read(self, step)
 
-    real_zeros = torch.zeros
-
-    def zeros(*args: Any, **kwargs: Any) -> torch.Tensor:
-        t = real_zeros(*args, **kwargs)
-        if args == ((),) or args == ():
-            t._is_loss_sum = True  # type: ignore[attr-defined]
-        return t
-
-    monkeypatch.setattr(torch.Tensor, "item", item)
-    monkeypatch.setattr(train_module.torch, "zeros", zeros)
+    monkeypatch.setattr(LossMeter, "read", read)
     config = preset("tiny").replace(dim=32, depth=2, in_frames=4, out_frames=1, height=16, width=16)
-    total = 2 * original + 3
+    total = 2 * LOSS_READ_EVERY + 3
     settings = RunSettings("npz", "tiny", 1e-3, "onecycle", 1e4, 2, total, total, 0, 0, 4, 0.1)
     runtime = Runtime(out=tmp_path, device="cpu", threads=1, progress=False)
     summary = train(settings, config, DataSpec("npz"), runtime, datasets=(PoisonedClips(2 * total), PoisonedClips(4)))
     assert summary["step"] == total and summary["metrics"]["train_loss"] > 0
-    assert len(reads) == 3  # at steps N, 2N and the last one, not once per step
+    assert syncs == [LOSS_READ_EVERY, 2 * LOSS_READ_EVERY, total]  # not once per step
 
 
 # ---------------------------------------------------------------------------------------
