@@ -172,7 +172,7 @@ def check_provider(provider: str) -> None:
         return
     import onnxruntime as ort
 
-    from service.engine import preload_cuda_libraries
+    from service.runtime import preload_cuda_libraries
 
     name = PROVIDERS[provider]
     if name not in ort.get_available_providers():
@@ -180,7 +180,7 @@ def check_provider(provider: str) -> None:
             f"--device cuda: this onnxruntime build has no {name} (available: {', '.join(ort.get_available_providers())}); "
             "install onnxruntime-gpu, or validate with --device cpu"
         )
-    preload_cuda_libraries()
+    preloaded = preload_cuda_libraries()  # lines for each library it could not load
     options = ort.SessionOptions()
     options.log_severity_level = 4
     sys.stderr.flush()
@@ -201,7 +201,7 @@ def check_provider(provider: str) -> None:
     if got == name:
         _USABLE.add(provider)
         return
-    reason = error or _reason(captured) or f"ONNX Runtime fell back to {got or 'nothing'}"
+    reason = error or _reason(captured) or "; ".join(preloaded) or f"ONNX Runtime fell back to {got or 'nothing'}"
     raise ProviderUnavailable(
         f"--device cuda: ONNX Runtime cannot use {name}: {' '.join(reason.split())}. Nothing was validated; "
         "install the CUDA libraries (pip install 'stlight[cuda]') and an NVIDIA driver, or validate with --device cpu"
