@@ -1,9 +1,12 @@
-"""Shared fixtures: paths to the repository, ../shared and its MNIST digits."""
+"""Shared fixtures: paths to the repository, ../shared and its MNIST digits, the tiny ONNX
+model and in-process ONNX Runtime on it (the reference the served answers are compared to)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,3 +36,20 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from export import export_preset
 
     return export_preset("tiny", tmp_path_factory.mktemp("onnx") / "tiny.onnx", seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits(mnist_dir: Path) -> np.ndarray:
+    """(N, 28, 28) uint8: the real MNIST digits of ``mnist_dir``."""
+    from model.data import load_mnist_digits
+
+    return load_mnist_digits(mnist_dir, download=False)
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_onnx: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """In-process ONNX Runtime on ``tiny_onnx``: (B, T, C, H, W) -> (B, T', C, H, W) float32."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    return lambda clips: session.run(None, {"frames": np.asarray(clips, np.float32)})[0]

@@ -1,8 +1,11 @@
-"""``stlight`` in a subprocess with torch blocked from import (the serving image has no torch),
-and a real ``stlight serve`` process on loopback; shared by the service and predict tests."""
+"""Helpers shared by the tests that run the product as users do: ``stlight`` in a subprocess
+with the ``train`` extra blocked from import (the serving image has none of it), a real
+``stlight serve`` process on loopback, and npy bodies."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import signal
@@ -10,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,13 +22,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 
-# prepended to code run with ``python -c``: any ``import torch`` in that process fails
+# prepended to code run with ``python -c``: torch and the exporter's packages fail to import
+# there exactly as where they are not installed
 NO_TORCH = """
 import importlib.abc, sys
 class _NoTorch(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"torch is blocked in this process (import of {name!r})")
+        if name.split(".")[0] in {"torch", "onnx", "onnxscript"}:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked in this process)", name=name)
         return None
 sys.meta_path.insert(0, _NoTorch())
 """
@@ -50,8 +55,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) 
     )
 
 
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(frames, 0, 1) * 255).astype(np.uint8)
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``numpy.save`` of ``array``, as a client sends it."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 class Server:
@@ -110,3 +122,17 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+@contextlib.contextmanager
+def running(log_path: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """``stlight serve ARGS``, listening and warmed up, for a fixture; afterwards it must stop
+    on SIGTERM with status 0 and no traceback in its log."""
+    srv = Server(log_path, *args, env=env)
+    try:
+        srv.wait_listening()
+        srv.wait_ready()
+        yield srv
+    finally:
+        code = srv.stop()
+    assert code == 0 and "Traceback" not in srv.text(), srv.text()

@@ -38,11 +38,6 @@ TINY = preset("tiny").replace(dim=32, depth=2, in_frames=4, out_frames=2)  # 6 f
 
 
 @pytest.fixture(scope="module")
-def digits(mnist_dir: Path) -> np.ndarray:
-    return load_mnist_digits(mnist_dir, download=False)
-
-
-@pytest.fixture(scope="module")
 def mnist_gz(mnist_dir: Path) -> Path:
     return next(mnist_dir.glob("*-images-idx3-ubyte.gz"))
 

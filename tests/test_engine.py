@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, RuntimeException
-from serving import Server
+from serving import Server, npy_bytes
 from starlette.testclient import TestClient
 
 from service.app import create_app
@@ -28,12 +28,6 @@ NPY = "application/x-npy"
 
 def clips(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, 10, 1, 64, 64), dtype=np.float32)
-
-
-def npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -176,10 +170,10 @@ def test_a_sticky_cuda_error_makes_the_service_not_ready_logs_once_and_asks_to_s
     client, stops = _serving(engine)
     with client, caplog.at_level(logging.INFO):
         _wait_ready(client)
-        assert client.post("/predict", content=npy(clips(1)), headers={"Content-Type": NPY}).status_code == 200
+        assert client.post("/predict", content=npy_bytes(clips(1)), headers={"Content-Type": NPY}).status_code == 200
         broken["now"] = True
         for _ in range(3):
-            answer = client.post("/predict", content=npy(clips(1)), headers={"Content-Type": NPY})
+            answer = client.post("/predict", content=npy_bytes(clips(1)), headers={"Content-Type": NPY})
             assert answer.status_code == 503 and answer.headers["retry-after"]
             assert answer.headers["content-type"].startswith("application/problem+json")
             assert "illegal memory access" in answer.json()["detail"]
@@ -204,11 +198,11 @@ def test_out_of_memory_answers_503_with_retry_after_and_keeps_serving() -> None:
     with client:
         _wait_ready(client)
         limit["clips"] = 0
-        answer = client.post("/predict", content=npy(clips(2)), headers={"Content-Type": NPY})
+        answer = client.post("/predict", content=npy_bytes(clips(2)), headers={"Content-Type": NPY})
         assert answer.status_code == 503 and int(answer.headers["retry-after"]) >= 1
         assert answer.json()["type"].endswith("out-of-memory") and "fewer clips" in answer.json()["detail"]
         limit["clips"] = 1  # a batch of 2 fails, its halves fit
-        ok = client.post("/predict", content=npy(clips(2)), headers={"Content-Type": NPY})
+        ok = client.post("/predict", content=npy_bytes(clips(2)), headers={"Content-Type": NPY})
         assert ok.status_code == 200 and np.load(io.BytesIO(ok.content)).shape == (2, 10, 1, 64, 64)
         assert client.get("/readyz").status_code == 200
     assert stops == []

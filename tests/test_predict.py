@@ -15,13 +15,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 from PIL import Image
-from serving import Server, free_port, run_cli, to_uint8
+from serving import Server, free_port, run_cli
 
 from service.cli import build_parser, main
 from service.client import Client, LocalClient, ServiceError, ServiceUnreachable
+from service.frames import to_uint8
 
 T, T_OUT = 10, 10  # the tiny preset: 10 -> 10 frames of 1 x 64 x 64
 
@@ -70,13 +70,6 @@ def clips(mnist_dir: Path) -> np.ndarray:
     digits = load_mnist_digits(mnist_dir, download=False)
     rng = np.random.default_rng(6)
     return np.stack([moving_mnist_clip(rng, digits, T + T_OUT) for _ in range(12)])[:, :, None]
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_onnx: Path):
-    """In-process ONNX Runtime: (B, T, C, H, W) float32 -> (B, T', C, H, W)."""
-    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {"frames": np.asarray(x, np.float32)})[0]
 
 
 @pytest.fixture(scope="module")

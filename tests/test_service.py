@@ -22,11 +22,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from serving import NO_TORCH, REPO, Server, run_cli, to_uint8
+from serving import NO_TORCH, REPO, Server, load_npy, npy_bytes, run_cli, running
+
+from service.frames import to_uint8
 
 NPY, JSON, ZIP, GIF, PROBLEM = "application/x-npy", "application/json", "application/zip", "image/gif", "application/problem+json"
 
@@ -37,16 +38,6 @@ NPY, JSON, ZIP, GIF, PROBLEM = "application/x-npy", "application/json", "applica
 
 def metric(values: dict, name: str, **labels: str) -> float:
     return values.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def load_npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def png_bytes(frame: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -87,39 +78,12 @@ def assert_problem(response: httpx.Response, status: int, *needles: str) -> dict
 
 
 @pytest.fixture(scope="module")
-def digits(mnist_dir: Path) -> np.ndarray:
-    from model.data import read_idx_images
-
-    return read_idx_images(next(mnist_dir.glob("*-images-idx3-ubyte*")))  # (N, 28, 28) uint8
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_onnx: Path):
-    """In-process ONNX Runtime on the served file: (B, T, C, H, W) float32 -> prediction."""
-    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
-    return lambda clips: session.run(None, {"frames": np.asarray(clips, np.float32)})[0]
-
-
-@pytest.fixture(scope="module")
 def server(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The tiny model, batching up to 8 clips, bodies up to 2 MiB."""
     log = tmp_path_factory.mktemp("serve") / "tiny.log"
-    srv = Server(
-        log,
-        "--model",
-        str(tiny_onnx),
-        "--max-batch-size",
-        "8",
-        "--max-delay-ms",
-        "20",
-        "--max-body-mb",
-        "2",
-        env={"STLIGHT_DEVICE": "cpu"},
-    )
-    srv.wait_listening()
-    srv.wait_ready()
-    yield srv
-    assert srv.stop() == 0, srv.text()
+    args = ("--model", str(tiny_onnx), "--max-batch-size", "8", "--max-delay-ms", "20", "--max-body-mb", "2")
+    with running(log, *args, env={"STLIGHT_DEVICE": "cpu"}) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 from PIL import Image
+from serving import npy_bytes
 
 from service import codecs
 from service.card import ClipSpec
@@ -113,12 +114,6 @@ def test_npy_and_json_answers_round_trip_exactly() -> None:
 SPEC = ClipSpec(in_frames=4, out_frames=4, channels=1, height=28, width=28)
 
 
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
 def _problem(call, *args) -> Problem:
     with pytest.raises(Problem) as caught:
         call(*args)
@@ -138,7 +133,7 @@ def _problem(call, *args) -> Problem:
     ],
 )
 def test_forged_npy_shapes_are_400_with_exact_sizes(shape: str, needle: str) -> None:
-    body = _npy(np.zeros((4, 1, 28, 28), np.uint8)).replace(b"(4, 1, 28, 28)", shape.encode(), 1)
+    body = npy_bytes(np.zeros((4, 1, 28, 28), np.uint8)).replace(b"(4, 1, 28, 28)", shape.encode(), 1)
     problem = _problem(codecs.decode_npy, body, SPEC)
     assert problem.status == 400 and needle in problem.detail, problem.detail
 
@@ -146,7 +141,7 @@ def test_forged_npy_shapes_are_400_with_exact_sizes(shape: str, needle: str) -> 
 def test_big_endian_floats_are_the_same_numbers(rgb_clip: np.ndarray) -> None:
     clip = (rgb_clip[:, :1] / 255.0).astype(np.float32)  # (4, 1, 28, 28) real digits
     for dtype in (">f2", ">f4", ">f8"):
-        decoded = codecs.decode_npy(_npy(clip.astype(dtype)), SPEC).frames
+        decoded = codecs.decode_npy(npy_bytes(clip.astype(dtype)), SPEC).frames
         np.testing.assert_array_equal(decoded[0], clip.astype(dtype).astype(np.float32), err_msg=dtype)
 
 

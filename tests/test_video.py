@@ -17,9 +17,8 @@ from pathlib import Path
 import av
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
-from serving import NO_TORCH, Server
+from serving import NO_TORCH, Server, running
 
 from service.client import Client, LocalClient, ServiceError
 
@@ -95,24 +94,11 @@ def videos(clips: np.ndarray) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_onnx: Path):
-    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {"frames": np.asarray(x, np.float32)})[0]
-
-
-@pytest.fixture(scope="module")
 def server(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("video-server") / "server.log"
-    srv = Server(
-        log, "--model", str(tiny_onnx), "--device", "cpu", env={"STLIGHT_MAX_VIDEO_FRAMES": "200", "STLIGHT_MAX_HORIZON": "60"}
-    )
-    try:
-        srv.wait_listening()
-        srv.wait_ready()
+    env = {"STLIGHT_MAX_VIDEO_FRAMES": "200", "STLIGHT_MAX_HORIZON": "60"}
+    with running(log, "--model", str(tiny_onnx), "--device", "cpu", env=env) as srv:
         yield srv
-    finally:
-        srv.stop()
-    assert "Traceback" not in srv.text(), srv.text()
 
 
 def post(server: Server, body: bytes, media_type: str, accept: str = NPY, **params: object) -> httpx.Response:

@@ -25,7 +25,9 @@ import numpy as np
 import pytest
 from browser import chromium, foreign, full_page_png, requested_urls, resize, unavailable
 from PIL import Image
-from serving import REPO, Server, to_uint8
+from serving import REPO, Server, npy_bytes, running
+
+from service.frames import to_uint8
 
 NPY, PROBLEM = "application/x-npy", "application/problem+json"
 EXAMPLES = REPO / "service" / "assets" / "examples"
@@ -42,13 +44,8 @@ needs_browser = pytest.mark.skipif(NO_BROWSER is not None, reason=f"no headless 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The shipped default model, served as a user would start it."""
-    srv = Server(tmp_path_factory.mktemp("web") / "server.log")
-    try:
-        srv.wait_listening()
-        srv.wait_ready()
+    with running(tmp_path_factory.mktemp("web") / "server.log") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +54,6 @@ def browser() -> Iterator[Any]:
         pytest.skip(f"no headless Chromium: {NO_BROWSER}")
     with chromium() as driver:
         yield driver
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def api_prediction(server: Server, body: bytes, content_type: str = NPY, query: str = "") -> np.ndarray:
