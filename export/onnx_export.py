@@ -111,6 +111,7 @@ def to_onnx(
             opset_version=opset,
             verbose=False,
         )
+    assert program is not None  # dynamo=True always returns the program (None is the legacy exporter's)
     proto = program.model_proto
     proto.producer_name = "stlight"
     proto.producer_version = __version__
@@ -137,6 +138,7 @@ def random_model(config: STLightConfig, seed: int = 0) -> STLight:
         for module in net.modules():
             if isinstance(module, nn.BatchNorm2d):
                 n = module.num_features
+                assert module.running_mean is not None and module.running_var is not None  # track_running_stats
                 module.weight.copy_(0.5 + torch.rand(n, generator=generator))
                 module.bias.copy_(0.1 * torch.randn(n, generator=generator))
                 module.running_mean.copy_(0.1 * torch.randn(n, generator=generator))

@@ -12,6 +12,7 @@ Checks, each with its worst error and tolerance:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -449,20 +450,20 @@ def validate(
 
     for kind in ("random", "blobs"):
         for batch in batches:
-            steps.append((f"{kind} b{batch}", lambda kind=kind, batch=batch: whole(kind, batch)))
+            steps.append((f"{kind} b{batch}", functools.partial(whole, kind, batch)))
     for i, node in enumerate(d2s):
         steps.append(
             (
                 f"DepthToSpace #{i}",
-                lambda node=node, i=i: _check_depth_to_space(node, i, shapes, config, opset, provider, seed + i),
+                functools.partial(_check_depth_to_space, node, i, shapes, config, opset, provider, seed + i),
             )
         )
     for i, node in enumerate(convs):
         steps.append(
             (
                 f"dilated Conv #{i}",
-                lambda node=node, i=i: _check_dilated_conv(
-                    node, i, shapes, inits, config, dilation, opset, provider, report.precision, seed + i
+                functools.partial(
+                    _check_dilated_conv, node, i, shapes, inits, config, dilation, opset, provider, report.precision, seed + i
                 ),
             )
         )

@@ -432,7 +432,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from model.checkpoint import build_model, read_checkpoint
-    from model.data import DataError, DataSpec, build_test_dataset
+    from model.data import DataError, DataSpec, build_test_dataset, clip_count
     from model.train import evaluate, resolve_device
 
     try:
@@ -467,7 +467,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{args.checkpoint} on {name} ({len(dataset)} clips)")
+    print(f"{args.checkpoint} on {name} ({clip_count(dataset)} clips)")
     print(f"mse   {metrics['mse']:.3f}   (sum over C·H·W, mean over clips and frames)")
     print(f"mae   {metrics['mae']:.3f}")
     print(f"ssim  {metrics['ssim']:.4f}")

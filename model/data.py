@@ -20,10 +20,10 @@ import functools
 import gzip
 import shutil
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -391,9 +391,10 @@ class FrameFolders(Dataset):
 
     def __init__(self, clip_dirs: Sequence[Path], config: STLightConfig) -> None:
         self.config = config
-        self.mode = IMAGE_MODES.get(config.channels)
-        if self.mode is None:
+        mode = IMAGE_MODES.get(config.channels)
+        if mode is None:
             raise DataError(f"image folders give 1 (grey) or 3 (RGB) channels; the model config has channels={config.channels}")
+        self.mode = mode
         self.clips = [sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for d in clip_dirs]
         self._check()
 
@@ -495,14 +496,15 @@ def data_shape(spec: DataSpec) -> dict[str, int] | None:
             return None  # check_clips explains
         _, t, c, h, w = clips.shape
         return {"frames": t, "channels": c, "height": h, "width": w}
-    if spec.name == "videos" and (spec.data_dir or spec.data_path):
+    root = spec.data_dir or spec.data_path
+    if spec.name == "videos" and root:
         from model.video_data import probe_shape
 
-        return probe_shape(spec.data_dir or spec.data_path or "", _resize(spec))
-    if spec.name == "frames" and (spec.data_dir or spec.data_path):
+        return probe_shape(root, _resize(spec))
+    if spec.name == "frames" and root:
         from PIL import Image
 
-        first = frame_clip_dirs(spec.data_dir or spec.data_path)[0]
+        first = frame_clip_dirs(root)[0]
         images = sorted(p for p in first.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise DataError(f"{first} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
@@ -608,3 +610,8 @@ def build_test_dataset(spec: DataSpec, config: STLightConfig) -> Dataset:
             raise DataError("--dataset videos needs --data-dir DIR holding video files (.mp4, .webm, .avi, .mkv, .gif, ...)")
         return _videos(spec, config, video_files(root))
     raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+
+
+def clip_count(dataset: Dataset) -> int:
+    """Clips in a dataset. Every dataset here has ``__len__``; torch's ``Dataset`` type does not declare it."""
+    return len(cast(Sized, dataset))

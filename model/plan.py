@@ -15,7 +15,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from model.config import STLightConfig, configure, preset
-from model.data import DataSpec, build_datasets, data_shape
+from model.data import DataSpec, build_datasets, clip_count, data_shape
 from model.train import DEFAULT_PRESET, TABLE2, RunSettings, load_resume
 from service.errors import UserError
 
@@ -138,11 +138,12 @@ def _new_run(request: TrainRequest) -> Plan:
     datasets = build_datasets(spec, config)
     defaults = TABLE2[request.dataset]
     batch_size = request.batch_size or defaults["batch_size"]
-    steps_per_epoch = len(datasets[0]) // (batch_size * request.processes)
+    steps_per_epoch = clip_count(datasets[0]) // (batch_size * request.processes)
     if steps_per_epoch == 0:
         per = f" × {request.processes} processes" if request.processes > 1 else ""
         raise UserError(
-            f"the training split has {len(datasets[0])} clips, fewer than --batch-size {batch_size}{per}; lower --batch-size"
+            f"the training split has {clip_count(datasets[0])} clips, fewer than --batch-size {batch_size}{per}; "
+            "lower --batch-size"
         )
     settings = RunSettings(
         dataset=request.dataset,

@@ -86,7 +86,8 @@ class STLight(nn.Module):
         for module in [*self.patch_encoder.modules(), *self.net.modules()]:
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         b, t, c, h, w = frames.shape

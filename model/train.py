@@ -31,7 +31,7 @@ from tqdm import tqdm
 from model import distributed
 from model.checkpoint import read_checkpoint, save_checkpoint
 from model.config import STLightConfig
-from model.data import DataError, DataSpec, build_datasets
+from model.data import DataError, DataSpec, build_datasets, clip_count
 from model.distributed import Ranks, ranks_from_env
 from model.metrics import MetricAccumulator
 from model.stlight import STLight, count_params
@@ -152,7 +152,7 @@ class EpochClips(Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return clip_count(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
@@ -314,7 +314,7 @@ def save_strip(path: Path, inputs: np.ndarray, truth: np.ndarray, pred: np.ndarr
             canvas[top : top + h, left : left + w] = frame_image(frame)
     image = Image.fromarray(canvas)
     if scale > 1:
-        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
@@ -379,16 +379,16 @@ def _train(
 
     # data: each process takes its slice of every global batch, and every world-th validation clip
     train_set, val_set = datasets if datasets is not None else build_datasets(spec, config)
-    steps_per_epoch = len(train_set) // settings.global_batch
+    steps_per_epoch = clip_count(train_set) // settings.global_batch
     if steps_per_epoch != settings.steps_per_epoch:
         raise DataError(
             f"the training data now gives {steps_per_epoch} batches per epoch, the run was made with {settings.steps_per_epoch}; "
             "resume with the same data, or start a new run"
         )
-    n_val = len(val_set)  # type: ignore[arg-type]
+    n_val = clip_count(val_set)
     if n_val < ranks.world:
         raise SetupError(f"{n_val} validation clips cannot be shared by {ranks.world} processes; use more")
-    sampler = EpochBatches(len(train_set), settings.batch_size, settings.seed, ranks.rank, ranks.world)  # type: ignore[arg-type]
+    sampler = EpochBatches(clip_count(train_set), settings.batch_size, settings.seed, ranks.rank, ranks.world)
     loader = loader_for(EpochClips(train_set), settings.batch_size, workers, device, batch_sampler=sampler)
     val_share = Subset(val_set, range(ranks.rank, n_val, ranks.world)) if ranks.distributed else val_set
     val_loader = loader_for(val_share, max(settings.batch_size, 32), workers, device)

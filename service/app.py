@@ -271,9 +271,10 @@ def create_app(settings: ServeSettings, engine: Engine | None = None, keys: KeyS
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service.engine = engine or await asyncio.to_thread(load_engine, settings)
+        loaded = engine if engine is not None else await asyncio.to_thread(load_engine, settings)
+        service.engine = loaded
         batcher = Batcher(
-            service.engine.run,
+            loaded.run,
             max_batch_size=settings.max_batch_size,
             max_delay_s=settings.max_delay_ms / 1000,
             queue_size=settings.queue_size,

@@ -23,9 +23,10 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -129,7 +130,9 @@ class Batcher:
         backlog_clips = (self.queue.qsize() + 1) * self.max_batch_size
         return max(1, math.ceil(backlog_clips * self._seconds_per_clip))
 
-    async def predict(self, clips: np.ndarray, client_gone: Callable[[], Awaitable[object]] | None = None) -> np.ndarray:
+    async def predict(
+        self, clips: np.ndarray, client_gone: Callable[[], Coroutine[Any, Any, object]] | None = None
+    ) -> np.ndarray:
         """(n, ...) -> the run's (n, ...) rows for these clips. Raises 503 when the queue is full
         or the device is lost, 504 on timeout, :class:`ClientGone` when ``client_gone()``
         completes first."""
@@ -149,7 +152,7 @@ class Batcher:
                 headers={"Retry-After": str(wait)},
             ) from None
         watcher = loop.create_task(client_gone()) if client_gone else None
-        waiting: set[asyncio.Future[object]] = {request.future} | ({watcher} if watcher else set())  # type: ignore[arg-type]
+        waiting: set[asyncio.Future[Any]] = {request.future, watcher} if watcher else {request.future}
         try:
             done, _ = await asyncio.wait(waiting, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -218,7 +221,8 @@ class Batcher:
         (a request may carry more clips), check the row count. Returns the rows and
         (clips, seconds) per run."""
         inputs = np.concatenate(parts) if len(parts) > 1 else parts[0]  # (sum n, ...): the one copy
-        outputs, runs = [], []
+        outputs: list[np.ndarray] = []
+        runs: list[tuple[int, float]] = []
         for start in range(0, len(inputs), self.max_batch_size):
             outputs.append(self._run_chunk(inputs[start : start + self.max_batch_size], runs))
         output = np.concatenate(outputs) if len(outputs) > 1 else outputs[0]

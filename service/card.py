@@ -51,7 +51,7 @@ class ClipSpec:
         return ClipSpec(*(getattr(self, name) for name in SHAPE_FIELDS))
 
     @classmethod
-    def shape_of(cls, data: dict[str, Any]) -> dict[str, int]:
+    def shape_of(cls, data: dict[str, Any]) -> dict[str, Any]:
         """The five shape fields of a mapping (a config dict, a ``/v1/model`` answer)."""
         return {name: int(data[name]) for name in SHAPE_FIELDS}
 
@@ -96,8 +96,11 @@ class ModelCard(ClipSpec):
             raise ValueError(
                 f"ONNX file has no STLight model card: missing metadata {', '.join(missing)} (export it with `stlight export`)"
             )
+
+        def get(key: str, default: str = "") -> str:
+            return metadata.get(PREFIX + key, default)
+
         try:
-            get = lambda k, default="": metadata.get(PREFIX + k, default)  # noqa: E731
             return cls(
                 config=json.loads(get("config")),
                 **ClipSpec.shape_of({name: get(name) for name in SHAPE_FIELDS}),

@@ -354,7 +354,7 @@ def encode_npy(prediction: np.ndarray) -> bytes:
     array = np.ascontiguousarray(prediction, dtype=np.float32)
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
-    return b"".join((header.getvalue(), array.reshape(-1).view(np.uint8)))
+    return b"".join((header.getvalue(), array.reshape(-1).view(np.uint8).data))
 
 
 def encode_json(prediction: np.ndarray) -> bytes:

@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.errors import UserError
+
+if TYPE_CHECKING:  # imported where used: building the parser must stay light
+    from service.client import Client, LocalClient
 
 DEFAULT_BATCH = 8
 DEFAULT_CONCURRENCY = 4
@@ -167,7 +171,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--horizon must be at least 1, got {args.horizon}")
 
 
-def _local(args: argparse.Namespace):  # -> LocalClient
+def _local(args: argparse.Namespace) -> LocalClient:
     from service.client import LocalClient
     from service.engine import CPU, CUDA, EngineError
     from service.settings import DEFAULT_MODEL
@@ -191,7 +195,7 @@ def _local(args: argparse.Namespace):  # -> LocalClient
     return client
 
 
-def _remote(args: argparse.Namespace):  # -> Client
+def _remote(args: argparse.Namespace) -> Client:
     from service.client import Client, ServiceError
 
     concurrency = args.concurrency or DEFAULT_CONCURRENCY
@@ -218,8 +222,12 @@ def run_predict(args: argparse.Namespace) -> int:
     sources, failures = discover(args.inputs, out)
     if not sources and not failures:
         raise UserError("no inputs found")
-    predictor = _remote(args) if args.url else _local(args)
-    where = args.url if args.url else f"{predictor.engine.path} on {predictor.provider}"
+    predictor: Client | LocalClient
+    if args.url:
+        predictor, where = _remote(args), args.url
+    else:
+        predictor = local = _local(args)
+        where = f"{local.engine.path} on {local.provider}"
     try:
         if (args.png or args.gif or args.video) and predictor.spec.channels not in (1, 3):
             raise UserError(f"--png/--gif/--video need 1- or 3-channel frames; this model predicts {predictor.spec.channels}")

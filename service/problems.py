@@ -99,7 +99,7 @@ async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
     elif exc.status_code == 405:
         allowed = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow", "?")
         detail = f"{request.method} is not allowed on {request.url.path!r}; allowed: {allowed}"
-    return problem_response(exc.status_code, detail, headers=exc.headers)
+    return problem_response(exc.status_code, detail, headers=dict(exc.headers or {}))
 
 
 async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:

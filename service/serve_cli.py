@@ -8,8 +8,12 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from service.errors import UserError
+
+if TYPE_CHECKING:  # imported where used: building the parser must stay light
+    from service.settings import ServeSettings
 
 # flag -> settings field; flags default to None so only the ones given override the environment
 _FLAGS = (
@@ -112,7 +116,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_serve)
 
 
-def settings_from_args(args: argparse.Namespace):  # -> ServeSettings (imported lazily)
+def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     """Environment first, then the flags that were given."""
     from pydantic import ValidationError
 

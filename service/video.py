@@ -101,7 +101,8 @@ def _open(source: bytes | str | Path) -> av.container.InputContainer:
     if isinstance(source, bytes | bytearray) and not source:
         raise VideoError(400, "undecodable-video", "the video is empty (0 bytes)")
     try:
-        return av.open(io.BytesIO(source) if isinstance(source, bytes | bytearray) else str(source), metadata_errors="ignore")
+        file = io.BytesIO(source) if isinstance(source, bytes | bytearray) else str(source)
+        return av.open(file, mode="r", metadata_errors="ignore")
     except av.error.FFmpegError as exc:
         raise VideoError(
             400,
@@ -119,7 +120,7 @@ def _reason(exc: Exception) -> str:
 
 def _stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
     if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        kinds: list[str] = sorted({s.type for s in container.streams}) or ["none"]
         raise VideoError(400, "no-video-stream", f"the file holds no video stream (streams: {', '.join(kinds)})")
     return container.streams.video[0]
 

@@ -158,7 +158,8 @@ def read_gif(path: Path, spec: ClipSpec, has_targets: bool) -> Clips:
                 raise InputError(
                     f"frames are {image.size[0]}x{image.size[1]} (W x H); the model expects {spec.width}x{spec.height}"
                 )
-            frames, durations = [], []
+            frames: list[np.ndarray] = []
+            durations: list[int] = []
             for frame in ImageSequence.Iterator(image):
                 if len(frames) > 4 * need:
                     break  # far too many already; the count check below says so

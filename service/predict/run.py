@@ -26,7 +26,8 @@ from service.scores import ScoreSums
 
 
 class Predictor(Protocol):
-    spec: ClipSpec
+    @property
+    def spec(self) -> ClipSpec: ...
 
     def predict(self, frames: np.ndarray) -> np.ndarray: ...
 
