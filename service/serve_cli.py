@@ -161,7 +161,8 @@ def run_serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=args.log_level,
         log_config=None,
-        timeout_graceful_shutdown=settings.drain_timeout_s,
+        # uvicorn waits with asyncio.wait_for, which takes float seconds; its annotation says int
+        timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]
         access_log=False,
     )
     server = uvicorn.Server(config)

@@ -33,7 +33,8 @@ class Predictor(Protocol):
 
 
 class HorizonClient(Protocol):
-    spec: ClipSpec
+    @property
+    def spec(self) -> ClipSpec: ...
 
     def predict(self, frames: np.ndarray, horizon: int | None = None) -> np.ndarray: ...
 
