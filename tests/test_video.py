@@ -29,6 +29,8 @@ FORMATS = {
     "mp4": ("mp4", "libx264", "yuv420p", "video/mp4", ".mp4"),
     "webm": ("webm", "libvpx-vp9", "yuv420p", "video/webm", ".webm"),
     "avi": ("avi", "mjpeg", "yuvj420p", "video/x-msvideo", ".avi"),
+    "mkv": ("matroska", "libx264", "yuv420p", "video/x-matroska", ".mkv"),
+    "mpeg4": ("avi", "mpeg4", "yuv420p", "video/x-msvideo", ".avi"),
     "gif": ("gif", "gif", "gray", "image/gif", ".gif"),
 }
 
@@ -339,7 +341,7 @@ def video_dir(clips: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Pa
     (root / "more").mkdir()
     names = ["a.mp4", "b.webm", "c.avi", "more/d.mp4", "more/e.webm"]
     for i, name in enumerate(names):
-        (root / name).write_bytes(make_video(np.roll(clips[i % len(clips)], i, axis=2), FORMATS[name.rsplit(".", 1)[1]][0]))
+        (root / name).write_bytes(make_video(np.roll(clips[i % len(clips)], i, axis=2), name.rsplit(".", 1)[1]))
     (root / ".hidden.mp4").write_bytes(b"not read")
     return root
 
