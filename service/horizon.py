@@ -34,21 +34,28 @@ def next_window(window: np.ndarray, prediction: np.ndarray) -> np.ndarray:
 
 def rollout(predict: Callable[[np.ndarray], np.ndarray], clips: np.ndarray, horizon: int, out_frames: int) -> np.ndarray:
     """(B, T, C, H, W) -> (B, horizon, C, H, W), ``predict`` mapping (B, T, ...) -> (B, T', ...)."""
-    window, outputs = clips, []
-    for _ in range(steps(horizon, out_frames)):
+    window, outputs, runs = clips, [], steps(horizon, out_frames)
+    for step in range(runs):
         prediction = predict(window)
         outputs.append(prediction)
-        window = next_window(window, prediction)
-    return np.concatenate(outputs, axis=1)[:, :horizon]
+        if step + 1 < runs:  # the one-run case (every plain request) copies nothing
+            window = next_window(window, prediction)
+    return _joined(outputs, horizon)
 
 
 async def rollout_async(
     predict: Callable[[np.ndarray], Awaitable[np.ndarray]], clips: np.ndarray, horizon: int, out_frames: int
 ) -> np.ndarray:
     """:func:`rollout` with an awaitable ``predict`` (the service's batcher)."""
-    window, outputs = clips, []
-    for _ in range(steps(horizon, out_frames)):
+    window, outputs, runs = clips, [], steps(horizon, out_frames)
+    for step in range(runs):
         prediction = await predict(window)
         outputs.append(prediction)
-        window = next_window(window, prediction)
-    return np.concatenate(outputs, axis=1)[:, :horizon]
+        if step + 1 < runs:
+            window = next_window(window, prediction)
+    return _joined(outputs, horizon)
+
+
+def _joined(outputs: list[np.ndarray], horizon: int) -> np.ndarray:
+    """The predictions of every step, (B, horizon, C, H, W); a view when there was one step."""
+    return (outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=1))[:, :horizon]
