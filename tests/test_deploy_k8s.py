@@ -9,7 +9,6 @@ Skipped when no ``kubectl`` is installed (``.ci/run`` installs Debian's ``kubern
 
 from __future__ import annotations
 
-import inspect
 import re
 import shutil
 import subprocess
@@ -65,12 +64,11 @@ def image_uid() -> int:
     return int(uid)
 
 
-def drain_seconds() -> int:
-    """How long ``stlight serve`` may take to finish in-flight requests after SIGTERM."""
-    from service import serve_cli
-
-    (seconds,) = re.findall(r"timeout_graceful_shutdown=(\d+)", inspect.getsource(serve_cli.run_serve))
-    return int(seconds)
+def drain_seconds(config: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> float:
+    """How long ``stlight serve`` with these STLIGHT_* settings lets requests finish after SIGTERM."""
+    for key, value in config.items():
+        monkeypatch.setenv(key, value)
+    return ServeSettings().drain_timeout_s
 
 
 def flag(argv: list[str], name: str) -> str:
@@ -280,12 +278,13 @@ def test_config_is_settings_the_server_knows(variant: tuple[str, list[Obj]], mon
     ServeSettings()  # every value valid
 
 
-def test_graceful_stop_fits_the_grace_period(variant: tuple[str, list[Obj]]) -> None:
+def test_graceful_stop_fits_the_grace_period(variant: tuple[str, list[Obj]], monkeypatch: pytest.MonkeyPatch) -> None:
     _, objects = variant
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     pre_stop = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep" and int(pre_stop[1]) >= 5  # endpoints removed before the drain starts
-    assert pod["terminationGracePeriodSeconds"] > int(pre_stop[1]) + drain_seconds()
+    drain = drain_seconds(one(objects, "ConfigMap")["data"], monkeypatch)
+    assert pod["terminationGracePeriodSeconds"] > int(pre_stop[1]) + drain
 
 
 def test_models_come_from_a_read_only_volume(variant: tuple[str, list[Obj]]) -> None:
