@@ -351,7 +351,7 @@ def _bad_requests(digits: np.ndarray) -> list[tuple[str, dict, int, tuple[str, .
         ("empty npy", {"content": b"", "headers": {"Content-Type": NPY}}, 400, ("empty",)),
         ("empty JSON", {"content": b"", "headers": {"Content-Type": JSON}}, 400, ("empty",)),
         ("unacceptable Accept", {**npy(clip), "headers": {"Content-Type": NPY, "Accept": "text/csv"}}, 406, ("text/csv", NPY)),
-        # found by fuzzing: the first two were 500s, the third a 200 that used one frame of the animation
+        # easy to get wrong: a shape past int64, an integer past any float, an animation where one frame is expected
         (
             "npy shape past int64",
             {"content": npy_bytes(clip).replace(b"(10, 1, 64, 64)", b"(%d,)" % 2**70), "headers": {"Content-Type": NPY}},
