@@ -8,10 +8,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from typing import Any
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from model.config import DATASETS, PRESETS, STLightConfig, configure
 from service.errors import UserError
+
+N = TypeVar("N", int, float)
 
 CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(STLightConfig))
 
@@ -128,34 +132,24 @@ _REQUEST_FLAGS = (
 )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _checked(convert: Callable[[str], N], what: str, ok: Callable[[N], bool]) -> Callable[[str], N]:
+    """An argparse ``type`` that converts, then checks; both failures name what was expected."""
+
+    def parse(text: str) -> N:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+_positive_int = _checked(int, "a positive integer", lambda v: v > 0)
+_non_negative_int = _checked(int, "an integer >= 0", lambda v: v >= 0)
+_positive_float = _checked(float, "a positive number", lambda v: v > 0 and math.isfinite(v))
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -426,7 +420,6 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    import math
     import os
 
     import torch
