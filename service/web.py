@@ -23,14 +23,10 @@ from service.problems import Problem
 ASSETS = Path(__file__).resolve().parent / "assets"
 WEB_DIR = ASSETS / "web"
 EXAMPLES_DIR = ASSETS / "examples"
+# under /static/, which API keys leave open (service.security): a browser loads these files
+# before a person can type a key into the page
 DOCS_STATIC_URL = "/static/docs"  # fastapi_offline's Swagger UI, ReDoc and favicon
 WEB_STATIC_URL = "/static/web"  # the page's script and style
-
-# What a browser loads before anyone can type an API key (the page is where the key is entered;
-# the docs only describe the API): service.security leaves these open. Everything the page then
-# asks the API for carries the key.
-PUBLIC_PATHS = frozenset({"/", "/favicon.ico", "/docs", "/docs/oauth2-redirect", "/redoc"})
-PUBLIC_PREFIXES = (WEB_STATIC_URL + "/", DOCS_STATIC_URL + "/")
 
 # The page's own files may come only from this server; the page talks to nothing else either.
 PAGE_CSP = (
@@ -42,11 +38,6 @@ PAGE_CSP = (
 # ReDoc's sidebar always shows a logo from cdn.redoc.ly (no option turns it off): images from
 # elsewhere are refused by the browser, so the page asks no other host and looks the same offline.
 REDOC_CSP = "img-src 'self' data: blob:"
-
-
-def is_public(path: str) -> bool:
-    """Whether ``path`` is a page or docs file that must load without an API key."""
-    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
 def favicon_path() -> Path:

@@ -29,6 +29,11 @@ from serving import REPO, Server, npy_bytes, running
 
 from service.frames import to_uint8
 
+try:
+    from selenium.webdriver.common.keys import Keys
+except ImportError:  # the browser tests skip, saying so
+    Keys = None
+
 NPY, PROBLEM = "application/x-npy", "application/problem+json"
 EXAMPLES = REPO / "service" / "assets" / "examples"
 ARTIFACTS = REPO / "test-artifacts" / "web"
@@ -398,15 +403,48 @@ def test_bad_file_shows_the_apis_detail(
 
 
 @needs_browser
-def test_keyboard_labels_and_narrow_screens(server: Server, browser: Any) -> None:
-    from selenium.webdriver.common.keys import Keys
+def test_api_keys_typed_into_the_page(browser: Any, tmp_path: Path) -> None:
+    key = "page-test-key-0123456789abcdef"
+    keyed = Server(tmp_path / "server.log", env={"STLIGHT_API_KEYS": key})
+    try:
+        keyed.wait_listening()
+        keyed.wait_ready()
+        open_page(browser, keyed)  # the page and its files load without a key
+        assert "needs an API key" in browser.find_element("id", "model-info").text
+        assert predict_and_wait(browser).startswith("401")
 
+        field = browser.find_element("id", "api-key")
+        field.send_keys("wrong-key-wrong-key-wrong")
+        shown = predict_and_wait(browser)
+        assert shown.startswith("401") and browser.switch_to.active_element == field
+        field.clear()
+        field.send_keys(key)
+        field.send_keys(Keys.TAB)  # leaving the field reloads the lists with the key
+        wait_for(browser, "document.getElementById('model-info').textContent.includes('on CPU')", what="the model list")
+        wait_for(browser, "document.getElementById('example').value === 'clip0'", what="the example list")
+        assert predict_and_wait(browser) == "ok"
+        body = (EXAMPLES / "clip0.npy").read_bytes()
+        answer = httpx.post(keyed.url + "/predict", content=body, headers={"Content-Type": NPY, "X-API-Key": key})
+        assert_shows(browser, np.load(EXAMPLES / "clip0.npy"), np.load(io.BytesIO(answer.content)))
+        # the key stays in the tab's memory: not in storage, cookies or any URL asked for
+        kept = browser.execute_script("return [localStorage.length, sessionStorage.length, document.cookie, location.href]")
+        assert kept[:3] == [0, 0, ""] and key not in kept[3]
+        urls, _ = requested_urls(browser)
+        assert urls and not any(key in url for url in urls)
+    finally:
+        keyed.stop()
+
+
+@needs_browser
+def test_keyboard_labels_and_narrow_screens(server: Server, browser: Any) -> None:
     open_page(browser, server)
     unlabelled = browser.execute_script(
         "return [...document.querySelectorAll('input, select, button')]"
         ".filter(e => e.tagName !== 'BUTTON' ? !e.labels.length : !e.textContent.trim()).map(e => e.id)"
     )
     assert unlabelled == []
+    # the frame strips scroll sideways on a phone: the keyboard must reach them to scroll them
+    assert browser.execute_script("return [...document.querySelectorAll('.strip')].every(s => s.tabIndex === 0)")
     # keyboard only: Enter in a field submits the form; Space toggles the animation
     browser.find_element("id", "api-key").send_keys(Keys.ENTER)
     wait_for(browser, "!document.getElementById('result').hidden", what="a prediction after Enter")
