@@ -411,19 +411,24 @@ def test_api_keys_typed_into_the_page(browser: Any, tmp_path: Path) -> None:
         keyed.wait_ready()
         open_page(browser, keyed)  # the page and its files load without a key
         assert "needs an API key" in browser.find_element("id", "model-info").text
-        assert predict_and_wait(browser).startswith("401")
-
         field = browser.find_element("id", "api-key")
+        assert "needs an API key" in predict_and_wait(browser) and browser.switch_to.active_element == field
+
+        # the API's own 401, without a key and with a wrong one
+        body = (EXAMPLES / "clip0.npy").read_bytes()
+        refused = httpx.post(keyed.url + "/predict", content=body, headers={"Content-Type": NPY}).json()["detail"]
+        choose_files(browser, EXAMPLES / "clip0.npy")
+        assert predict_and_wait(browser) == f"401 Unauthorized: {refused}"
         field.send_keys("wrong-key-wrong-key-wrong")
         shown = predict_and_wait(browser)
-        assert shown.startswith("401") and browser.switch_to.active_element == field
+        assert shown.startswith("401 Unauthorized: ") and browser.switch_to.active_element == field
+        browser.find_element("id", "source-example").click()
         field.clear()
         field.send_keys(key)
         field.send_keys(Keys.TAB)  # leaving the field reloads the lists with the key
         wait_for(browser, "document.getElementById('model-info').textContent.includes('on CPU')", what="the model list")
         wait_for(browser, "document.getElementById('example').value === 'clip0'", what="the example list")
         assert predict_and_wait(browser) == "ok"
-        body = (EXAMPLES / "clip0.npy").read_bytes()
         answer = httpx.post(keyed.url + "/predict", content=body, headers={"Content-Type": NPY, "X-API-Key": key})
         assert_shows(browser, np.load(EXAMPLES / "clip0.npy"), np.load(io.BytesIO(answer.content)))
         # the key stays in the tab's memory: not in storage, cookies or any URL asked for

@@ -181,8 +181,12 @@ async function loadExamples() {
     if (!examples.length) throw new Error("none shipped");
     if (!$("file").files.length) $("source-example").checked = true;
   } catch (err) {
-    select.replaceChildren(new Option(`(no examples: ${err.message})`, ""));
-    $("source-file").checked = true;
+    if (err.status === 401 || err.status === 403) {
+      select.replaceChildren(new Option("(enter the API key to list them)", ""));
+    } else {
+      select.replaceChildren(new Option(`(no examples: ${err.message})`, ""));
+      $("source-file").checked = true;
+    }
   }
 }
 
@@ -303,6 +307,7 @@ const extension = (name) => (name.split(".").pop() || "").toLowerCase();
 async function buildRequest() {
   if ($("source-example").checked) {
     const name = $("example").value;
+    if (!name && state.needsKey) throw new ApiError(401, "this server needs an API key: enter it in the API key field");
     if (!name) throw new Error("no example clip to send; choose your own file");
     const body = await (await call(`/v1/examples/${encodeURIComponent(name)}`)).arrayBuffer();
     return { body, type: NPY, stem: name, frames: framesOf(parseNpy(body)), video: null };
