@@ -233,8 +233,11 @@ def test_horizon_25_equals_feeding_predictions_back_by_hand(server: Server, clip
     batch = clips[:3, :T, None]  # (3, T, 1, 64, 64) uint8
     body = io.BytesIO()
     np.save(body, batch)
+    queued = server.metrics()[("stlight_queue_wait_seconds_count", ())]
     response = post(server, body.getvalue(), NPY, horizon=25)
     assert response.status_code == 200, response.text
+    # ceil(25 / T') = 3 steps, each queued through the batcher like any request
+    assert server.metrics()[("stlight_queue_wait_seconds_count", ())] == queued + 3
     got = np.load(io.BytesIO(response.content))
     assert got.shape == (3, 25, 1, 64, 64)
     for b in range(3):
