@@ -12,11 +12,32 @@ local client and ``stlight predict`` (sync).
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 MAX_HORIZON = 1000  # frames; the service's default limit (each step is a full model run)
+
+
+class HorizonError(ValueError):
+    """A ``horizon`` request parameter that cannot be used; the message says what is accepted."""
+
+
+def from_parameters(parameters: Mapping[str, Any], max_horizon: int = MAX_HORIZON) -> int | None:
+    """The ``horizon`` of an Open Inference Protocol request's ``parameters`` object (REST:
+    ``"parameters": {"horizon": 25}``), or None when absent. The /v2 infer route rolls out with
+    :func:`rollout_async` when it is set, exactly as ``/predict?horizon=`` does."""
+    if "horizon" not in parameters:
+        return None
+    value = parameters["horizon"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HorizonError(f"parameters.horizon must be an integer >= 1 (frames to predict), got {value!r}")
+    if value > max_horizon:
+        raise HorizonError(
+            f"parameters.horizon={value} is beyond this server's limit of {max_horizon} frames (STLIGHT_MAX_HORIZON)"
+        )
+    return value
 
 
 def steps(horizon: int, out_frames: int) -> int:

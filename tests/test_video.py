@@ -417,3 +417,31 @@ def test_train_on_wrong_size_colour_videos_says_resize(clips: np.ndarray, tmp_pa
     err = capsys.readouterr().err
     assert "128x48" in err and "64x64" in err and "--resize fit" in err and "Traceback" not in err
     assert main([*base, "--resize", "crop", "--batch-size", "2", "--no-progress", "--out", str(tmp_path / "b")]) == 0
+
+
+# ---------------------------------------------------------------------------------------
+# the rollout plan and the OIP parameter, in process
+# ---------------------------------------------------------------------------------------
+
+
+def test_rollout_windows_and_the_oip_horizon_parameter() -> None:
+    from service import horizon
+
+    seen: list[np.ndarray] = []
+
+    def model(window: np.ndarray) -> np.ndarray:  # T=3 -> T'=2: "next frames" = last frame + 1, + 2
+        seen.append(window[0, :, 0, 0, 0].copy())
+        return window[:, -1:] + np.arange(1, 3, dtype=np.float32)[None, :, None, None, None]
+
+    clip = np.arange(3, dtype=np.float32)[None, :, None, None, None] * np.ones((1, 3, 1, 2, 2), np.float32)
+    out = horizon.rollout(model, clip, 5, out_frames=2)
+    assert out[0, :, 0, 0, 0].tolist() == [3, 4, 5, 6, 7]  # 3 steps, the last one's second frame dropped
+    assert [w.tolist() for w in seen] == [[0, 1, 2], [2, 3, 4], [4, 5, 6]]  # each step: the last T frames so far
+    assert horizon.steps(1, 10) == 1 and horizon.steps(25, 10) == 3
+    assert horizon.from_parameters({}) is None
+    assert horizon.from_parameters({"horizon": 25, "binary_data_output": True}) == 25
+    for bad in (0, -3, 2.5, "25", True):
+        with pytest.raises(horizon.HorizonError, match="integer >= 1"):
+            horizon.from_parameters({"horizon": bad})
+    with pytest.raises(horizon.HorizonError, match="limit of 60"):
+        horizon.from_parameters({"horizon": 61}, max_horizon=60)
