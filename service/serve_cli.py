@@ -33,7 +33,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
             "STLIGHT_REQUEST_TIMEOUT_S (30), STLIGHT_INTRA_OP_THREADS (0 = all CPUs), STLIGHT_INTER_OP_THREADS (1), "
             "STLIGHT_WARMUP_RUNS (2), STLIGHT_ORT_SPINNING (off; run: ONNX Runtime's threads spin within a run; "
             "on: also between runs), STLIGHT_API_KEYS (comma-separated API keys), STLIGHT_DRAIN_TIMEOUT_S (30: on "
-            "SIGTERM, how long requests already received may take before they are cancelled). A process whose warm-up "
+            "SIGTERM, how long requests already received may take before they are cancelled), STLIGHT_MAX_VIDEO_FRAMES "
+            "(10000 frames decoded per video body), STLIGHT_MAX_HORIZON (1000: the largest ?horizon=). A process whose warm-up "
             "fails or whose GPU hits a sticky CUDA error exits with status 1 so its orchestrator replaces it. See "
             "docs/operations.md for keys, request ids, logs and draining."
         ),
