@@ -41,7 +41,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=200, help="requests measured per configuration (default 200)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients (default 1 8 32)")
     parser.add_argument("--max-batch-size", type=int, default=8, help="max batch with batching on (default 8)")
-    parser.add_argument("--max-delay-ms", type=float, default=5.0, help="batching delay (default 5)")
+    parser.add_argument("--max-delay-ms", type=float, default=5.0, help="extra batching delay of one row (default 5)")
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"), help="service device (default auto)")
     return parser.parse_args()
 
