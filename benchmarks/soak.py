@@ -1,8 +1,10 @@
 """Soak test of ``stlight serve``: hours-long health in minutes. A real server (API keys on, JSON
 logs) under ``--concurrency`` clients for ``--duration`` seconds, mixing good requests of every
-body format and answer type with bad ones — wrong shapes, corrupt files, oversize bodies (declared
-and streamed), missing or wrong keys, clients that hang up mid-body or before their answer, slow
-bodies. The server's RSS, open file descriptors and threads are sampled every few seconds.
+body format (npy, JSON, PNG/JPEG parts, MP4 and GIF videos) and answer type (npy, JSON, zip, GIF,
+MP4), rollouts past the model's horizon, and bad ones — wrong shapes, corrupt files, oversize
+bodies (declared and streamed), missing or wrong keys, clients that hang up mid-body or before
+their answer, slow bodies. The server's RSS, open file descriptors and threads are sampled every
+few seconds.
 
     python benchmarks/soak.py                             # 10 minutes, the shipped default model
     python benchmarks/soak.py --duration 60 --model m.onnx
@@ -40,6 +42,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 from tqdm import tqdm
+
+from service import video
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "service" / "assets" / "default.onnx"
@@ -108,6 +112,7 @@ class Kind:
     # hang-up-mid-body, hang-up-before-answer, slow-body
     raw: str = ""
     check: Callable[[httpx.Response], str] | None = None  # "" when the answer is right, else why not
+    path: str = "/predict"
     # errors that are the client's own doing: data still in flight when the server, having
     # answered 413 and closed, resets the connection can take the unread answer with it (TCP)
     tolerate: tuple[str, ...] = ()
@@ -145,6 +150,19 @@ def build_kinds(model: Path) -> list[Kind]:
 
         return check
 
+    def shape_answer(shape: tuple[int, ...]) -> Callable[[httpx.Response], str]:
+        """Lossy inputs (video): the answer's shape and finiteness; its values follow the codec."""
+
+        def check(response: httpx.Response) -> str:
+            got = np.load(io.BytesIO(response.content), allow_pickle=False)
+            ok = got.shape == shape and bool(np.isfinite(got).all())
+            return "" if ok else f"shape {got.shape} (expected {shape}) or non-finite values"
+
+        return check
+
+    def mp4_answer(response: httpx.Response) -> str:
+        return "" if response.content[4:8] == b"ftyp" else f"not an MP4: {response.content[:12]!r}"
+
     def gif_answer(frames: int) -> Callable[[httpx.Response], str]:
         def check(response: httpx.Response) -> str:
             n = Image.open(io.BytesIO(response.content)).n_frames
@@ -162,6 +180,8 @@ def build_kinds(model: Path) -> list[Kind]:
     corrupt_png, corrupt_type = multipart(
         [(f"f{i}.png", image_bytes(one[i, 0], "PNG")[: 40 if i == 3 else None], "image/png") for i in range(t)]
     )
+    mp4 = video.encode_video(one, container="mp4")
+    gif = video.encode_video(clips[1], container="gif")
     ok = (200,)
     return [
         # good: every body format, every answer type
@@ -176,6 +196,11 @@ def build_kinds(model: Path) -> list[Kind]:
         Kind("jpeg parts -> gif", 4, ok, jpeg_parts, {"Content-Type": jpeg_type, "Accept": GIF},
              check=gif_answer(t + out_frames)),
         Kind("npy -> zip", 3, ok, npy_bytes(one), {"Content-Type": NPY, "Accept": ZIP}, check=zip_answer(out_frames)),
+        Kind("mp4 video -> npy", 3, ok, mp4, {"Content-Type": "video/mp4", "Accept": NPY},
+             check=shape_answer((out_frames, c, h, w))),
+        Kind("gif animation -> mp4", 2, ok, gif, {"Content-Type": "image/gif", "Accept": "video/mp4"}, check=mp4_answer),
+        Kind("npy, horizon 20 (rollout) -> npy", 2, ok, npy_bytes(one), {"Content-Type": NPY, "Accept": NPY},
+             path="/predict?horizon=20", check=shape_answer((20, c, h, w))),
         Kind("slow body (8 pieces, 0.25 s apart)", 2, ok, npy_bytes(one), {"Content-Type": NPY}, raw="slow-body"),
         # bad: each must be a 4xx naming the problem, never a 5xx
         Kind("wrong frame count", 3, (422,), npy_bytes(one[: t - 3]), {"Content-Type": NPY}),
@@ -183,6 +208,7 @@ def build_kinds(model: Path) -> list[Kind]:
         Kind("floats out of range", 2, (422,), npy_bytes(clips[0].astype(np.float32)), {"Content-Type": NPY}),
         Kind("truncated npy", 3, (400,), npy_bytes(one)[: len(npy_bytes(one)) // 2], {"Content-Type": NPY}),
         Kind("corrupt png part", 3, (400,), corrupt_png, {"Content-Type": corrupt_type}),
+        Kind("truncated mp4", 2, (400, 422), mp4[: len(mp4) // 2], {"Content-Type": "video/mp4"}),
         Kind("broken json", 2, (400,), b'{"frames": [[[', {"Content-Type": JSON}),
         Kind("unsupported content type", 2, (415,), b"hello", {"Content-Type": "text/plain"}),
         Kind("no api key", 2, (401,), npy_bytes(one), {"Content-Type": NPY, "Authorization": ""}),
@@ -332,7 +358,7 @@ async def soak(args: argparse.Namespace, url: str, pid: int, kinds: list[Kind], 
             else:
                 headers = {"Authorization": f"Bearer {key}", **kind.headers}
                 headers = {k: v for k, v in headers.items() if v}  # "" removes the key
-                response = await http.post("/predict", content=kind.body, headers=headers)
+                response = await http.post(kind.path, content=kind.body, headers=headers)
                 status = response.status_code
         except (httpx.HTTPError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
             outcome = f"{type(exc).__name__}"
@@ -355,6 +381,10 @@ async def soak(args: argparse.Namespace, url: str, pid: int, kinds: list[Kind], 
 
     async def worker(http: httpx.AsyncClient, index: int) -> None:
         local = random.Random(args.seed * 1000 + index)  # one generator per client: the mix does not depend on timing
+        for kind in kinds[index :: args.concurrency]:  # first, every class once across the clients (short runs too)
+            if time.monotonic() >= stop_at:
+                return
+            await one(http, kind)
         while time.monotonic() < stop_at:
             await one(http, local.choices(kinds, weights)[0])
 
@@ -379,9 +409,10 @@ async def soak(args: argparse.Namespace, url: str, pid: int, kinds: list[Kind], 
         await asyncio.gather(*(worker(http, i) for i in range(args.concurrency)))
         await sampling
     bar.close()
-    await asyncio.sleep(1.0)  # let the server finish with the last hang-ups before the final sample
+    elapsed = time.monotonic() - began
+    await asyncio.sleep(2.0)  # the server closes the last hung-up connections; then the idle sample
     samples.append(sample(pid, time.monotonic() - began, tally.answered))
-    return tally, samples, time.monotonic() - began
+    return tally, samples, elapsed
 
 
 def server_counts(url: str) -> dict[str, float]:
@@ -398,8 +429,6 @@ def server_counts(url: str) -> dict[str, float]:
 
 
 def report(tally: Tally, samples: list[Sample], elapsed: float, server: dict[str, float], tracebacks: int, args) -> dict:
-    first = next((s for s in samples if s.t >= 60), samples[0])
-    last = samples[-1]
     server_5xx = int(sum(v for k, v in server.items() if k[:1] == "5"))
     print(f"\nsoak: {elapsed:.0f} s, {args.concurrency} clients, model {args.model.name} on --device {args.device}")
     print(f"requests sent {sum(tally.sent.values()):,}; answered {tally.answered:,} ({tally.answered / elapsed:.1f}/s)")
@@ -414,19 +443,28 @@ def report(tally: Tally, samples: list[Sample], elapsed: float, server: dict[str
         print("\nwrong answers:", dict(tally.wrong))
     print("\nserver metrics, requests by status:", {k: int(v) for k, v in sorted(server.items())})
     print("\n| t (s) | RSS MiB | open FDs | threads | answered |\n|---|---|---|---|---|")
-    shown = [
-        s for i, s in enumerate(samples) if i == 0 or s is first or s is last or int(s.t // 60) != int(samples[i - 1].t // 60)
-    ]
-    for s in shown:
-        print(f"| {s.t:.0f} | {s.rss_mb:.1f} | {s.fds} | {s.threads} | {s.served:,} |")
+    loaded, idle_after = samples[:-1], samples[-1]  # the last sample is taken after the load stopped
+    first, last = next((x for x in loaded if x.t >= 60), loaded[0]), loaded[-1]
+    for i, x in enumerate(samples):
+        if i in (0, len(samples) - 1) or x is first or x is last or int(x.t // 60) != int(samples[i - 1].t // 60):
+            print(f"| {x.t:.0f}{' (idle)' if x is idle_after else ''} | {x.rss_mb:.1f} | {x.fds} | {x.threads} | {x.served:,} |")
+    late = [x for x in loaded if x.t >= first.t]
+    # a least-squares slope over every sample from minute 1 on: one noisy sample moves it little
+    slope = float(np.polyfit([x.t for x in late], [x.rss_mb for x in late], 1)[0]) * 60 if len(late) > 2 else float("nan")
     growth = {
         "rss_mb": (first.rss_mb, last.rss_mb),
         "fds": (first.fds, last.fds),
         "threads": (first.threads, last.threads),
     }
-    print(f"\ngrowth from t={first.t:.0f} s to t={last.t:.0f} s:")
+    print(f"\ngrowth under load, from t={first.t:.0f} s to t={last.t:.0f} s:")
     for name, (a, b) in growth.items():
         print(f"  {name}: {a:.1f} -> {b:.1f} ({b - a:+.1f}, {100 * (b - a) / a:+.1f} %)")
+    print(f"  RSS trend from t={first.t:.0f} s: {slope:+.2f} MiB/min (least squares over {len(late)} samples)")
+    before = samples[0]
+    print(
+        f"idle before -> idle after: RSS {before.rss_mb:.1f} -> {idle_after.rss_mb:.1f} MiB, "
+        f"FDs {before.fds} -> {idle_after.fds}, threads {before.threads} -> {idle_after.threads}"
+    )
     return {
         "elapsed_s": elapsed,
         "concurrency": args.concurrency,
@@ -440,6 +478,8 @@ def report(tally: Tally, samples: list[Sample], elapsed: float, server: dict[str
         "outcomes": {k: dict(v) for k, v in tally.outcomes.items()},
         "server_statuses": server,
         "growth": growth,
+        "rss_mb_per_min": slope,
+        "idle_before_after": {"rss_mb": (before.rss_mb, idle_after.rss_mb), "fds": (before.fds, idle_after.fds)},
         "samples": [s.__dict__ for s in samples],
     }
 

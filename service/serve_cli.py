@@ -33,10 +33,11 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
             "STLIGHT_REQUEST_TIMEOUT_S (30), STLIGHT_INTRA_OP_THREADS (0 = all CPUs), STLIGHT_INTER_OP_THREADS (1), "
             "STLIGHT_WARMUP_RUNS (2), STLIGHT_ORT_SPINNING (off; run: ONNX Runtime's threads spin within a run; "
             "on: also between runs), STLIGHT_API_KEYS (comma-separated API keys), STLIGHT_DRAIN_TIMEOUT_S (30: on "
-            "SIGTERM, how long requests already received may take before they are cancelled), STLIGHT_MAX_VIDEO_FRAMES "
-            "(10000 frames decoded per video body), STLIGHT_MAX_HORIZON (1000: the largest ?horizon=). A process whose warm-up "
-            "fails or whose GPU hits a sticky CUDA error exits with status 1 so its orchestrator replaces it. See "
-            "docs/operations.md for keys, request ids, logs and draining."
+            "SIGTERM, how long requests already received may take before they are cancelled), STLIGHT_KEEP_ALIVE_S "
+            "(75: idle connections are closed after this; keep it above the idle timeout of a proxy in front), "
+            "STLIGHT_MAX_VIDEO_FRAMES (10000 frames decoded per video body), STLIGHT_MAX_HORIZON (1000: the largest "
+            "?horizon=). A process whose warm-up fails or whose GPU hits a sticky CUDA error exits with status 1 so "
+            "its orchestrator replaces it. See docs/operations.md for keys, request ids, logs and draining."
         ),
     )
     parser.add_argument(
@@ -162,8 +163,9 @@ def run_serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=args.log_level,
         log_config=None,
-        # uvicorn waits with asyncio.wait_for, which takes float seconds; its annotation says int
+        # uvicorn waits with asyncio.wait_for and call_later, which take float seconds; its annotations say int
         timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
         access_log=False,
     )
     server = uvicorn.Server(config)

@@ -58,6 +58,9 @@ class ServeSettings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="text lines, or one JSON object per line")
     access_log: bool = Field(True, description="one log line per request (id, route, status, duration, model, batch)")
     drain_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, how long requests already received may take")
+    # longer than the idle timeout of the proxies in front (AWS ALB 60 s, nginx 60-75 s): a server
+    # closing an idle connection first races the proxy's next request on it, which then fails (502)
+    keep_alive_s: float = Field(75.0, gt=0, description="idle keep-alive connections are closed after this")
 
     @property
     def max_body_bytes(self) -> int:

@@ -323,6 +323,27 @@ def test_sigterm_drains_requests_in_flight_and_queued_then_exits_0(slow_model: P
         srv.stop()
 
 
+@pytest.mark.slow
+def test_soak_script_runs_clean_for_a_few_seconds(tmp_path: Path) -> None:
+    """benchmarks/soak.py itself (the 10-minute figures are in docs/operations.md): every class of
+    request it sends gets the answer it expects, and it says so."""
+    import subprocess
+    import sys
+
+    from serving import REPO
+
+    out = tmp_path / "soak.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/soak.py", "--duration", "8", "--concurrency", "8", "--sample-every", "1",
+         "--no-progress", "--json-out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0 and "PASS" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["answered"] > 0 and figures["five_xx_server"] == 0 and figures["exit_status"] == 0
+    assert len(figures["outcomes"]) >= 25  # every class was sent at least once
+
+
 # ---------------------------------------------------------------------------------------
 # in-process: pure functions, the 500 path, the text format, the open-service warning
 # ---------------------------------------------------------------------------------------
