@@ -1,10 +1,10 @@
 """Soak test of ``stlight serve``: hours-long health in minutes. A real server (API keys on, JSON
 logs) under ``--concurrency`` clients for ``--duration`` seconds, mixing good requests of every
-body format (npy, JSON, PNG/JPEG parts, MP4 and GIF videos) and answer type (npy, JSON, zip, GIF,
-MP4), rollouts past the model's horizon, and bad ones — wrong shapes, corrupt files, oversize
-bodies (declared and streamed), missing or wrong keys, clients that hang up mid-body or before
-their answer, slow bodies. The server's RSS, open file descriptors and threads are sampled every
-few seconds.
+body format (npy, JSON, PNG/JPEG parts, MP4 and GIF videos; Open Inference Protocol JSON tensors
+when the server has /v2 routes) and answer type (npy, JSON, zip, GIF, MP4), rollouts past the
+model's horizon, and bad ones — wrong shapes, corrupt files, oversize bodies (declared and
+streamed), missing or wrong keys, clients that hang up mid-body or before their answer, slow
+bodies. The server's RSS, open file descriptors and threads are sampled every few seconds.
 
     python benchmarks/soak.py                             # 10 minutes, the shipped default model
     python benchmarks/soak.py --duration 60 --model m.onnx
@@ -118,9 +118,13 @@ class Kind:
     tolerate: tuple[str, ...] = ()
 
 
+def examples() -> np.ndarray:
+    return np.stack([np.load(p) for p in sorted(EXAMPLES.glob("clip*.npy"))])  # (3, T, C, H, W) uint8, real digits
+
+
 def build_kinds(model: Path) -> list[Kind]:
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    clips = np.stack([np.load(p) for p in sorted(EXAMPLES.glob("clip*.npy"))])  # (3, T, C, H, W) uint8, real digits
+    clips = examples()
     t, c, h, w = clips.shape[1:]
     run = lambda x: session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]  # noqa: E731
 
@@ -219,6 +223,34 @@ def build_kinds(model: Path) -> list[Kind]:
         Kind("hang-up mid-body", 2, (), npy_bytes(one), {"Content-Type": NPY}, raw="hang-up-mid-body"),
         Kind("hang-up before the answer", 2, (), npy_bytes(one), {"Content-Type": NPY}, raw="hang-up-before-answer"),
     ]  # fmt: skip
+
+
+def oip_kinds(url: str, key: str, model: Path) -> list[Kind]:
+    """Open Inference Protocol infer requests (JSON tensors), when the server has /v2 routes."""
+    auth = {"Authorization": f"Bearer {key}"}
+    name = httpx.get(url + "/v1/model", headers=auth).json().get("name", "")
+    if httpx.get(f"{url}/v2/models/{name}/ready", headers=auth).status_code != 200:
+        print("note: no /v2 routes on this server; the soak sends no Open Inference Protocol requests", file=sys.stderr)
+        return []
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    one = examples()[0]
+    want = session.run(None, {session.get_inputs()[0].name: (one[None] / 255.0).astype(np.float32)})[0]
+
+    def check(response: httpx.Response) -> str:
+        output = response.json()["outputs"][0]
+        got = np.asarray(output["data"], np.float32).reshape(output["shape"])
+        error = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
+        return "" if error <= 1e-4 else f"shape {got.shape} or max error {error:.2e}"
+
+    def infer(frames: np.ndarray) -> bytes:
+        tensor = {"name": "frames", "shape": list(frames.shape), "datatype": "UINT8", "data": frames.ravel().tolist()}
+        return json.dumps({"id": "soak", "inputs": [tensor]}).encode()
+
+    path = f"/v2/models/{name}/infer"
+    return [
+        Kind("OIP infer, JSON UINT8", 6, (200,), infer(one[None]), {"Content-Type": JSON}, path=path, check=check),
+        Kind("OIP infer, wrong shape", 2, (400, 422), infer(one[None, :5]), {"Content-Type": JSON}, path=path),
+    ]
 
 
 # ---------------------------------------------------------------------------------------
@@ -493,6 +525,7 @@ def main() -> int:
         log = args.log or Path(tmp) / "server.log"
         proc, url = start_server(args, key, log)
         try:
+            kinds += oip_kinds(url, key, args.model)
             tally, samples, elapsed = asyncio.run(soak(args, url, proc.pid, kinds, key))
             server = server_counts(url)
         finally:
