@@ -1,6 +1,7 @@
 """The same ONNX file served four ways, driven by one load generator, side by side.
 
-- ``stlight serve`` (this project; twice: ONNX Runtime spinning off, the default, and within runs);
+- ``stlight serve`` (this project: its defaults; ``stlight-spin``: ONNX Runtime's threads spinning
+  within runs; ``stlight-1t``: one intra-op thread, not in the default selection);
 - a bare FastAPI route: ``np.load -> session.run -> np.save`` inline, no batching;
 - LitServe: a ``LitAPI`` with its batching on (``max_batch_size`` 8, ``batch_timeout`` 0);
 - KServe's Python model server: a ``kserve.Model`` on the V2 route with binary tensors.
@@ -170,7 +171,7 @@ SERVERS = {"bare": serve_bare, "litserve": serve_litserve, "kserve": serve_kserv
 def request_bytes(kind: str, clip: np.ndarray, port: int) -> bytes:
     """The whole HTTP/1.1 request for one clip, sent as is on a keep-alive connection."""
     head = f"Host: 127.0.0.1:{port}\r\nConnection: keep-alive\r\n"
-    if kind in ("stlight", "stlight-spin", "bare"):
+    if kind in ("stlight", "stlight-spin", "stlight-1t", "bare"):
         body = npy_bytes(clip)
         return f"POST /predict HTTP/1.1\r\n{head}Content-Type: {NPY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
     if kind == "litserve":
@@ -305,6 +306,8 @@ def start(kind: str, model: str, peers_python: str, logs: Path) -> Running:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if kind.startswith("stlight"):
         env |= {"STLIGHT_DEVICE": "cpu", "STLIGHT_ORT_SPINNING": "run" if kind == "stlight-spin" else "off"}
+        if kind == "stlight-1t":  # one intra-op thread: the other core left to HTTP and the client
+            env["STLIGHT_INTRA_OP_THREADS"] = "1"
         argv = [sys.executable, "-m", "service.cli", "serve", "--model", model, "--port", str(port), "--log-level", "warning"]
     else:
         python = sys.executable if kind == "bare" else peers_python
@@ -323,9 +326,13 @@ def pause(servers: list[Running], keep: Running | None) -> None:
 
 
 def wait_ready(server: Running, timeout: float = 180) -> None:
-    path = {"stlight": "/readyz", "stlight-spin": "/readyz", "bare": "/ready", "litserve": "/health"}.get(
-        server.kind, "/v2/models/stlight/ready"
-    )
+    path = {
+        "stlight": "/readyz",
+        "stlight-spin": "/readyz",
+        "stlight-1t": "/readyz",
+        "bare": "/ready",
+        "litserve": "/health",
+    }.get(server.kind, "/v2/models/stlight/ready")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
@@ -395,7 +402,7 @@ def main() -> int:
         "--only",
         nargs="+",
         default=["stlight", "stlight-spin", "bare", "litserve", "kserve"],
-        choices=["stlight", "stlight-spin", "bare", "litserve", "kserve"],
+        choices=["stlight", "stlight-spin", "stlight-1t", "bare", "litserve", "kserve"],
         help="servers to run (default: all)",
     )
     parser.add_argument("--peers-python", default="/work/peers-venv/bin/python", help="python of the peers' venv")
