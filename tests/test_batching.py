@@ -82,16 +82,16 @@ async def busy(batcher: Batcher, run: FakeRun) -> asyncio.Task[np.ndarray]:
 # ---------------------------------------------------------------------------------------
 
 
-def test_a_lone_request_runs_at_once_even_with_a_long_delay_configured_at_zero() -> None:
+def test_a_lone_request_runs_at_once_by_default() -> None:
     run = FakeRun()
 
     async def test(batcher: Batcher, metrics: ServiceMetrics) -> None:
         x = clips(1, 0)
         answer = await asyncio.wait_for(batcher.predict(x), 5)  # a 5 s wait would mean it idled
         np.testing.assert_array_equal(answer, x * 2 + 1)
-        assert run.sizes == [1]
+        assert run.sizes == [1] and batcher.max_delay_s == 0.0
 
-    run_with(run, test, max_delay_s=0.0)
+    run_with(run, test)  # no max_delay_s: the default never waits for company
 
 
 def test_max_delay_waits_for_company_after_the_first_clip() -> None:
@@ -99,8 +99,8 @@ def test_max_delay_waits_for_company_after_the_first_clip() -> None:
 
     async def test(batcher: Batcher, metrics: ServiceMetrics) -> None:
         first = asyncio.create_task(batcher.predict(clips(1, 0)))
-        await until(lambda: batcher.queue.qsize() == 0)  # taken by the batcher, which now waits
-        await asyncio.sleep(0.01)
+        # queued once (asyncio.Queue counts puts until task_done) and taken: the batcher now waits
+        await until(lambda: batcher.queue._unfinished_tasks == 1 and batcher.queue.qsize() == 0)
         second = asyncio.create_task(batcher.predict(clips(1, 1)))
         await asyncio.gather(first, second)
         assert run.sizes == [2]  # one run for both: the extra wait worked
