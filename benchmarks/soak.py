@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections import Counter, defaultdict
@@ -373,6 +374,17 @@ class Tally:
     answered: int = 0
 
 
+CHECK_LOCK = threading.Lock()
+
+
+def checked(kind: Kind, response: httpx.Response) -> str:
+    """One check at a time: np.load parses .npy headers with ast.literal_eval, which is not safe in
+    several threads at once (see service/frames.py); the server's own parse is serialised the same way."""
+    assert kind.check is not None
+    with CHECK_LOCK:
+        return kind.check(response)
+
+
 async def soak(args: argparse.Namespace, url: str, pid: int, kinds: list[Kind], key: str) -> tuple[Tally, list[Sample], float]:
     tally, samples = Tally(), []
     weights = [k.weight for k in kinds]
@@ -407,7 +419,7 @@ async def soak(args: argparse.Namespace, url: str, pid: int, kinds: list[Kind], 
         if status not in kind.expect:
             tally.unexpected[kind.name][outcome] += 1
         elif response is not None and kind.check is not None:
-            why = await asyncio.to_thread(kind.check, response)
+            why = await asyncio.to_thread(checked, kind, response)
             if why:
                 tally.wrong[f"{kind.name}: {why}"] += 1
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -32,6 +33,14 @@ def shape_text(shape: Sequence[int | str]) -> str:
 # ---------------------------------------------------------------------------------------
 # .npy
 # ---------------------------------------------------------------------------------------
+
+
+# numpy parses an .npy header with ast.literal_eval, and CPython keeps the AST constructor's
+# recursion depth in state that all threads share (gh-95185; see gh-106905): two threads parsing
+# at once (the service decodes bodies in worker threads) can fail with a spurious "SystemError: AST
+# constructor recursion depth mismatch", which would refuse a valid body. benchmarks/soak.py hit it
+# on 3.11.7. One parse takes microseconds, so they go one at a time.
+_HEADER_LOCK = threading.Lock()
 
 
 def read_npy_header(stream: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
@@ -57,7 +66,8 @@ def read_npy_layout(stream: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
         read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
         if read_header is None:
             raise ValueError(f"npy format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
-        shape, fortran_order, dtype = read_header(stream)
+        with _HEADER_LOCK:
+            shape, fortran_order, dtype = read_header(stream)
     except Exception as exc:  # numpy raises ValueError, EOFError, SyntaxError... for a bad header
         raise ValueError(f"no readable .npy header ({type(exc).__name__}: {exc}); write it with numpy.save") from None
     if dtype.hasobject:
