@@ -1,5 +1,6 @@
-"""The HTTP service: ``create_app(settings)`` builds a FastAPI app whose lifespan loads the ONNX
-model, starts the batcher and warms up in the background (``/readyz`` answers 503 until done).
+"""The HTTP service: ``create_app(settings)`` builds a FastAPI app whose lifespan loads the models
+(:mod:`service.repository`), starts a batcher per model and warms them up in the background
+(``/readyz`` answers 503 until done). ``/v2/...``: the Open Inference Protocol (:mod:`service.v2`).
 
 decode (service.codecs) -> predict (service.batching + service.engine) -> encode (service.codecs).
 """
@@ -21,15 +22,16 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import __version__, codecs, horizon, video, web
-from service.batching import Batcher, ClientGone
-from service.engine import CPU, Engine, EngineError
+from service import __version__, codecs, horizon, v2, video, web
+from service.batching import ClientGone
+from service.engine import Engine
 from service.metrics import ServiceMetrics
 from service.openapi import PREDICT_OPENAPI, PREDICT_RESPONSES, problem_doc
 from service.problems import BodyLimitMiddleware, Problem, register_problem_handlers
+from service.repository import Repository
 from service.request_id import RequestIdMiddleware, annotate
 from service.security import ApiKeyMiddleware, KeyStore, document_keys, key_store
-from service.settings import DEFAULT_MODEL, ServeSettings
+from service.settings import ServeSettings
 
 log = logging.getLogger("stlight.service")
 
@@ -37,69 +39,28 @@ log = logging.getLogger("stlight.service")
 # 10-frame 64x64 clip, less than the two thread hops that moving them to a worker costs
 INLINE_BYTES = 1 << 20
 
-State = Literal["loading", "warming", "ready", "failed", "stopping"]
+State = Literal["serving", "failed"]
 
 
 @dataclass
 class ServiceState:
     settings: ServeSettings
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
-    engine: Engine | None = None
-    batcher: Batcher | None = None
-    state: State = "loading"
+    repository: Repository | None = None
+    state: State = "serving"
     error: str = ""
     # set by `stlight serve`: stop the server, so a process that cannot serve any more exits
     # non-zero and its orchestrator replaces it (in-process apps just stay not ready)
     shutdown: Callable[[], None] | None = None
 
-    def set_state(self, state: State) -> None:
-        self.state = state
-        self.metrics.ready.set(1 if state == "ready" else 0)
-
     def fail(self, reason: str) -> None:
-        """The model cannot serve any more (warm-up failed, device lost): not ready, stop."""
+        """The process cannot serve any more (the device is lost, or a --model file failed its
+        warm-up): not ready, stop."""
         if self.state == "failed":
             return
-        self.error = reason
-        self.set_state("failed")
+        self.error, self.state = reason, "failed"
         if self.shutdown:
             self.shutdown()
-
-
-def resolve_model(settings: ServeSettings) -> str:
-    """The ONNX file to serve: ``settings.model`` or the one shipped in the package."""
-    if settings.model is not None:
-        return str(settings.model)
-    if DEFAULT_MODEL.is_file():
-        return str(DEFAULT_MODEL)
-    raise EngineError(
-        f"no model given and no default model is shipped ({DEFAULT_MODEL} is missing); pass --model PATH.onnx (or set "
-        "STLIGHT_MODEL)"
-    )
-
-
-def load_engine(settings: ServeSettings) -> Engine:
-    """Create the session and log the provider ONNX Runtime really uses."""
-    engine = Engine(
-        resolve_model(settings),
-        settings.device,
-        settings.resolved_intra_op_threads,
-        settings.inter_op_threads,
-        max_batch_size=settings.max_batch_size,
-        tf32=settings.tf32,
-        cuda_graphs=settings.cuda_graphs,
-        spinning=settings.ort_spinning,
-    )
-    fallback = (
-        " (CUDA did not load; falling back to CPU; --device cuda shows why)"
-        if settings.device == "auto" and engine.provider == CPU
-        else ""
-    )
-    log.info(
-        "serving %s (%s, sha256 %s) on %s%s with %d intra-op / %d inter-op threads",
-        engine.name, engine.path, engine.sha256[:12], engine.provider, fallback, engine.intra_op_threads, engine.inter_op_threads,
-    )  # fmt: skip
-    return engine
 
 
 # ---------------------------------------------------------------------------------------
@@ -114,21 +75,16 @@ async def get_service(request: Request) -> ServiceState:
 ServiceDep = Annotated[ServiceState, Depends(get_service)]
 
 
-async def loaded_engine(service: ServiceDep) -> Engine:
-    if service.engine is None:
-        raise Problem(503, "not-ready", f"the model is not loaded yet (state: {service.state})", headers={"Retry-After": "1"})
-    return service.engine
+async def loaded_repository(service: ServiceDep) -> Repository:
+    if service.repository is None:
+        raise Problem(503, "not-ready", "the models are not loaded yet (state: loading)", headers={"Retry-After": "1"})
+    return service.repository
 
 
-async def ready_service(service: ServiceDep) -> ServiceState:
-    if service.state != "ready":
-        detail = f"the model is not ready to serve (state: {service.state})" + (f": {service.error}" if service.error else "")
-        raise Problem(503, "not-ready", detail, headers={"Retry-After": "1"}, state=service.state)
-    return service
-
-
-EngineDep = Annotated[Engine, Depends(loaded_engine)]
-ReadyDep = Annotated[ServiceState, Depends(ready_service)]
+RepositoryDep = Annotated[Repository, Depends(loaded_repository)]
+ModelQuery = Annotated[
+    str | None, Query(description="the model to use (`GET /v1/models` lists them); default: the first one served")
+]
 
 
 # ---------------------------------------------------------------------------------------
@@ -158,7 +114,9 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.requests.labels(route, str(status)).inc()
+            # set by routes once a request names a model that is served: label values stay bounded
+            model = scope.get("state", {}).get("model", "")
+            self.metrics.requests.labels(route, str(status), model).inc()
             self.metrics.duration.labels(route).observe(time.perf_counter() - began)
 
 
@@ -170,12 +128,6 @@ class MetricsMiddleware:
 async def _client_gone(request: Request, exc: Exception) -> Response:
     """Nobody reads this answer; 499 (nginx's "client closed request") shows up in the metrics."""
     return Response(status_code=499)
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    """Return once the client has closed the connection (the body has been read by then)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 @dataclass(frozen=True)
@@ -264,36 +216,31 @@ def _decode_video(data: bytes, engine: Engine, settings: ServeSettings, options:
     )
 
 
-def create_app(settings: ServeSettings, engine: Engine | None = None, keys: KeyStore | None = None) -> FastAPI:
-    """The service. Pass a loaded ``engine`` to skip loading in the lifespan, and the API ``keys``
-    read from ``settings`` (the CLI does both first so that start-up errors are plain messages)."""
-    service = ServiceState(settings)
+def _repository(settings: ServeSettings, metrics: ServiceMetrics, engine: Engine | None) -> Repository:
+    return Repository(settings, metrics, engine=engine)
+
+
+def create_app(
+    settings: ServeSettings,
+    engine: Engine | None = None,
+    keys: KeyStore | None = None,
+    repository: Repository | None = None,
+) -> FastAPI:
+    """The service. Pass a built ``repository`` (its engines loaded) to skip loading in the
+    lifespan, or one loaded ``engine`` to serve just that, and the API ``keys`` read from
+    ``settings`` (the CLI does both first so that start-up errors are plain messages)."""
+    service = ServiceState(settings, repository.metrics if repository else ServiceMetrics())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = engine if engine is not None else await asyncio.to_thread(load_engine, settings)
-        service.engine = loaded
-        batcher = Batcher(
-            loaded.run,
-            max_batch_size=settings.max_batch_size,
-            max_delay_s=settings.max_delay_ms / 1000,
-            queue_size=settings.queue_size,
-            timeout_s=settings.request_timeout_s,
-            metrics=service.metrics,
-            on_fatal=service.fail,
-        )
-        service.batcher = batcher
-        batcher.start()
-        service.set_state("warming")
-        warm = asyncio.create_task(_warm_up(service), name="stlight-warm-up")
+        models = repository if repository is not None else await asyncio.to_thread(_repository, settings, service.metrics, engine)
+        # batchers, and warm-ups in the background; a lost device stops the process
+        models.start(on_fatal=service.fail)
+        service.repository = app.state.repository = models
         try:
             yield
         finally:
-            if service.state != "failed":  # a failed service stays failed: `stlight serve` exits 1 on it
-                service.set_state("stopping")
-            warm.cancel()
-            await asyncio.gather(warm, return_exceptions=True)
-            await batcher.stop()
+            await models.stop()
             log.info("stopped")
 
     # FastAPIOffline: /docs loads Swagger UI from its wheel, not from a CDN (service.web serves /redoc)
@@ -301,14 +248,16 @@ def create_app(settings: ServeSettings, engine: Engine | None = None, keys: KeyS
         title="STLight frame prediction",
         version=__version__,
         description=(
-            "Give it past frames, get the next ones. ONNX Runtime with dynamic batching; every error is "
-            "application/problem+json (RFC 9457)."
+            "Give it past frames, get the next ones. ONNX Runtime with dynamic batching; one process serves several "
+            "models. Every error is application/problem+json (RFC 9457), except under /v2 (the Open Inference "
+            'Protocol, as tritonclient speaks it), where it is {"error": "..."}.'
         ),
         lifespan=lifespan,
         static_url=web.DOCS_STATIC_URL,
         redoc_url=None,
     )
     app.state.service = service
+    app.state.repository = repository
     register_problem_handlers(app)
     app.add_exception_handler(ClientGone, _client_gone)
     app.add_exception_handler(ClientDisconnect, _client_gone)  # gone while the body was streaming in
@@ -329,7 +278,8 @@ def create_app(settings: ServeSettings, engine: Engine | None = None, keys: KeyS
     )
     async def predict(
         request: Request,
-        ready: ReadyDep,
+        models: RepositoryDep,
+        model: ModelQuery = None,
         horizon_frames: Annotated[
             int | None,
             Query(
@@ -351,32 +301,34 @@ def create_app(settings: ServeSettings, engine: Engine | None = None, keys: KeyS
     ) -> Response:
         """Accepts npy, JSON, multipart images or a video; answers npy, JSON, a zip of PNGs, an
         animated GIF or an MP4 / WebM video."""
-        engine, batcher = ready.engine, ready.batcher
-        assert engine is not None and batcher is not None
-        annotate(model=engine.name)  # for the access log line
-        request_type = codecs.media_type(request.headers.get("content-type"))
-        if request_type not in codecs.REQUEST_TYPES:
-            got = f"Content-Type {request_type!r}" if request_type else "no Content-Type"
-            raise Problem(415, "unsupported-media-type", f"got {got}; send {', '.join(codecs.REQUEST_TYPES)}")
-        options = VideoOptions(resize, start)
-        options.check_for(request_type)
-        if horizon_frames is not None and horizon_frames > ready.settings.max_horizon:
-            raise Problem(
-                422,
-                "horizon-too-far",
-                f"horizon={horizon_frames} is beyond this server's limit of {ready.settings.max_horizon} frames "
-                "(STLIGHT_MAX_HORIZON)",
-            )
-        answer_type = codecs.choose_answer_type(request.headers.get("accept"), request_type)
-        clips = await _read_clips(request, request_type, engine, ready.settings, options)
-        annotate(batch=len(clips.frames))
-        codecs.check_answerable(answer_type, engine.spec.channels, len(clips.frames), clips.batched)
+        async with models.lease(model) as served:  # held until the prediction is made
+            request.state.model = served.name
+            annotate(model=served.name)  # for the access log line
+            engine, batcher = served.engine, served.batcher
+            assert batcher is not None
+            request_type = codecs.media_type(request.headers.get("content-type"))
+            if request_type not in codecs.REQUEST_TYPES:
+                got = f"Content-Type {request_type!r}" if request_type else "no Content-Type"
+                raise Problem(415, "unsupported-media-type", f"got {got}; send {', '.join(codecs.REQUEST_TYPES)}")
+            options = VideoOptions(resize, start)
+            options.check_for(request_type)
+            if horizon_frames is not None and horizon_frames > settings.max_horizon:
+                raise Problem(
+                    422,
+                    "horizon-too-far",
+                    f"horizon={horizon_frames} is beyond this server's limit of {settings.max_horizon} frames "
+                    "(STLIGHT_MAX_HORIZON)",
+                )
+            answer_type = codecs.choose_answer_type(request.headers.get("accept"), request_type)
+            clips = await _read_clips(request, request_type, engine, settings, options)
+            annotate(batch=len(clips.frames))
+            codecs.check_answerable(answer_type, engine.spec.channels, len(clips.frames), clips.batched)
 
-        async def step(window: Any) -> Any:  # each rollout step queues through the batcher like any request
-            return await batcher.predict(window, lambda: _wait_for_disconnect(request))  # (B, T', C, H, W)
+            async def step(window: Any) -> Any:  # each rollout step queues through the batcher like any request
+                return await batcher.predict(window, lambda: v2.client_gone(request))  # (B, T', C, H, W)
 
-        frames = horizon_frames or engine.spec.out_frames
-        prediction = await horizon.rollout_async(step, clips.frames, frames, engine.spec.out_frames)  # (B, N, C, H, W)
+            frames = horizon_frames or engine.spec.out_frames
+            prediction = await horizon.rollout_async(step, clips.frames, frames, engine.spec.out_frames)  # (B, N, C, H, W)
         if answer_type == codecs.NPY and prediction.nbytes <= INLINE_BYTES:
             body = codecs.encode(answer_type, clips, prediction, include_input=include_input)
         else:  # JSON, images and large arrays take longer than a thread hop
@@ -389,21 +341,46 @@ def create_app(settings: ServeSettings, engine: Engine | None = None, keys: KeyS
         return {"status": "alive"}
 
     @app.get(
-        "/readyz", summary="Readiness: 200 once the model is warmed up", responses={503: problem_doc("Loading or warming up")}
+        "/readyz",
+        summary="Readiness: 200 once every loaded model is warmed up",
+        responses={503: problem_doc("Loading or warming up")},
     )
-    async def readyz(ready: ReadyDep) -> dict[str, Any]:
-        assert ready.engine is not None
-        return {"status": "ready", "provider": ready.engine.provider, "model": ready.engine.name}
-
-    @app.get("/v1/model", summary="The served model: shapes, provider, batching, sha256 and model card")
-    async def model_info(service: ServiceDep, engine: EngineDep) -> dict[str, Any]:
+    async def readyz(service: ServiceDep, models: RepositoryDep) -> dict[str, Any]:
+        if service.state == "failed":
+            raise Problem(503, "not-ready", f"the server cannot serve any more: {service.error}", state="failed")
+        problem = models.not_ready()
+        if problem:
+            raise problem
+        default = models.get(None) if models.default in models.serving else None
         return {
-            **engine.describe(),
-            "max_batch_size": service.settings.max_batch_size,
-            "max_delay_ms": service.settings.max_delay_ms,
-            "state": service.state,
-            "card": engine.card.to_dict(),
+            "status": "ready",
+            "provider": default.engine.provider if default else None,
+            "model": models.default,
+            "models": sorted(models.serving),
         }
+
+    @app.get(
+        "/v1/model",
+        summary="One served model (default: the default model): shapes, provider, batching, sha256 and model card",
+        responses={404: problem_doc("No such model"), 503: problem_doc("The model failed to load")},
+    )
+    async def model_info(request: Request, models: RepositoryDep, model: ModelQuery = None) -> dict[str, Any]:
+        served = models.get(model)
+        request.state.model = served.name
+        return {**served.describe(), "card": served.engine.card.to_dict()}
+
+    @app.get(
+        "/v1/models/{name}",
+        summary="One served model by name (its highest version)",
+        responses={404: problem_doc("No such model"), 503: problem_doc("The model failed to load")},
+    )
+    async def named_model_info(request: Request, models: RepositoryDep, name: str) -> dict[str, Any]:
+        return await model_info(request, models, name)
+
+    @app.get("/v1/models", summary="Every model the server knows of: the served versions, and the ones that are not served")
+    async def models_info(models: RepositoryDep) -> dict[str, Any]:
+        served = [s.describe() for name in sorted(models.serving) for s in models.serving[name].values()]
+        return {"default": models.default, "models": served, "repository": models.index()}
 
     @app.get(
         "/metrics", summary="Prometheus metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}}
@@ -411,27 +388,6 @@ def create_app(settings: ServeSettings, engine: Engine | None = None, keys: KeyS
     async def metrics(service: ServiceDep) -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(v2.router)
     web.install(app)
     return app
-
-
-async def _warm_up(service: ServiceState) -> None:
-    engine, batcher, settings = service.engine, service.batcher, service.settings
-    assert engine is not None and batcher is not None
-    began = time.perf_counter()
-    try:
-        await batcher.run_in_worker(lambda: engine.warm_up(settings.max_batch_size, settings.warmup_runs))
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        batcher.fail(f"warm-up failed: {type(exc).__name__}: {exc}")  # logs once, then service.fail
-        return
-    service.set_state("ready")
-    sizes = engine.buckets or "1, 2, 4, ... " + str(settings.max_batch_size)
-    log.info(
-        "ready on %s: warm-up (%d runs at batch sizes %s) took %.2f s",
-        engine.provider,
-        settings.warmup_runs,
-        ", ".join(map(str, sizes)) if isinstance(sizes, tuple) else sizes,
-        time.perf_counter() - began,
-    )

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from service.metrics import ServiceMetrics
+from service.metrics import ModelMetrics
 from service.problems import Problem
 from service.runtime import DeviceLost, OutOfMemory
 
@@ -67,7 +67,7 @@ class Batcher:
         max_batch_size: int,
         queue_size: int,
         timeout_s: float,
-        metrics: ServiceMetrics,
+        metrics: ModelMetrics,
         max_delay_s: float = 0.0,
         on_fatal: Callable[[str], None] | None = None,
         name: str = "stlight",

@@ -35,6 +35,8 @@ NPY = "application/x-npy"
 # 503: the server is full or warming up. 502: a load balancer or ingress in front of replicas
 # (compose.balanced.yaml's HAProxy, Kubernetes) lost the replica mid-request.
 RETRY_STATUSES = (502, 503)
+# a 503 that retrying cannot fix: the model's file failed to load (someone has to replace it)
+PERMANENT_503 = "urn:stlight:problem:model-unavailable"
 # failures where the request surely did not run to completion; predict is a pure function, so
 # re-sending is safe
 RETRY_ERRORS = (httpx.NetworkError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
@@ -74,8 +76,9 @@ class Client:
     ``retries`` more attempts after a 503, a 502 or a connection error, waiting ``Retry-After`` when the
     server sends it, else ``backoff_s`` doubling up to ``max_backoff_s`` (with jitter). Arrays of
     more than ``batch_size`` clips go out as ``batch_size`` requests, at most ``concurrency`` in
-    flight. ``api_key`` (default: ``$STLIGHT_API_KEY``) is sent as ``Authorization: Bearer``.
-    Thread-safe: several threads may share one client."""
+    flight. ``model`` picks one of the served models (``/predict?model=NAME``; default: the
+    server's default model). ``api_key`` (default: ``$STLIGHT_API_KEY``) is sent as
+    ``Authorization: Bearer``. Thread-safe: several threads may share one client."""
 
     def __init__(
         self,
@@ -89,6 +92,7 @@ class Client:
         batch_size: int = 8,
         concurrency: int = 4,
         api_key: str | None = None,
+        model: str | None = None,
     ) -> None:
         if retries < 0 or batch_size < 1 or concurrency < 1 or backoff_s < 0:
             raise ValueError(
@@ -96,6 +100,8 @@ class Client:
                 f"{concurrency}, {backoff_s}"
             )
         self.url = url.rstrip("/")
+        self.model_name = model  # None: the server's default model
+        self._params: dict[str, str] = {"model": model} if model is not None else {}
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
         self.batch_size, self.concurrency = batch_size, concurrency
         limits = httpx.Limits(max_connections=max(concurrency, 10), max_keepalive_connections=max(concurrency, 10))
@@ -142,7 +148,7 @@ class Client:
             if not kind:
                 raise ValueError(f"{path}: cannot tell the video type from its suffix; pass media_type= (e.g. 'video/mp4')")
             data = path.read_bytes()
-        params: dict[str, str | int] = {**_horizon_params(horizon), "resize": resize}
+        params: dict[str, str | int] = {**self._params, **_horizon_params(horizon), "resize": resize}
         if start is not None:
             params["start"] = start
         response = self._send("POST", "/predict", content=data, params=params, headers={"Content-Type": kind, "Accept": NPY})
@@ -152,14 +158,18 @@ class Client:
         buffer = io.BytesIO()
         np.save(buffer, array, allow_pickle=False)
         response = self._send(
-            "POST", "/predict", content=buffer.getvalue(), params=params, headers={"Content-Type": NPY, "Accept": NPY}
+            "POST",
+            "/predict",
+            content=buffer.getvalue(),
+            params={**self._params, **(params or {})},
+            headers={"Content-Type": NPY, "Accept": NPY},
         )
         return np.load(io.BytesIO(response.content), allow_pickle=False)
 
     # the model -----------------------------------------------------------------------
     def model(self) -> dict[str, Any]:
-        """``GET /v1/model``: shapes, provider, batching, sha256 and the model card."""
-        return self._send("GET", "/v1/model").json()
+        """``GET /v1/model``: shapes, provider, batching, sha256 and the model card (of ``model``)."""
+        return self._send("GET", "/v1/model", params=self._params).json()
 
     @property
     def spec(self) -> ClipSpec:
@@ -194,10 +204,10 @@ class Client:
                     ) from None
                 self._wait(attempt, None, "connection")
                 continue
-            if response.status_code in RETRY_STATUSES and not last:
+            if response.status_code in RETRY_STATUSES and not last and self._problem(response).get("type") != PERMANENT_503:
                 self._wait(attempt, retry_after_seconds(response.headers.get("Retry-After")), str(response.status_code))
                 continue
-            if response.status_code in RETRY_STATUSES:
+            if response.status_code in RETRY_STATUSES and self._problem(response).get("type") != PERMANENT_503:
                 problem = self._problem(response)
                 problem["detail"] = f"{problem.get('detail', '')} (after {self.retries} retries)"
                 raise ServiceUnreachable(response.status_code, problem)

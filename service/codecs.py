@@ -172,11 +172,20 @@ def decode_json(body: bytes, spec: ClipSpec) -> Clips:
     dtype = document.get("dtype", "float32")
     if dtype not in ("float32", "uint8"):
         raise Problem(422, "wrong-dtype", f'"dtype" must be "float32" (values 0-1) or "uint8" (integers 0-255), got {dtype!r}')
+    array = json_numbers(document["frames"], '"frames"', '"dtype": "uint8"')
+    if dtype == "uint8":
+        array = uint8_values(array, '"dtype": "uint8" frames')
+    return check_array(array, spec, "JSON frames")
+
+
+def json_numbers(value: object, what: str, uint8_hint: str) -> np.ndarray:
+    """A rectangular nested list of JSON numbers as float64 (uint8 values are checked by
+    :func:`uint8_values`); ``what`` names it in messages."""
     try:
-        array = np.array(document["frames"])
+        array = np.array(value)
     except (ValueError, TypeError) as exc:  # ragged lists
         raise Problem(
-            422, "invalid-json", f'"frames" must be a rectangular nested list of numbers (T, C, H, W) or (B, T, C, H, W): {exc}'
+            422, "invalid-json", f"{what} must be a rectangular nested list of numbers (T, C, H, W) or (B, T, C, H, W): {exc}"
         ) from None
     if array.dtype.kind not in "iuf":
         got = {"U": "strings", "b": "true/false", "O": "null, objects or integers beyond 64 bits"}.get(
@@ -185,18 +194,20 @@ def decode_json(body: bytes, spec: ClipSpec) -> Clips:
         raise Problem(
             422,
             "invalid-json",
-            f'"frames" must hold only numbers (floats 0-1, or integers 0-255 with "dtype": "uint8"), got {got}',
+            f"{what} must hold only numbers (floats 0-1, or integers 0-255 with {uint8_hint}), got {got}",
         )
-    array = array.astype(np.float64)
-    if dtype == "uint8":
-        if (
-            array.ndim
-            and array.size
-            and (not np.isfinite(array).all() or (array != np.round(array)).any() or array.min() < 0 or array.max() > 255)
-        ):
-            raise Problem(422, "out-of-range", '"dtype": "uint8" frames must be integers in 0-255')
-        array = array.astype(np.uint8)
-    return check_array(array, spec, "JSON frames")
+    return array.astype(np.float64)
+
+
+def uint8_values(array: np.ndarray, what: str) -> np.ndarray:
+    """float64 numbers that must be whole numbers 0-255 -> uint8."""
+    if (
+        array.ndim
+        and array.size
+        and (not np.isfinite(array).all() or (array != np.round(array)).any() or array.min() < 0 or array.max() > 255)
+    ):
+        raise Problem(422, "out-of-range", f"{what} must be integers in 0-255")
+    return array.astype(np.uint8)
 
 
 def decode_images(files: Sequence[tuple[str, bytes]], spec: ClipSpec) -> Clips:

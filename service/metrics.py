@@ -1,9 +1,14 @@
 """Prometheus metrics of one service instance, in its own registry (one app, one registry: two
-apps in a process, as in tests, do not collide)."""
+apps in a process, as in tests, do not collide). Everything a model's batcher records carries
+``model`` and ``version`` labels; :class:`ModelMetrics` binds them for one served version."""
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+MODEL = ("model", "version")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -14,7 +19,10 @@ class ServiceMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "stlight_requests_total", "HTTP requests answered, by route and status code", ("route", "status"), registry=r
+            "stlight_requests_total",
+            "HTTP requests answered, by route, status code and model ('' on routes without one)",
+            ("route", "status", "model"),
+            registry=r,
         )
         self.duration = Histogram(
             "stlight_request_duration_seconds",
@@ -26,17 +34,58 @@ class ServiceMetrics:
         self.queue_wait = Histogram(
             "stlight_queue_wait_seconds",
             "Time a request waited in the queue before its batch ran",
+            MODEL,
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.inference = Histogram(
-            "stlight_inference_duration_seconds", "Duration of one session.run", buckets=LATENCY_BUCKETS, registry=r
+            "stlight_inference_duration_seconds", "Duration of one session.run", MODEL, buckets=LATENCY_BUCKETS, registry=r
         )
-        self.batch_size = Histogram("stlight_batch_size", "Clips per session.run", buckets=BATCH_BUCKETS, registry=r)
-        self.running = Gauge("stlight_running_clips", "Clips in the session.run in progress (0: idle)", registry=r)
-        self.queue_depth = Gauge("stlight_queue_depth", "Requests waiting for inference", registry=r)
+        self.batch_size = Histogram("stlight_batch_size", "Clips per session.run", MODEL, buckets=BATCH_BUCKETS, registry=r)
+        self.running = Gauge("stlight_running_clips", "Clips in the session.run in progress (0: idle)", MODEL, registry=r)
+        self.queue_depth = Gauge("stlight_queue_depth", "Requests waiting for inference", MODEL, registry=r)
         self.dropped = Counter(
-            "stlight_dropped_requests_total", "Requests not run: queue_full, disconnected, timeout", ("reason",), registry=r
+            "stlight_dropped_requests_total",
+            "Requests not run: queue_full, disconnected, timeout",
+            (*MODEL, "reason"),
+            registry=r,
         )
-        self.timeouts = Counter("stlight_request_timeouts_total", "Requests answered 504 after request_timeout_s", registry=r)
-        self.ready = Gauge("stlight_ready", "1 once the model is loaded and warmed up", registry=r)
+        self.timeouts = Counter(
+            "stlight_request_timeouts_total", "Requests answered 504 after request_timeout_s", MODEL, registry=r
+        )
+        self.ready = Gauge("stlight_ready", "1 once the model is loaded and warmed up", MODEL, registry=r)
+
+    def model(self, name: str, version: str) -> ModelMetrics:
+        return ModelMetrics(self, name, version)
+
+
+class _Labelled:
+    """``metric.labels(reason)`` for a batcher, with the model's labels put in front."""
+
+    def __init__(self, metric: Counter, *prefix: str) -> None:
+        self.metric, self.prefix = metric, prefix
+
+    def labels(self, *values: str) -> Counter:
+        return self.metric.labels(*self.prefix, *values)
+
+
+class ModelMetrics:
+    """What one served model version records, under the names the batcher uses; ``remove``
+    drops its gauges when the version is unloaded (a scrape must not call a stopped batcher's
+    queue, nor report an unloaded model as idle)."""
+
+    def __init__(self, metrics: ServiceMetrics, name: str, version: str) -> None:
+        self._parent, self._labels = metrics, (name, version)
+        self.queue_wait = metrics.queue_wait.labels(name, version)
+        self.inference = metrics.inference.labels(name, version)
+        self.batch_size = metrics.batch_size.labels(name, version)
+        self.running = metrics.running.labels(name, version)
+        self.queue_depth = metrics.queue_depth.labels(name, version)
+        self.dropped = _Labelled(metrics.dropped, name, version)
+        self.timeouts = metrics.timeouts.labels(name, version)
+        self.ready = metrics.ready.labels(name, version)
+
+    def remove(self) -> None:
+        for gauge in (self._parent.running, self._parent.queue_depth, self._parent.ready):
+            with contextlib.suppress(KeyError):  # never set
+                gauge.remove(*self._labels)

@@ -47,6 +47,11 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     )
     where.add_argument("--url", metavar="URL", help="send the clips to a running `stlight serve`, e.g. http://127.0.0.1:8000")
     parser.add_argument(
+        "--model-name",
+        metavar="NAME",
+        help="with --url: the served model to use (GET /v1/models lists them; default: the server's default model)",
+    )
+    parser.add_argument(
         "--png",
         action="store_true",
         help="also write each predicted frame as OUT/<stem>/frame_000.png ... (OUT/<stem>/clip_000/... for many clips)",
@@ -155,6 +160,8 @@ def _check_args(args: argparse.Namespace) -> None:
             )
         if not args.url.startswith(("http://", "https://")):
             raise UserError(f"--url must start with http:// or https://, got {args.url!r}")
+    elif args.model_name is not None:
+        raise UserError("--model-name picks a model of the service at --url; in local mode, --model PATH names the file")
     elif args.concurrency is not None:
         raise UserError(
             "--concurrency applies to --url; local mode runs one batch at a time on every CPU core (use --batch-size)"
@@ -199,7 +206,7 @@ def _remote(args: argparse.Namespace) -> Client:
     from service.client import Client, ServiceError
 
     concurrency = args.concurrency or DEFAULT_CONCURRENCY
-    client = Client(args.url, batch_size=args.batch_size, concurrency=concurrency, api_key=args.api_key)
+    client = Client(args.url, model=args.model_name, batch_size=args.batch_size, concurrency=concurrency, api_key=args.api_key)
     try:
         client.spec  # noqa: B018 - asks /v1/model once, with retries: a wrong URL fails here, as one line
     except ServiceError as exc:

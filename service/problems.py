@@ -1,7 +1,8 @@
 """RFC 9457 problem details: every error the service answers is ``application/problem+json``
 with ``type, title, status, detail`` — bad input, unknown routes, wrong methods, validation
-errors and unexpected failures alike. Also the request-body size limit, enforced while the
-body streams in."""
+errors and unexpected failures alike — except under ``/v2``, where the Open Inference Protocol's
+clients expect ``{"error": detail}`` (same status, same detail). Also the request-body size
+limit, enforced while the body streams in."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ log = logging.getLogger("stlight.service")
 
 MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "urn:stlight:problem:"  # a stable identifier per kind of problem, not a web page
+OIP_PREFIX = "/v2"  # Open Inference Protocol routes: errors are {"error": "..."}
+
+
+def is_oip(path: str) -> bool:
+    return path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/")
 
 
 class Problem(Exception):
@@ -62,8 +68,12 @@ def problem_response(
     kind: str | None = None,
     title: str | None = None,
     headers: dict[str, str] | None = None,
+    path: str = "",
     **extra: Any,
 ) -> JSONResponse:
+    """The error answer for a request to ``path``: problem+json, or OIP's ``{"error": ...}``."""
+    if is_oip(path):
+        return JSONResponse({"error": detail}, status_code=status, headers=headers)
     body = {
         "type": TYPE_BASE + kind if kind else "about:blank",
         "title": title or HTTPStatus(status).phrase,
@@ -80,15 +90,21 @@ def problem_response(
     return JSONResponse(body, status_code=status, headers=headers, media_type=MEDIA_TYPE)
 
 
-def _from_problem(problem: Problem) -> JSONResponse:
+def _from_problem(problem: Problem, path: str) -> JSONResponse:
     return problem_response(
-        problem.status, problem.detail, kind=problem.kind, title=problem.title, headers=problem.headers, **problem.extra
+        problem.status,
+        problem.detail,
+        kind=problem.kind,
+        title=problem.title,
+        headers=problem.headers,
+        path=path,
+        **problem.extra,
     )
 
 
 async def _problem_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, Problem)
-    return _from_problem(exc)
+    return _from_problem(exc, request.url.path)
 
 
 async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -99,19 +115,21 @@ async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
     elif exc.status_code == 405:
         allowed = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow", "?")
         detail = f"{request.method} is not allowed on {request.url.path!r}; allowed: {allowed}"
-    return problem_response(exc.status_code, detail, headers=dict(exc.headers or {}))
+    return problem_response(exc.status_code, detail, headers=dict(exc.headers or {}), path=request.url.path)
 
 
 async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
     detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors) or "invalid request"
-    return problem_response(422, detail, kind="invalid-request", errors=errors)
+    return problem_response(422, detail, kind="invalid-request", path=request.url.path, errors=errors)
 
 
 async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem_response(500, f"unexpected {type(exc).__name__}; the server log has the traceback", kind="internal")
+    return problem_response(
+        500, f"unexpected {type(exc).__name__}; the server log has the traceback", kind="internal", path=request.url.path
+    )
 
 
 def register_problem_handlers(app: FastAPI) -> None:
@@ -143,7 +161,11 @@ class BodyLimitMiddleware:
                 size = -1
             if size > self.limit:
                 await problem_response(
-                    413, BodyTooLarge(self.limit, size, True).detail, kind="body-too-large", limit_bytes=self.limit
+                    413,
+                    BodyTooLarge(self.limit, size, True).detail,
+                    kind="body-too-large",
+                    path=scope.get("path", ""),
+                    limit_bytes=self.limit,
                 )(scope, receive, send)
                 return
         seen = 0

@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import hmac
 import ipaddress
-import json
 import logging
 import os
 import signal
@@ -208,22 +207,8 @@ class ApiKeyMiddleware:
             detail = "this route needs an API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
             challenge = 'Bearer realm="stlight"'
         headers = {"WWW-Authenticate": challenge}
-        if scope["path"] == "/v2" or scope["path"].startswith("/v2/"):
-            body = json.dumps({"error": detail}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 401,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"www-authenticate", challenge.encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
-            return
-        await problem_response(401, detail, kind="unauthorized", headers=headers)(scope, receive, send)
+        # path: under /v2 the answer is OIP's {"error": ...}, as tritonclient parses it
+        await problem_response(401, detail, kind="unauthorized", headers=headers, path=scope["path"])(scope, receive, send)
 
     def _watch_sighup(self) -> None:
         """Reload the key file on SIGHUP, from the event loop (where logging is safe). Only the

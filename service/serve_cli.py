@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # imported where used: building the parser must stay light
 
 # flag -> settings field; flags default to None so only the ones given override the environment
 _FLAGS = (
-    "model", "host", "port", "device", "max_batch_size", "max_delay_ms", "max_body_mb", "tf32", "cuda_graphs",
+    "model", "model_repository", "host", "port", "device", "max_batch_size", "max_delay_ms", "max_body_mb", "tf32", "cuda_graphs",
     "api_key_file", "metrics_auth", "log_format", "access_log",
 )  # fmt: skip
 
@@ -27,7 +27,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="serve an ONNX model over HTTP (FastAPI + ONNX Runtime, dynamic batching)",
         description=(
-            "Serve an exported STLight ONNX model: POST /predict, GET /healthz, /readyz, /v1/model, /metrics, /docs. "
+            "Serve exported STLight ONNX models: POST /predict, GET /healthz, /readyz, /v1/model, /v1/models, /metrics, /docs, "
+            "and the Open Inference Protocol (KServe V2, what tritonclient speaks) under /v2, with Triton's binary tensor, "
+            "model repository (load/unload while serving) and model configuration extensions. "
             "Every flag can also be set as an environment variable STLIGHT_<FLAG> (e.g. STLIGHT_MAX_BATCH_SIZE=16); "
             "a flag given on the command line wins. Further settings only as variables: STLIGHT_QUEUE_SIZE (256), "
             "STLIGHT_REQUEST_TIMEOUT_S (30), STLIGHT_INTRA_OP_THREADS (0 = all CPUs), STLIGHT_INTER_OP_THREADS (1), "
@@ -42,8 +44,23 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--model",
-        metavar="PATH",
-        help="ONNX file from `stlight export` (default: the model shipped in the package) [STLIGHT_MODEL]",
+        metavar="[NAME=]PATH",
+        action="append",
+        help=(
+            "ONNX file from `stlight export`, served as model NAME (default: the file's stem); repeat for more models; "
+            "the first is the default of /predict (default: the model shipped in the package, named 'default', "
+            "unless --model-repository is given) [STLIGHT_MODEL, several separated by ':']"
+        ),
+    )
+    parser.add_argument(
+        "--model-repository",
+        metavar="DIR",
+        help=(
+            "serve every model in DIR: DIR/NAME.onnx (version 1) and DIR/NAME/VERSION/model.onnx (Triton's layout, every "
+            "version, the highest is the default); a file that fails to load is reported and the others are served; "
+            "POST /v2/repository/models/NAME/load and .../unload load and unload models while serving "
+            "[STLIGHT_MODEL_REPOSITORY]"
+        ),
     )
     parser.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 for all interfaces) [STLIGHT_HOST]")
     parser.add_argument("--port", type=int, help="TCP port; 0 picks a free one (default 8000) [STLIGHT_PORT]")
@@ -139,7 +156,7 @@ def run_serve(args: argparse.Namespace) -> int:
     configure(settings.log_format, args.log_level)
     import uvicorn
 
-    from service.app import create_app, load_engine
+    from service.app import create_app
     from service.engine import EngineError
     from service.security import KeyFileError, key_store, warn_if_open
 
@@ -148,11 +165,15 @@ def run_serve(args: argparse.Namespace) -> int:
     except KeyFileError as exc:
         raise UserError(str(exc)) from None
     warn_if_open(settings.host, keys)
+    from service.metrics import ServiceMetrics
+    from service.repository import Repository
+
     try:
-        engine = load_engine(settings)  # before uvicorn starts, so a bad model or --device cuda fails as one line
+        # before uvicorn starts, so a bad --model file or --device cuda fails as one line
+        repository = Repository(settings, ServiceMetrics())
     except EngineError as exc:
         raise UserError(str(exc)) from None
-    app = create_app(settings, engine=engine, keys=keys)
+    app = create_app(settings, repository=repository, keys=keys)
     # Drain: on SIGTERM/SIGINT uvicorn closes the listening socket (new connections are refused),
     # lets every request already received finish (in flight or queued for the batcher) for up to
     # drain_timeout_s, then runs the lifespan shutdown. log_config=None: our handler formats

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default.onnx"
 
@@ -26,7 +26,13 @@ class ServeSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="STLIGHT_", extra="forbid", frozen=True)
 
-    model: Path | None = Field(None, description="ONNX file to serve; default: the model shipped in the package")
+    # NoDecode: STLIGHT_MODEL is a plain path (or several, os.pathsep-separated), not a JSON list
+    model: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="ONNX files to serve, each PATH or NAME=PATH; default: the model shipped in the package"
+    )
+    model_repository: Path | None = Field(
+        None, description="folder of models: NAME.onnx (version 1) or NAME/VERSION/model.onnx (Triton's layout)"
+    )
     host: str = Field("127.0.0.1", description="address to bind")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port)")
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: CUDA when it really loads, else CPU")
@@ -61,6 +67,13 @@ class ServeSettings(BaseSettings):
     # longer than the idle timeout of the proxies in front (AWS ALB 60 s, nginx 60-75 s): a server
     # closing an idle connection first races the proxy's next request on it, which then fails (502)
     keep_alive_s: float = Field(75.0, gt=0, description="idle keep-alive connections are closed after this")
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, (str, Path)):
+            return tuple(part for part in str(value).split(os.pathsep) if part)
+        return value
 
     @property
     def max_body_bytes(self) -> int:

@@ -66,6 +66,22 @@ def load_npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
+def moving_digits(digits: np.ndarray, index: int, frames: int = 10, size: int = 64) -> np.ndarray:
+    """(T, 1, 64, 64) uint8: MNIST digit ``index`` moving diagonally, bouncing off the edges."""
+    rng = np.random.default_rng(index)
+    clip = np.zeros((frames, 1, size, size), np.uint8)
+    y, x = rng.integers(0, size - 28, 2)
+    dy, dx = rng.choice([-3, -2, 2, 3], 2)
+    for t in range(frames):
+        clip[t, 0, y : y + 28, x : x + 28] = digits[index % len(digits)]
+        if not 0 <= y + dy <= size - 28:
+            dy = -dy
+        if not 0 <= x + dx <= size - 28:
+            dx = -dx
+        y, x = y + dy, x + dx
+    return clip
+
+
 class Server:
     """``stlight serve ARGS --port PORT`` in a subprocess, its output in ``log_path``.
 

@@ -53,14 +53,14 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 def sample(metrics: ServiceMetrics, name: str, **labels: str) -> float:
-    return metrics.registry.get_sample_value(name, labels) or 0.0
+    return metrics.registry.get_sample_value(name, {"model": "m", "version": "1", **labels}) or 0.0
 
 
 def run_with(run: FakeRun, test: Callable[[Batcher, ServiceMetrics], Awaitable[None]], **options: Any) -> None:
     async def main() -> None:
         metrics = ServiceMetrics()
         settings = {"max_batch_size": 8, "queue_size": 64, "timeout_s": 30.0, **options}
-        batcher = Batcher(run, metrics=metrics, **settings)
+        batcher = Batcher(run, metrics=metrics.model("m", "1"), **settings)
         batcher.start()
         try:
             await test(batcher, metrics)
@@ -282,7 +282,7 @@ def test_stop_answers_queued_requests_503() -> None:
     run = FakeRun()
 
     async def main() -> None:
-        batcher = Batcher(run, max_batch_size=8, queue_size=8, timeout_s=30, metrics=ServiceMetrics())
+        batcher = Batcher(run, max_batch_size=8, queue_size=8, timeout_s=30, metrics=ServiceMetrics().model("m", "1"))
         batcher.start()
         blocker = await busy(batcher, run)
         queued = asyncio.create_task(batcher.predict(clips(1, 0)))
@@ -299,4 +299,4 @@ def test_stop_answers_queued_requests_503() -> None:
 
 def test_invalid_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
-        Batcher(FakeRun(), max_batch_size=0, queue_size=1, timeout_s=1, metrics=ServiceMetrics())
+        Batcher(FakeRun(), max_batch_size=0, queue_size=1, timeout_s=1, metrics=ServiceMetrics().model("m", "1"))

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from serving import NO_TORCH, REPO, Server, load_npy, npy_bytes, run_cli, running
+from serving import NO_TORCH, REPO, Server, load_npy, moving_digits, npy_bytes, run_cli, running
 
 from service.frames import to_uint8
 
@@ -37,29 +37,15 @@ NPY, JSON, ZIP, GIF, PROBLEM = "application/x-npy", "application/json", "applica
 
 
 def metric(values: dict, name: str, **labels: str) -> float:
-    return values.get((name, tuple(sorted(labels.items()))), 0.0)
+    """The sum of ``name``'s samples that carry ``labels`` (and any others: model, version...)."""
+    want = set(labels.items())
+    return sum(value for (key, have), value in values.items() if key == name and want <= set(have))
 
 
 def png_bytes(frame: np.ndarray, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(frame).save(buffer, format=fmt)
     return buffer.getvalue()
-
-
-def moving_digits(digits: np.ndarray, index: int, frames: int = 10, size: int = 64) -> np.ndarray:
-    """(T, 1, 64, 64) uint8: MNIST digit ``index`` moving diagonally, bouncing off the edges."""
-    rng = np.random.default_rng(index)
-    clip = np.zeros((frames, 1, size, size), np.uint8)
-    y, x = rng.integers(0, size - 28, 2)
-    dy, dx = rng.choice([-3, -2, 2, 3], 2)
-    for t in range(frames):
-        clip[t, 0, y : y + 28, x : x + 28] = digits[index % len(digits)]
-        if not 0 <= y + dy <= size - 28:
-            dy = -dy
-        if not 0 <= x + dx <= size - 28:
-            dx = -dx
-        y, x = y + dy, x + dx
-    return clip
 
 
 def assert_problem(response: httpx.Response, status: int, *needles: str) -> dict:
@@ -590,16 +576,22 @@ def test_device_cuda_fails_clearly_or_serves_on_cuda(tiny_onnx: Path, tmp_path: 
     assert last.startswith("stlight serve: error: --device cuda") and "--device" in last and "Traceback" not in srv.text()
 
 
-def test_no_model_and_no_shipped_default_says_pass_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import service.app
+def test_no_model_and_no_shipped_default_says_pass_model(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_onnx: Path
+) -> None:
+    import shutil
+
+    import service.repository
     from service.engine import EngineError
+    from service.metrics import ServiceMetrics
     from service.settings import ServeSettings
 
-    monkeypatch.setattr(service.app, "DEFAULT_MODEL", tmp_path / "default.onnx")
+    monkeypatch.setattr(service.repository, "DEFAULT_MODEL", tmp_path / "default.onnx")
     with pytest.raises(EngineError, match="pass --model"):
-        service.app.resolve_model(ServeSettings())
-    (tmp_path / "default.onnx").write_bytes(b"x")
-    assert service.app.resolve_model(ServeSettings()) == str(tmp_path / "default.onnx")
+        service.repository.Repository(ServeSettings(device="cpu"), ServiceMetrics())
+    shutil.copy(tiny_onnx, tmp_path / "default.onnx")
+    repository = service.repository.Repository(ServeSettings(device="cpu"), ServiceMetrics())
+    assert repository.default == "default" and repository.explicit == {"default": tmp_path / "default.onnx"}
 
 
 def test_service_imports_and_serve_help_work_without_torch(tiny_onnx: Path) -> None:
