@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from service import codecs
+from service import codecs, horizon
 from service.card import ClipSpec
 from service.problems import Problem
 
@@ -60,6 +60,7 @@ class InferRequest:
     id: str | None
     clips: codecs.Clips
     binary_output: bool
+    horizon: int | None = None  # parameters.horizon: frames to predict by rollout (None: T')
 
 
 def _bad(detail: str, kind: str = "invalid-inference-request") -> Problem:
@@ -100,7 +101,9 @@ def _header_length(value: str | None, body_size: int) -> int | None:
     return length
 
 
-def decode_request(body: bytes, header_length: str | None, tensors: Tensors) -> InferRequest:
+def decode_request(
+    body: bytes, header_length: str | None, tensors: Tensors, max_horizon: int = horizon.MAX_HORIZON
+) -> InferRequest:
     """Parse and check an inference request; every mistake raises a 4xx :class:`Problem`."""
     spec, input_name = tensors.spec, tensors.input_name
     length = _header_length(header_length, len(body))
@@ -131,6 +134,10 @@ def decode_request(body: bytes, header_length: str | None, tensors: Tensors) -> 
     if request_id is not None and not isinstance(request_id, str):
         raise _bad(f'"id" must be a string, got {json.dumps(request_id)[:50]}')
     parameters = _parameters(document.get("parameters"), "the request's")
+    try:
+        frames = horizon.from_parameters(parameters, max_horizon)
+    except horizon.HorizonError as exc:
+        raise Problem(422, "horizon-too-far" if "limit" in str(exc) else "invalid-horizon", str(exc)) from None
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise _bad(f'expected "inputs": a list with one input {input_name!r}, got {json.dumps(inputs)[:80]}')
@@ -151,7 +158,7 @@ def decode_request(body: bytes, header_length: str | None, tensors: Tensors) -> 
             wanted = _parameters(item.get("parameters"), f"output {name!r}").get("binary_data")
             if wanted is not None:
                 binary_output = wanted is True
-    return InferRequest(request_id, clips, binary_output)
+    return InferRequest(request_id, clips, binary_output, frames)
 
 
 def _parameters(value: object, whose: str) -> dict[str, Any]:

@@ -14,11 +14,13 @@ import asyncio
 import json
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from service import __version__, oip
+from service import __version__, horizon, oip
 from service.problems import Problem
 from service.repository import Repository, Served
+from service.request_id import annotate
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
 PLATFORM = "onnxruntime_onnx"
@@ -73,7 +75,17 @@ INFER_OPENAPI: dict[str, Any] = {
                     "required": ["inputs"],
                     "properties": {
                         "id": {"type": "string"},
-                        "parameters": {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}},
+                        "parameters": {
+                            "type": "object",
+                            "properties": {
+                                "binary_data_output": {"type": "boolean"},
+                                "horizon": {
+                                    "type": "integer",
+                                    "minimum": 1,
+                                    "description": "frames to predict; past T' the model rolls forward on its own predictions",
+                                },
+                            },
+                        },
                         "inputs": {"type": "array", "items": _TENSOR, "minItems": 1, "maxItems": 1},
                         "outputs": {
                             "type": "array",
@@ -213,8 +225,17 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         assert batcher is not None
         body = oip.decompress(await request.body(), request.headers.get("content-encoding"), served.settings.max_body_bytes)
         tensors = oip.Tensors(engine.input_name, engine.output_name, engine.spec)
-        parsed = await asyncio.to_thread(oip.decode_request, body, request.headers.get(oip.HEADER_LENGTH), tensors)
-        prediction = await batcher.predict(parsed.clips.frames, lambda: client_gone(request))  # (B, T', C, H, W)
+        parsed = await asyncio.to_thread(
+            oip.decode_request, body, request.headers.get(oip.HEADER_LENGTH), tensors, served.settings.max_horizon
+        )
+        annotate(model=served.name, batch=len(parsed.clips.frames))  # for the access log line
+
+        async def step(window: np.ndarray) -> np.ndarray:  # each rollout step queues through the batcher
+            assert batcher is not None
+            return await batcher.predict(window, lambda: client_gone(request))  # (B, T', C, H, W)
+
+        frames = parsed.horizon or engine.spec.out_frames
+        prediction = await horizon.rollout_async(step, parsed.clips.frames, frames, engine.spec.out_frames)
         content, headers = await asyncio.to_thread(
             oip.encode_response, served.name, served.version, parsed, prediction, engine.output_name
         )

@@ -177,6 +177,12 @@ def test_raw_http_binary_json_and_raw_binary_requests(server: Server, tiny_onnx:
     assert body["outputs"][0]["shape"] == [1, 10, 1, 64, 64] and body["id"] == "n"
     np.testing.assert_allclose(np.array(body["outputs"][0]["data"], np.float32).reshape(want.shape), want, rtol=0, atol=ATOL)
 
+    # parameters.horizon rolls the model forward, as /predict?horizon= does; its first T' frames are the plain answer
+    rolled = httpx.post(url, json={**nested, "parameters": {"horizon": 25}}).json()["outputs"][0]
+    assert rolled["shape"] == [1, 25, 1, 64, 64]
+    rolled_frames = np.array(rolled["data"], np.float32).reshape(rolled["shape"])
+    np.testing.assert_allclose(rolled_frames[:, :10], want, rtol=0, atol=ATOL)
+
     raw = httpx.post(url, content=clip.astype("<f4").tobytes(), headers={"Inference-Header-Content-Length": "0"})
     assert raw.status_code == 200 and raw.headers["content-type"] == "application/octet-stream"
     length = int(raw.headers["inference-header-content-length"])
@@ -239,6 +245,8 @@ def test_errors_are_reported_by_tritonclient_with_their_message(client, server: 
     tensor.set_data_from_numpy(np.zeros((1, 10, 1, 64, 64), np.float32))
     error = error_of(lambda: client.infer("alpha", [tensor]))
     assert error.status() == "400" and "'frames'" in error.message() and "pixels" in error.message()
+    error = error_of(lambda: client.infer("alpha", [tensor], parameters={"horizon": 10**6}))
+    assert error.status() == "422" and "STLIGHT_MAX_HORIZON" in error.message()
     error = error_of(lambda: client.load_model("alpha", config="{}"))
     assert error.status() == "400" and "not supported" in error.message()
 
