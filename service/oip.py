@@ -217,9 +217,10 @@ def encode_response(
         output["parameters"] = {"binary_data_size": data.nbytes}
     else:
         output["data"] = data.ravel().tolist()
-    document: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": [output]}
+    document: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
     if request.id is not None:
         document["id"] = request.id
+    document["outputs"] = [output]
     head = json.dumps(document, separators=(",", ":")).encode()
     if not request.binary_output:
         return head, {"Content-Type": codecs.JSON}

@@ -483,7 +483,7 @@ class Repository:
                 raise
             fresh: list[Served] = []
             try:
-                for version, path in sorted(sources.items()):
+                for version, path in sorted(sources.items(), key=lambda item: _version_key(item[0])):
                     fresh.append(await asyncio.to_thread(self._load_version, name, version, path))
             except EngineError as exc:
                 self._record_failure(name, str(exc))
