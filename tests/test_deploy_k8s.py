@@ -28,6 +28,7 @@ from service.settings import DEFAULT_MODEL, ServeSettings
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 VARIANTS = {"gpu": DEPLOY / "k8s", "cpu": DEPLOY / "k8s" / "cpu"}
+KSERVE = DEPLOY / "kserve"
 # the oldest Kubernetes these manifests claim (autoscaling/v2 and policy/v1 are GA since 1.23;
 # 1.27 is the oldest release its vendors still patch) and the newest the validator knows
 K8S_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
@@ -297,3 +298,79 @@ def test_models_come_from_a_read_only_volume(variant: tuple[str, list[Obj]]) -> 
     assert claim == one(objects, "PersistentVolumeClaim")["metadata"]["name"]
     model = one(objects, "ConfigMap")["data"].get("STLIGHT_MODEL", "")
     assert model.startswith("/models/")
+
+
+# ---------------------------------------------------------------------------------------
+# KServe: deploy/kserve
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kserve() -> list[Obj]:
+    return render(KSERVE)
+
+
+def runtime_container(objects: list[Obj]) -> Obj:
+    (container,) = one(objects, "ServingRuntime")["spec"]["containers"]
+    return container
+
+
+@pytest.fixture(scope="module")
+def kserve_live(kserve: list[Obj], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The runtime's container command, served for real on a model repository holding the
+    shipped default model (what KServe's storage initializer puts at /mnt/models)."""
+    container = runtime_container(kserve)
+    env = {e["name"]: e["value"] for e in container.get("env", [])} | {"STLIGHT_DEVICE": "cpu"}
+    tmp = tmp_path_factory.mktemp("kserve")
+    repository = tmp / "repository"
+    (repository / "stlight" / "1").mkdir(parents=True)
+    shutil.copy(DEFAULT_MODEL, repository / "stlight" / "1" / "model.onnx")
+    assert container["command"][:2] == ["stlight", "serve"]
+    yield from serve_like(tmp, container["command"][2:], env, {"/mnt/models": repository})
+
+
+def test_kserve_objects(kserve: list[Obj]) -> None:
+    assert sorted(obj["kind"] for obj in kserve) == ["InferenceService", "ServingRuntime"]
+    runtime, isvc = one(kserve, "ServingRuntime"), one(kserve, "InferenceService")
+    assert runtime["apiVersion"] == "serving.kserve.io/v1alpha1" and isvc["apiVersion"] == "serving.kserve.io/v1beta1"
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["protocolVersion"] == "v2" and "v2" in runtime["spec"]["protocolVersions"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    container = runtime_container(kserve)
+    assert container["name"] == "kserve-container"  # the container KServe wires storage and routing to
+    assert flag(container["command"], "--model-repository") == "/mnt/models"  # where KServe puts storageUri
+    # The CRDs' schemas are not in kubernetes-validate: validate the pod parts (container, the
+    # predictor's resource override) as the core Pod they become.
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "stlight-predictor"},
+        "spec": {"containers": [container | {"resources": model["resources"]}]},
+    }
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(pod, version, strict=True)
+    assert model["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_kserve_probes_answer_on_the_real_server(kserve: list[Obj], kserve_live: LiveServer) -> None:
+    container = runtime_container(kserve)
+    assert [p["containerPort"] for p in container["ports"]] == [image_port()]
+    assert int(flag(container["command"], "--port")) == image_port()
+    found = probes(container)
+    assert found["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"  # the OIP's readiness route
+    for kind, probe in found.items():
+        assert probe["httpGet"]["port"] == image_port(), kind
+        assert kserve_live.status(probe["httpGet"]["path"]) == 200, f"{kind} {probe['httpGet']['path']}"
+    annotations = one(kserve, "ServingRuntime")["spec"]["annotations"]
+    assert int(annotations["prometheus.kserve.io/port"]) == image_port()
+    assert kserve_live.status(annotations["prometheus.kserve.io/path"]) == 200
+
+
+def test_kserve_container_is_locked_down(kserve: list[Obj]) -> None:
+    container = runtime_container(kserve)
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] == image_uid()
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    (tmp,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+    assert tmp["name"] in {v["name"] for v in one(kserve, "ServingRuntime")["spec"]["volumes"]}
