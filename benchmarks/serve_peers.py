@@ -1,7 +1,9 @@
 """The same ONNX file served four ways, driven by one load generator, side by side.
 
 - ``stlight serve`` (this project: its defaults; ``stlight-spin``: ONNX Runtime's threads spinning
-  within runs; ``stlight-1t``: one intra-op thread, not in the default selection);
+  within runs; ``stlight-1t``: one intra-op thread, not in the default selection; ``stlight-v2``:
+  the same server driven through its Open Inference Protocol route with binary tensors, the very
+  request KServe gets, not in the default selection);
 - a bare FastAPI route: ``np.load -> session.run -> np.save`` inline, no batching;
 - LitServe: a ``LitAPI`` with its batching on (``max_batch_size`` 8, ``batch_timeout`` 0);
 - KServe's Python model server: a ``kserve.Model`` on the V2 route with binary tensors.
@@ -202,7 +204,7 @@ def request_bytes(kind: str, clip: np.ndarray, port: int) -> bytes:
 
 def answer_frames(kind: str, headers: dict[str, str], body: bytes) -> np.ndarray:
     """The float32 prediction in an answer, (T', C, H, W)."""
-    if kind.startswith("kserve"):
+    if kind.startswith("kserve") or kind == "stlight-v2":
         if "inference-header-content-length" not in headers:
             raise SystemExit(f"kserve answered without binary data: {headers} {body[:300]!r}")
         offset = int(headers["inference-header-content-length"])
@@ -308,7 +310,8 @@ def start(kind: str, model: str, peers_python: str, logs: Path) -> Running:
         env |= {"STLIGHT_DEVICE": "cpu", "STLIGHT_ORT_SPINNING": "run" if kind == "stlight-spin" else "off"}
         if kind == "stlight-1t":  # one intra-op thread: the other core left to HTTP and the client
             env["STLIGHT_INTRA_OP_THREADS"] = "1"
-        argv = [sys.executable, "-m", "service.cli", "serve", "--model", model, "--port", str(port), "--log-level", "warning"]
+        named = f"stlight={model}"  # /v2/models/stlight/infer, the path the KServe peer answers on
+        argv = [sys.executable, "-m", "service.cli", "serve", "--model", named, "--port", str(port), "--log-level", "warning"]
     else:
         python = sys.executable if kind == "bare" else peers_python
         argv = [python, __file__, "--serve", kind, str(port), model]
@@ -402,7 +405,7 @@ def main() -> int:
         "--only",
         nargs="+",
         default=["stlight", "stlight-spin", "bare", "litserve", "kserve"],
-        choices=["stlight", "stlight-spin", "stlight-1t", "bare", "litserve", "kserve"],
+        choices=["stlight", "stlight-spin", "stlight-1t", "stlight-v2", "bare", "litserve", "kserve"],
         help="servers to run (default: all)",
     )
     parser.add_argument("--peers-python", default="/work/peers-venv/bin/python", help="python of the peers' venv")
