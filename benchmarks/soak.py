@@ -1,6 +1,6 @@
 """Soak test of ``stlight serve``: hours-long health in minutes. A real server (API keys on, JSON
 logs) under ``--concurrency`` clients for ``--duration`` seconds, mixing good requests of every
-body format (npy, JSON, PNG/JPEG parts, MP4 and GIF videos; Open Inference Protocol JSON tensors
+body format (npy, JSON, PNG/JPEG parts, MP4 and GIF videos; Open Inference Protocol JSON and binary tensors
 when the server has /v2 routes) and answer type (npy, JSON, zip, GIF, MP4), rollouts past the
 model's horizon, and bad ones — wrong shapes, corrupt files, oversize bodies (declared and
 streamed), missing or wrong keys, clients that hang up mid-body or before their answer, slow
@@ -247,8 +247,25 @@ def oip_kinds(url: str, key: str, model: Path) -> list[Kind]:
         tensor = {"name": "frames", "shape": list(frames.shape), "datatype": "UINT8", "data": frames.ravel().tolist()}
         return json.dumps({"id": "soak", "inputs": [tensor]}).encode()
 
+    def binary(frames: np.ndarray) -> tuple[bytes, dict[str, str]]:
+        """The binary tensor extension: a JSON header, then the raw bytes; binary output asked for."""
+        tensor = {"name": "frames", "shape": list(frames.shape), "datatype": "UINT8",
+                  "parameters": {"binary_data_size": frames.nbytes}}  # fmt: skip
+        header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
+        headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+        return header + frames.tobytes(), headers
+
+    def check_binary(response: httpx.Response) -> str:
+        length = int(response.headers["Inference-Header-Content-Length"])
+        output = json.loads(response.content[:length])["outputs"][0]
+        got = np.frombuffer(response.content[length:], np.float32).reshape(output["shape"])
+        error = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
+        return "" if error <= 1e-4 else f"shape {got.shape} or max error {error:.2e}"
+
     path = f"/v2/models/{name}/infer"
+    body, headers = binary(one[None])
     return [
+        Kind("OIP infer, binary tensors", 4, (200,), body, headers, path=path, check=check_binary),
         Kind("OIP infer, JSON UINT8", 6, (200,), infer(one[None]), {"Content-Type": JSON}, path=path, check=check),
         Kind("OIP infer, wrong shape", 2, (400, 422), infer(one[None, :5]), {"Content-Type": JSON}, path=path),
     ]

@@ -72,6 +72,11 @@ def problem_response(
     **extra: Any,
 ) -> JSONResponse:
     """The error answer for a request to ``path``: problem+json, or OIP's ``{"error": ...}``."""
+    request_id = current_request_id()
+    if request_id is not None:
+        # set here too because the 500 handler's answer bypasses the middleware that sets it on
+        # every other answer
+        headers = {**(headers or {}), REQUEST_ID_HEADER: request_id}
     if is_oip(path):
         return JSONResponse({"error": detail}, status_code=status, headers=headers)
     body = {
@@ -81,12 +86,8 @@ def problem_response(
         "detail": detail,
         **extra,
     }
-    request_id = current_request_id()
     if request_id is not None:
-        # instance names this occurrence (RFC 9457); the header is set here too because the 500
-        # handler's answer bypasses the middleware that sets it on every other answer
-        body["instance"] = f"urn:stlight:request:{request_id}"
-        headers = {**(headers or {}), REQUEST_ID_HEADER: request_id}
+        body["instance"] = f"urn:stlight:request:{request_id}"  # names this occurrence (RFC 9457)
     return JSONResponse(body, status_code=status, headers=headers, media_type=MEDIA_TYPE)
 
 

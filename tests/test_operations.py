@@ -401,6 +401,7 @@ def test_a_500_carries_the_request_id_in_answer_and_error_log(tiny_onnx: Path, c
     app = create_app(ServeSettings(model=tiny_onnx, device="cpu", warmup_runs=0))
 
     @app.get("/boom")
+    @app.get("/v2/boom")
     async def boom() -> None:
         raise RuntimeError("kaput")
 
@@ -411,8 +412,16 @@ def test_a_500_carries_the_request_id_in_answer_and_error_log(tiny_onnx: Path, c
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             return await client.get("/boom", headers={"X-Request-ID": "fails-1"})
 
+    async def call_v2() -> httpx.Response:
+        transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/v2/boom", headers={"X-Request-ID": "fails-2"})
+
     with caplog.at_level(logging.INFO):
         response = asyncio.run(call())
+        oip = asyncio.run(call_v2())
+    # under /v2 the body is OIP's {"error": ...}; the id still comes back in the header
+    assert oip.status_code == 500 and oip.headers["x-request-id"] == "fails-2" and set(oip.json()) == {"error"}
     assert response.status_code == 500 and response.headers["x-request-id"] == "fails-1"
     assert response.json()["instance"] == "urn:stlight:request:fails-1"
     error = next(r for r in caplog.records if r.levelno == logging.ERROR)
