@@ -12,30 +12,18 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
+from common import median_ms
 from tqdm import tqdm
 
 from export import export_preset, random_model
 from model import preset
-
-
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def main() -> None:
@@ -72,8 +60,8 @@ def main() -> None:
                 clips = np.random.default_rng(batch).random((batch, *config.input_shape), dtype=np.float32)
                 tensor = torch.from_numpy(clips)
                 with torch.inference_mode():
-                    torch_ms = median_ms(functools.partial(net, tensor), args.repeats)
-                ort_ms = median_ms(functools.partial(session.run, None, {"frames": clips}), args.repeats)
+                    torch_ms = median_ms(functools.partial(net, tensor), args.repeats, warmup=2)
+                ort_ms = median_ms(functools.partial(session.run, None, {"frames": clips}), args.repeats, warmup=2)
                 rows.append((name, batch, torch_ms, ort_ms, path.stat().st_size / 2**20, export_s))
                 bar.update()
         bar.close()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -25,6 +24,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import common  # noqa: E402
 
 from service.client import Client, LocalClient  # noqa: E402
 from service.predict import discover, predict_files  # noqa: E402
@@ -72,33 +73,7 @@ def make_clips(n: int, shape: tuple[int, int, int, int]) -> np.ndarray:
 
 
 def start_server(model: Path, batch: int, device: str, log: Path) -> tuple[subprocess.Popen, str]:
-    command = [
-        sys.executable,
-        "-m",
-        "service.cli",
-        "serve",
-        "--model",
-        str(model),
-        "--port",
-        "0",
-        "--device",
-        device,
-        "--max-batch-size",
-        str(batch),
-    ]
-    with open(log, "wb") as handle:  # the server writes to its own copy of the descriptor
-        proc = subprocess.Popen(
-            command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        found = re.search(r"Uvicorn running on (http://[\d.]+:\d+)", log.read_text(errors="replace"))
-        if found:
-            return proc, found.group(1)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise SystemExit(f"server did not start:\n{log.read_text(errors='replace')}")
+    return common.start_server(["--model", str(model), "--device", device, "--max-batch-size", str(batch)], log, timeout_s=120)
 
 
 def bare_session(local: LocalClient, clips: np.ndarray, batch: int, repeats: int) -> float:

@@ -16,14 +16,13 @@ import argparse
 import asyncio
 import io
 import os
-import re
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import common
 import httpx
 import numpy as np
 import onnxruntime as ort
@@ -84,23 +83,9 @@ def in_process(model: Path, clip: np.ndarray, batch: int, runs: int, device: str
 
 
 def start_server(model: Path, max_batch: int, delay_ms: float, device: str, log: Path) -> tuple[subprocess.Popen, str]:
-    command = [sys.executable, "-m", "service.cli", "serve", "--model", str(model), "--port", "0", "--device", device,
-               "--max-batch-size", str(max_batch), "--max-delay-ms", str(delay_ms)]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "STLIGHT_QUEUE_SIZE": "4096", "STLIGHT_REQUEST_TIMEOUT_S": "600"}
-    with open(log, "wb") as handle:  # the server writes to its own copy of the descriptor
-        proc = subprocess.Popen([*command, "--log-level", "info"], stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        found = re.search(r"Uvicorn running on (http://[\d.]+:\d+)", log.read_text(errors="replace"))
-        if found:
-            url = found.group(1)
-            while httpx.get(url + "/readyz").status_code != 200:
-                time.sleep(0.05)
-            return proc, url
-        if proc.poll() is not None:
-            raise SystemExit(f"server failed:\n{log.read_text()}")
-        time.sleep(0.05)
-    raise SystemExit(f"server did not start:\n{log.read_text()}")
+    args = ["--model", str(model), "--device", device, "--max-batch-size", str(max_batch), "--max-delay-ms", str(delay_ms)]
+    env = {"STLIGHT_QUEUE_SIZE": "4096", "STLIGHT_REQUEST_TIMEOUT_S": "600"}
+    return common.start_server([*args, "--log-level", "info"], log, env, timeout_s=120)
 
 
 async def load(url: str, body: bytes, concurrency: int, total: int) -> tuple[list[float], float]:

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import common
 import httpx
 import numpy as np
 import onnxruntime as ort
@@ -341,26 +342,19 @@ async def raw_request(url: str, kind: Kind, key: str) -> int | None:
 
 
 def start_server(args: argparse.Namespace, key: str, log: Path) -> tuple[subprocess.Popen, str]:
-    command = [sys.executable, "-m", "service.cli", "serve", "--model", str(args.model), "--port", "0",
-               "--device", args.device, "--max-body-mb", str(BODY_LIMIT_MB), "--log-format", "json"]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "STLIGHT_API_KEYS": key, "STLIGHT_REQUEST_TIMEOUT_S": "120"}
-    proc = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        found = re.search(r"Uvicorn running on (http://[\d.]+:\d+)", log.read_text(errors="replace"))
-        if found:
-            url = found.group(1)
-            while httpx.get(url + "/readyz").status_code != 200:
-                time.sleep(0.1)
-            return proc, url
-        if proc.poll() is not None:
-            raise SystemExit(f"the server failed to start:\n{log.read_text()}")
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"the server did not start within 180 s:\n{log.read_text()}")
+    serve_args = [
+        "--model",
+        str(args.model),
+        "--device",
+        args.device,
+        "--max-body-mb",
+        str(BODY_LIMIT_MB),
+        "--log-format",
+        "json",
+    ]
+    return common.start_server(serve_args, log, {"STLIGHT_API_KEYS": key, "STLIGHT_REQUEST_TIMEOUT_S": "120"})
 
 
-@dataclass
 class Sample:
     t: float
     rss_mb: float

@@ -12,26 +12,14 @@ warm-up; ``x model run`` divides by one ``Engine.run`` of a single clip.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from common import median_ms
 
 from service import codecs, video
 from service.client import LocalClient
 from service.settings import DEFAULT_MODEL
-
-
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def bouncing(frames: int, size: int, channels: int) -> np.ndarray:
