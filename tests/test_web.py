@@ -156,6 +156,12 @@ def save_artifact(name: str, png: bytes) -> Path:
     return path
 
 
+def assert_no_script_errors(driver: Any) -> None:
+    """Nothing went wrong in the page's script (answers with an error status are logged too: those are the API's)."""
+    errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert [m for m in errors if "Failed to load resource" not in m] == []
+
+
 def assert_offline(driver: Any, server: Server, stopped: tuple[str, ...] = ()) -> None:
     """No request went to another host; ``stopped``: those the page's CSP may refuse in the browser."""
     urls, blocked = requested_urls(driver)
@@ -268,6 +274,7 @@ def test_example_clip_prediction_is_the_apis_answer(server: Server, browser: Any
     name = httpx.get(server.url + "/v1/model").json()["name"]  # the served name ("default" for the shipped model)
     assert name in meta and "on CPU" in meta and " ms round trip" in meta
     assert_offline(browser, server)
+    assert_no_script_errors(browser)
 
     # the .npy download is the API's answer, byte for byte
     link = browser.find_element("id", "download-npy")
@@ -404,6 +411,30 @@ def test_bad_file_shows_the_apis_detail(
 
 
 @needs_browser
+def test_model_choice_when_several_are_served(browser: Any, tmp_path: Path) -> None:
+    default = REPO / "service" / "assets" / "default.onnx"
+    multi = Server(tmp_path / "server.log", "--model", f"first={default}", "--model", f"second={default}")
+    try:
+        multi.wait_listening()
+        multi.wait_ready()
+        if httpx.get(multi.url + "/v1/models").status_code == 404:
+            pytest.skip("this server lists no models (GET /v1/models)")
+        open_page(browser, multi)
+        options = browser.execute_script("return [...document.querySelectorAll('#model option')].map(o => o.value)")
+        assert options == ["first", "second"]
+        assert browser.find_element("id", "model").get_attribute("value") == httpx.get(multi.url + "/v1/models").json()["default"]
+        browser.find_element("css selector", "#model option[value='second']").click()
+        assert predict_and_wait(browser) == "ok"
+        urls, _ = requested_urls(browser)
+        assert any(url.endswith("/predict?model=second") for url in urls), urls
+        assert browser.find_element("id", "meta").text.startswith("second · on CPU")
+        expected = api_prediction(multi, (EXAMPLES / "clip0.npy").read_bytes(), query="?model=second")
+        assert_shows(browser, np.load(EXAMPLES / "clip0.npy"), expected)
+    finally:
+        multi.stop()
+
+
+@needs_browser
 def test_api_keys_typed_into_the_page(browser: Any, tmp_path: Path) -> None:
     key = "page-test-key-0123456789abcdef"
     keyed = Server(tmp_path / "server.log", env={"STLIGHT_API_KEYS": key})
@@ -466,6 +497,7 @@ def test_keyboard_labels_and_narrow_screens(server: Server, browser: Any) -> Non
     save_artifact("page-360.png", narrow)
     overflow = browser.execute_script("return document.documentElement.scrollWidth")
     assert overflow <= 360, f"the page is {overflow} px wide at a 360 px viewport"
+    assert_no_script_errors(browser)
     resize(browser, 1100, 900)
     if os.environ.get("STLIGHT_WRITE_DOCS_IMG") == "1":
         write_readme_picture(browser)
