@@ -87,9 +87,10 @@ def wait_for(driver: Any, script: str, timeout: float = 30.0, what: str = "") ->
 
 
 def open_page(driver: Any, server: Server) -> None:
+    driver.get_log("performance")  # the logs of earlier pages: the checks that follow cover this one only
+    driver.get_log("browser")
     driver.get(server.url + "/")
     wait_for(driver, "document.body.dataset.ready === 'true'", what="the page to load its lists")
-    driver.get_log("performance")
 
 
 def predict_and_wait(driver: Any) -> str:
