@@ -83,7 +83,7 @@ async def loaded_repository(service: ServiceDep) -> Repository:
 
 RepositoryDep = Annotated[Repository, Depends(loaded_repository)]
 ModelQuery = Annotated[
-    str | None, Query(description="the model to use (`GET /v1/models` lists them); default: the first one served")
+    str | None, Query(description="the model to use (`GET /v1/models` lists them); default: the server's default model")
 ]
 
 
@@ -379,7 +379,8 @@ def create_app(
 
     @app.get("/v1/models", summary="Every model the server knows of: the served versions, and the ones that are not served")
     async def models_info(models: RepositoryDep) -> dict[str, Any]:
-        served = [s.describe() for name in sorted(models.serving) for s in models.serving[name].values()]
+        # one entry per model (its highest version, as /v1/model?model=NAME describes it) and its versions
+        served = [{**models.get(name).describe(), "versions": models.versions(name)} for name in sorted(models.serving)]
         return {"default": models.default, "models": served, "repository": models.index()}
 
     @app.get(

@@ -439,6 +439,8 @@ def test_predict_client_cli_and_v1_reach_any_model(
 
     listing = httpx.get(server.url + "/v1/models").json()
     assert listing["default"] == "alpha" and {m["name"] for m in listing["models"]} >= {"alpha", "beta"}
+    assert len(listing["models"]) == len({m["name"] for m in listing["models"]})  # one entry per model
+    assert next(m for m in listing["models"] if m["name"] == "beta")["versions"] == ["1"]
     assert any(row["name"] == "broken" and row["state"] == "UNAVAILABLE" for row in listing["repository"])
     assert (
         httpx.get(server.url + "/v1/models/beta").json()["sha256"]
