@@ -262,6 +262,44 @@ def test_docs_render_every_operation_offline(server: Server, browser: Any) -> No
 
 
 @needs_browser
+def test_npy_previews_every_accepted_dtype(server: Server, browser: Any) -> None:
+    """The page's own .npy reader (previews) against numpy: every dtype the API takes, both byte
+    orders, batches, RGB, and values outside [0, 1] and on rounding ties."""
+    rng = np.random.default_rng(0)
+    ties = (np.arange(16, dtype=np.float32) + 0.5) / 255  # x.5 after scaling: round half to even
+    floats = np.concatenate([ties, [-1.0, 0.0, 1.0, 2.0, 1e-9, 0.999]]).astype(np.float32)
+    floats = np.resize(np.concatenate([floats, rng.random(400, dtype=np.float32)]), (2, 1, 8, 16))
+    cases = {
+        "uint8 rgb": rng.integers(0, 256, (3, 3, 8, 16), dtype=np.uint8),
+        "float32": floats,
+        "float32 big-endian": floats.astype(">f4"),
+        "float64": floats.astype(np.float64) + 1e-12,
+        "float16": floats.astype(np.float16),
+        "float16 big-endian": floats.astype(">f2"),
+        "batch": rng.integers(0, 256, (1, 2, 1, 8, 16), dtype=np.uint8),
+    }
+    open_page(browser, server)
+    for name, array in cases.items():
+        data = browser.execute_script(
+            """
+            const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+            const frames = framesOf(parseNpy(bytes.buffer));
+            let s = '';
+            for (const f of frames) {
+              for (let i = 0; i < f.data.length; i += 4) s += String.fromCharCode(f.data[i], f.data[i + 1], f.data[i + 2]);
+            }
+            return btoa(s);
+            """,
+            base64.b64encode(npy_bytes(array)).decode(),
+        )
+        clip = array[0] if array.ndim == 5 else array  # (T, C, H, W)
+        pixels = clip if clip.dtype == np.uint8 else to_uint8(clip.astype(np.float32))
+        rgb = pixels.transpose(0, 2, 3, 1) if pixels.shape[1] == 3 else grey_rgb(pixels)
+        shown = np.frombuffer(base64.b64decode(data), np.uint8).reshape(rgb.shape)
+        np.testing.assert_array_equal(shown, rgb, err_msg=name)
+
+
+@needs_browser
 def test_example_clip_prediction_is_the_apis_answer(server: Server, browser: Any) -> None:
     open_page(browser, server)
     assert "CPU" in browser.find_element("id", "model-info").text
@@ -469,6 +507,10 @@ def test_api_keys_typed_into_the_page(browser: Any, tmp_path: Path) -> None:
         assert kept[:3] == [0, 0, ""] and key not in kept[3]
         urls, _ = requested_urls(browser)
         assert urls and not any(key in url for url in urls)
+
+        # the docs load without a key too, and offer to send one with "Try it out"
+        browser.get(keyed.url + "/docs")
+        wait_for(browser, "document.querySelector('.opblock') && document.querySelector('button.authorize')", what="Authorize")
     finally:
         keyed.stop()
 

@@ -194,8 +194,10 @@ async function loadExamples() {
 // clips: .npy parsing and frames as ImageData
 // ---------------------------------------------------------------------------------------
 
-// float -> 0-255 exactly as the service's to_uint8: float32 multiply, clip, round half to even
-function toByte(v) {
+// float -> 0-255 exactly as the service makes it: the value as float32 (what the API decodes
+// to), clipped, times 255 in float32, rounded half to even (numpy's to_uint8)
+function toByte(value) {
+  const v = Math.fround(value);
   if (!(v > 0)) return 0;
   if (v >= 1) return 255;
   const x = Math.fround(v * 255);
