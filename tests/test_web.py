@@ -523,6 +523,15 @@ def test_keyboard_labels_and_narrow_screens(server: Server, browser: Any) -> Non
         ".filter(e => e.tagName !== 'BUTTON' ? !e.labels.length : !e.textContent.trim()).map(e => e.id)"
     )
     assert unlabelled == []
+    # the shipped examples fit the default model; with another model's shape the list says so
+    labels = browser.execute_script(
+        "const fit = [...document.querySelectorAll('#example option')].map(o => o.textContent);"
+        "state.modelShape = [4, 3, 32, 48]; labelExamples();"
+        "const other = [...document.querySelectorAll('#example option')].map(o => o.textContent);"
+        "state.modelShape = null; labelExamples(); return [fit, other];"
+    )
+    assert labels[0] == [f"{p.stem} (10×1×64×64)" for p in sorted(EXAMPLES.glob("*.npy"))]
+    assert all(label.endswith("— not this model's shape") for label in labels[1])
     # the frame strips scroll sideways on a phone: the keyboard must reach them to scroll them
     assert browser.execute_script("return [...document.querySelectorAll('.strip')].every(s => s.tabIndex === 0)")
     # keyboard only: Enter in a field submits the form; Space toggles the animation

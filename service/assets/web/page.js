@@ -18,6 +18,8 @@ const state = {
   timer: null,
   playing: !window.matchMedia("(prefers-reduced-motion: reduce)").matches,
   needsKey: false,
+  examples: [], // [{name, shape, dtype, url}] from GET /v1/examples
+  modelShape: null, // [T, C, H, W] of the chosen model, once known
 };
 
 // ---------------------------------------------------------------------------------------
@@ -145,6 +147,18 @@ async function describeModel() {
   if (m.in_frames) parts.push(`${m.in_frames} → ${m.out_frames} frames of ${m.channels}×${m.height}×${m.width}`);
   if (m.provider) parts.push(`on ${providerName(m.provider)}`);
   $("model-info").textContent = parts.join(", ") || " ";
+  state.modelShape = m.in_frames ? [m.in_frames, m.channels, m.height, m.width] : null;
+  labelExamples();
+}
+
+// The shipped examples fit the default model; say so beside each when another model is chosen.
+function labelExamples() {
+  for (const option of $("example").options) {
+    const example = state.examples.find((e) => e.name === option.value);
+    if (!example) continue;
+    const fits = !state.modelShape || example.shape.slice(-4).join() === state.modelShape.join();
+    option.textContent = `${example.name} (${example.shape.join("×")})` + (fits ? "" : " — not this model's shape");
+  }
 }
 
 // What /predict accepts and can answer, as its OpenAPI document says (video types appear there
@@ -177,7 +191,9 @@ async function loadExamples() {
   const select = $("example");
   try {
     const { examples } = await getJSON("/v1/examples");
-    select.replaceChildren(...examples.map((e) => new Option(`${e.name} (${e.shape.join("×")})`, e.name)));
+    state.examples = examples;
+    select.replaceChildren(...examples.map((e) => new Option(e.name, e.name)));
+    labelExamples();
     if (!examples.length) throw new Error("none shipped");
     if (!$("file").files.length) $("source-example").checked = true;
   } catch (err) {
