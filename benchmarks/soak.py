@@ -1,10 +1,11 @@
 """Soak test of ``stlight serve``: hours-long health in minutes. A real server (API keys on, JSON
 logs) under ``--concurrency`` clients for ``--duration`` seconds, mixing good requests of every
-body format (npy, JSON, PNG/JPEG parts, MP4 and GIF videos; Open Inference Protocol JSON and binary tensors
-when the server has /v2 routes) and answer type (npy, JSON, zip, GIF, MP4), rollouts past the
-model's horizon, and bad ones — wrong shapes, corrupt files, oversize bodies (declared and
-streamed), missing or wrong keys, clients that hang up mid-body or before their answer, slow
-bodies. The server's RSS, open file descriptors and threads are sampled every few seconds.
+body format (npy, JSON, PNG/JPEG parts, MP4 and GIF videos; Open Inference Protocol JSON and
+binary tensors when the server has /v2 routes) and answer type (npy, JSON, zip, GIF, MP4),
+rollouts past the model's horizon, and bad ones — wrong shapes, corrupt files, oversize bodies
+(declared and streamed), missing or wrong keys, clients that hang up mid-body or before their
+answer, slow bodies. The server's RSS, open file descriptors and threads are sampled every few
+seconds.
 
     python benchmarks/soak.py                             # 10 minutes, the shipped default model
     python benchmarks/soak.py --duration 60 --model m.onnx
