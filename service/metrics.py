@@ -46,7 +46,7 @@ class ServiceMetrics:
         self.queue_depth = Gauge("stlight_queue_depth", "Requests waiting for inference", MODEL, registry=r)
         self.dropped = Counter(
             "stlight_dropped_requests_total",
-            "Requests not run: queue_full, disconnected, timeout",
+            "Requests not run: queue_full, disconnected, timeout, out_of_memory, cancelled",
             (*MODEL, "reason"),
             registry=r,
         )
