@@ -356,6 +356,7 @@ def start_server(args: argparse.Namespace, key: str, log: Path) -> tuple[subproc
     return common.start_server(serve_args, log, {"STLIGHT_API_KEYS": key, "STLIGHT_REQUEST_TIMEOUT_S": "120"})
 
 
+@dataclass
 class Sample:
     t: float
     rss_mb: float
