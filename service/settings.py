@@ -51,7 +51,7 @@ class ServeSettings(BaseSettings):
     tf32: bool = Field(False, description="allow TF32 on CUDA (faster on Ampere+, outputs move by ~5e-4; not what was validated)")
     cuda_graphs: bool = Field(False, description="capture one CUDA graph per batch-size bucket (CUDA only)")
     ort_spinning: Literal["off", "run", "on"] = Field(
-        "off",
+        "run",
         description="ONNX Runtime's pool threads: spin between operators of a run (run), also after it (on), never (off)",
     )
     warmup_runs: int = Field(2, ge=0, description="session.run calls at each batch-size bucket before /readyz says ready")

@@ -180,7 +180,7 @@ def test_a_sticky_cuda_error_makes_the_service_not_ready_logs_once_and_asks_to_s
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["state"] == "failed"
         info = client.get("/v1/model").json()
-        assert info["state"] == "failed" and info["tf32"] is False and info["ort_spinning"] == "off"
+        assert info["state"] == "failed" and info["tf32"] is False and info["ort_spinning"] == "run"
     assert len(stops) == 1 and "illegal memory access" in stops[0]
     critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
     assert len(critical) == 1 and "illegal memory access" in critical[0].getMessage()
