@@ -33,7 +33,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
             "Every flag can also be set as an environment variable STLIGHT_<FLAG> (e.g. STLIGHT_MAX_BATCH_SIZE=16); "
             "a flag given on the command line wins. Further settings only as variables: STLIGHT_QUEUE_SIZE (256), "
             "STLIGHT_REQUEST_TIMEOUT_S (30), STLIGHT_INTRA_OP_THREADS (0 = all CPUs), STLIGHT_INTER_OP_THREADS (1), "
-            "STLIGHT_WARMUP_RUNS (2), STLIGHT_ORT_SPINNING (off; run: ONNX Runtime's threads spin within a run; "
+            "STLIGHT_WARMUP_RUNS (2), STLIGHT_ORT_SPINNING (run: ONNX Runtime's threads spin within a run; off: never; "
             "on: also between runs), STLIGHT_API_KEYS (comma-separated API keys), STLIGHT_DRAIN_TIMEOUT_S (30: on "
             "SIGTERM, how long requests already received may take before they are cancelled), STLIGHT_KEEP_ALIVE_S "
             "(75: idle connections are closed after this; keep it above the idle timeout of a proxy in front), "
