@@ -178,15 +178,47 @@ def decode_json(body: bytes, spec: ClipSpec) -> Clips:
     return check_array(array, spec, "JSON frames")
 
 
+# a clip is at most (B, T, C, H, W): lists nested deeper than this are refused before numpy sees
+# them (its own message for 65+ levels names its internal dimension limit, not what was expected)
+MAX_NESTING = 5
+RECTANGULAR = "a rectangular nested list of numbers (T, C, H, W) or (B, T, C, H, W)"
+
+
+def _nesting(value: object) -> int:
+    """How deep the first elements nest: [[1]] -> 2, 1 -> 0 (stops one past the limit)."""
+    depth = 0
+    while isinstance(value, list) and depth <= MAX_NESTING:
+        depth += 1
+        value = value[0] if value else None
+    return depth
+
+
+def _ragged(value: object) -> str:
+    """Where a nested list stops being rectangular, in words (for the 422 only: walks every list)."""
+    level, lists = 0, [value] if isinstance(value, list) else []
+    while lists:
+        lengths = sorted({len(item) for item in lists})
+        if len(lengths) > 1:
+            shown = ", ".join(map(str, lengths[:4])) + (", ..." if len(lengths) > 4 else "")
+            return f"the lists at depth {level + 1} differ in length ({shown})"
+        entries = [entry for item in lists for entry in item]
+        lists = [entry for entry in entries if isinstance(entry, list)]
+        if lists and len(lists) != len(entries):
+            return f"at depth {level + 2} some entries are lists and others are not"
+        level += 1
+    return "its values are not all numbers"
+
+
 def json_numbers(value: object, what: str, uint8_hint: str) -> np.ndarray:
     """A rectangular nested list of JSON numbers as float64 (uint8 values are checked by
     :func:`uint8_values`); ``what`` names it in messages."""
+    depth = _nesting(value)
+    if depth > MAX_NESTING:
+        raise Problem(422, "invalid-json", f"{what} must be {RECTANGULAR}; got lists nested more than {MAX_NESTING} deep")
     try:
         array = np.array(value)
-    except (ValueError, TypeError) as exc:  # ragged lists
-        raise Problem(
-            422, "invalid-json", f"{what} must be a rectangular nested list of numbers (T, C, H, W) or (B, T, C, H, W): {exc}"
-        ) from None
+    except (ValueError, TypeError):  # ragged lists
+        raise Problem(422, "invalid-json", f"{what} must be {RECTANGULAR}; {_ragged(value)}") from None
     if array.dtype.kind not in "iuf":
         got = {"U": "strings", "b": "true/false", "O": "null, objects or integers beyond 64 bits"}.get(
             array.dtype.kind, f"values of numpy type {array.dtype}"

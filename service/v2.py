@@ -125,27 +125,39 @@ INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 # ---------------------------------------------------------------------------------------
 
 
+# The protocol's OpenAPI file spells this path `/v2/`, its text `v2`: both answer (no redirect,
+# which a client that does not follow redirects would take for an empty answer)
 @router.get("", summary="Server metadata: name, version, extensions")
+@router.get("/", include_in_schema=False)
 async def server_metadata() -> dict[str, Any]:
     return {"name": "stlight", "version": __version__, "extensions": EXTENSIONS}
 
 
-@router.get("/health/live", summary="Liveness: 200 while the process answers", response_class=Response)
-async def live() -> Response:
-    return Response(status_code=200)
+def _flag_doc(key: str, description: str) -> dict[str, Any]:
+    schema = {"type": "object", "properties": {key: {"type": "boolean"}}, "required": [key]}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+@router.get(
+    "/health/live",
+    summary='Liveness: 200 and {"live": true} while the process answers',
+    responses={200: _flag_doc("live", "The process answers")},
+)
+async def live() -> dict[str, bool]:
+    return {"live": True}
 
 
 @router.get(
     "/health/ready",
-    summary="Readiness: 200 when every loaded model is warm",
-    response_class=Response,
-    responses={503: _error_doc("A model is loading or warming up")},
+    summary='Readiness: 200 and {"ready": true} when every loaded model is warm',
+    responses={200: _flag_doc("ready", "Every loaded model is warm"), 503: _error_doc("A model is loading or warming up")},
 )
-async def ready(request: Request) -> Response:
+async def ready(request: Request) -> dict[str, bool]:
+    # not ready: 503 with {"error": ...}, as KServe's server answers (its client raises on it)
     problem = repository(request).not_ready()
     if problem:
         raise problem
-    return Response(status_code=200)
+    return {"ready": True}
 
 
 # ---------------------------------------------------------------------------------------
@@ -169,14 +181,15 @@ async def model_metadata(request: Request, name: str, version: str | None = None
     return {"name": name, "versions": versions, "platform": PLATFORM, "inputs": [inputs], "outputs": [outputs]}
 
 
-_READY = {"response_class": Response, "responses": MODEL_ERRORS}
+_MODEL_READY = {**MODEL_ERRORS, 200: {"description": '{"name": ..., "ready": true}: the model answers inference'}}
 
 
-@router.get("/models/{name}/ready", summary="Model readiness (its highest version)", **_READY)  # type: ignore[arg-type]
-@router.get("/models/{name}/versions/{version}/ready", summary="Model readiness (one version)", **_READY)  # type: ignore[arg-type]
-async def model_ready(request: Request, name: str, version: str | None = None) -> Response:
+@router.get("/models/{name}/ready", summary="Model readiness (its highest version)", responses=_MODEL_READY)
+@router.get("/models/{name}/versions/{version}/ready", summary="Model readiness (one version)", responses=_MODEL_READY)
+async def model_ready(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
+    # not ready: 503 (loading, failed) or 404 (unknown), with {"error": ...}, as KServe answers
     _served(request, name, version).check_ready()
-    return Response(status_code=200)
+    return {"name": name, "ready": True}
 
 
 @router.get("/models/{name}/config", summary="Model configuration, as Triton writes it", responses=MODEL_ERRORS)

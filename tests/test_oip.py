@@ -131,7 +131,16 @@ def test_server_and_model_metadata_config_and_readiness(client, server: Server) 
 
     # the bad file was reported by name at start, and the others are served
     assert "model broken:" in server.text() and "cannot load" in server.text()
-    assert httpx.get(server.url + "/v2/health/live").content == b""
+    # the protocol's bodies, which KServe's client reads (.json()["ready"]), and no redirect for /v2/
+    assert httpx.get(server.url + "/v2/health/live").json() == {"live": True}
+    assert httpx.get(server.url + "/v2/health/ready").json() == {"ready": True}
+    for path in ("/v2/models/alpha/ready", "/v2/models/alpha/versions/1/ready"):
+        assert httpx.get(server.url + path).json() == {"name": "alpha", "ready": True}
+    for path in ("/v2", "/v2/"):
+        answer = httpx.get(server.url + path)  # httpx follows no redirect by default
+        assert answer.status_code == 200 and answer.json()["name"] == "stlight", (path, answer.status_code)
+    not_ready = httpx.get(server.url + "/v2/models/broken/ready")
+    assert not_ready.status_code == 503 and "broken.onnx" in not_ready.json()["error"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -155,6 +164,10 @@ def test_infer_matches_onnxruntime_for_two_models(
             response = result.get_response()
             assert response["id"] == f"{name}-{clips.dtype}" and response["model_name"] == name
             assert response["model_version"] == "1"
+        # a request may hold more clips than the config's max_batch_size (8): it runs in chunks of 8
+        many = np.concatenate([clips_u8] * 8)  # (16, 10, 1, 64, 64)
+        got = triton_infer(client, name, many, binary=binary).as_numpy("predicted")
+        np.testing.assert_allclose(got, np.concatenate([want] * 8), rtol=0, atol=ATOL)
         # one clip without the batch axis, and the version named in the URL
         one = triton_infer(client, name, clips_f32[0], binary=binary, version="1").as_numpy("predicted")
         np.testing.assert_allclose(one, want[0], rtol=0, atol=ATOL)
@@ -249,6 +262,16 @@ def test_errors_are_reported_by_tritonclient_with_their_message(client, server: 
     assert error.status() == "422" and "STLIGHT_MAX_HORIZON" in error.message()
     error = error_of(lambda: client.load_model("alpha", config="{}"))
     assert error.status() == "400" and "not supported" in error.message()
+
+    # data nested deeper than a clip can be, or ragged: what was expected, not numpy's words
+    deep: object = 0.5
+    for _ in range(100):
+        deep = [deep]
+    for data, why in ((deep, "nested more than 5 deep"), ([[0.5] * 3, [0.5] * 2], "depth 2 differ in length (2, 3)")):
+        tensor = {"name": "frames", "shape": [10, 1, 64, 64], "datatype": "FP32", "data": data}
+        answer = httpx.post(server.url + "/v2/models/alpha/infer", json={"inputs": [tensor]})
+        assert answer.status_code == 422 and "rectangular nested list" in answer.json()["error"], answer.text
+        assert why in answer.json()["error"] and "numpy" not in answer.json()["error"], answer.text
 
     # every /v2 error is {"error": "..."} JSON: from routes, from the router, from the body limit
     for response in (
