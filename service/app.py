@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request, Response
@@ -178,7 +179,8 @@ async def _read_clips(
                         "send one video file in a part named 'video', or image files in parts named 'frames', not both",
                     )
                 data = await videos[0].read()
-                return await asyncio.to_thread(_decode_video, data, engine, settings, options)
+                kind = _part_video_type(videos[0])
+                return await asyncio.to_thread(_decode_video, data, kind, engine, settings, options)
             options.check_for(codecs.NPY)  # image parts: no video options
             parts = form.getlist("frames")
             if not parts:
@@ -203,16 +205,37 @@ async def _read_clips(
             f"the request body is empty; expected {request_type} with {codecs.shape_text(engine.spec.input_shape)} frames",
         )
     if request_type in codecs.VIDEO_TYPES:
-        return await asyncio.to_thread(_decode_video, body, engine, settings, options)
+        return await asyncio.to_thread(_decode_video, body, request_type, engine, settings, options)
     if request_type == codecs.NPY and len(body) <= INLINE_BYTES:
         return codecs.decode_npy(body, engine.spec)
     decode = codecs.decode_npy if request_type == codecs.NPY else codecs.decode_json
     return await asyncio.to_thread(decode, body, engine.spec)
 
 
-def _decode_video(data: bytes, engine: Engine, settings: ServeSettings, options: VideoOptions) -> codecs.Clips:
+def _part_video_type(part: UploadFile) -> str:
+    """A multipart 'video' part is read as its Content-Type says, else as its file name's suffix says."""
+    kind = codecs.media_type(part.content_type)
+    if kind in codecs.VIDEO_TYPES:
+        return kind
+    suffix = Path(part.filename or "").suffix.lower()
+    if suffix in video.SUFFIX_TYPES:
+        return video.SUFFIX_TYPES[suffix]
+    got = f"Content-Type {kind!r}" if kind else "no Content-Type"
+    raise Problem(
+        415,
+        "unsupported-media-type",
+        f"the 'video' part has {got} and file name {part.filename!r}; expected one of {', '.join(codecs.VIDEO_TYPES)}",
+    )
+
+
+def _decode_video(data: bytes, media_type: str, engine: Engine, settings: ServeSettings, options: VideoOptions) -> codecs.Clips:
     return codecs.decode_video(
-        data, engine.spec, resize=options.resize, start=options.start, max_frames=settings.max_video_frames
+        data,
+        engine.spec,
+        media_type=media_type,
+        resize=options.resize,
+        start=options.start,
+        max_frames=settings.max_video_frames,
     )
 
 

@@ -317,13 +317,19 @@ class LocalClient:
         start: int | None = None,
         horizon: int | None = None,
     ) -> np.ndarray:
-        """:meth:`Client.predict_video`, decoded here (``media_type`` is not needed: FFmpeg probes)."""
+        """:meth:`Client.predict_video`, decoded here: a path is read as its suffix says (or
+        ``media_type``), bytes as ``media_type`` (default MP4), as the service would."""
         from service import codecs
         from service.problems import Problem
+        from service.video import VideoError, media_type_of
 
+        try:
+            kind = media_type or ("video/mp4" if isinstance(video, bytes) else media_type_of(video))
+        except VideoError as exc:
+            raise ValueError(exc.detail) from None
         data = video if isinstance(video, bytes) else Path(video).read_bytes()
         try:
-            clips = codecs.decode_video(data, self.spec, resize=resize, start=start)
+            clips = codecs.decode_video(data, self.spec, media_type=kind, resize=resize, start=start)
         except Problem as exc:
             raise ValueError(exc.detail) from None
         return self._run(clips.frames, False, horizon)

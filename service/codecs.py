@@ -292,15 +292,18 @@ def decode_video(
     data: bytes,
     spec: ClipSpec,
     *,
+    media_type: str,
     resize: video.Resize = "none",
     start: int | None = None,
     max_frames: int = video.MAX_FRAMES,
 ) -> Clips:
-    """One clip of T frames from a video file's bytes (any container FFmpeg probes): the last T,
-    or T from frame ``start``. Colour video is converted to grey for a 1-channel model."""
+    """One clip of T frames from a video file's bytes, read as ``media_type`` (one of
+    :data:`VIDEO_TYPES`) and nothing else: the last T, or T from frame ``start``. Colour video is
+    converted to grey for a 1-channel model."""
     try:
         clip = video.read_video(
             data,
+            media_type=media_type,
             channels=spec.channels,
             height=spec.height,
             width=spec.width,

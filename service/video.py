@@ -5,19 +5,26 @@ Used by the service (video request bodies and answers), ``stlight predict`` (vid
 onnxruntime nor fastapi: numpy, Pillow and PyAV only. Errors are :class:`VideoError`, carrying
 the HTTP status and problem kind the service answers with; the CLIs print the message.
 
+Videos come from others (request bodies, downloaded clips), so a video is decoded as what it
+claims to be and nothing else: its media type (a body's ``Content-Type``, a file's suffix) names
+the one FFmpeg demuxer it is opened with, never a format FFmpeg guesses from the bytes (a guess
+can be a concat script or a playlist, which make FFmpeg read the files they name), and FFmpeg
+may open no file or URL besides the bytes handed to it (docs/security.md).
+
 Frames are taken as stored: no frame-rate conversion, no interpolation of missing frames.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import av
 import av.error
@@ -26,15 +33,22 @@ from PIL import Image, ImageOps
 
 Resize = Literal["none", "fit", "crop"]
 RESIZE_MODES: tuple[Resize, ...] = ("none", "fit", "crop")
-# request media types -> what FFmpeg is fed (it probes the format from the bytes anyway)
+# accepted media types -> the FFmpeg demuxer each is opened with (never probed), and its name for users
 MEDIA_TYPES = {
-    "video/mp4": "mp4",
-    "video/webm": "webm",
+    "video/mp4": "mp4",  # FFmpeg's MP4/QuickTime demuxer: .mov and .m4v too
+    "video/webm": "webm",  # FFmpeg's Matroska demuxer, which reads WebM
     "video/x-msvideo": "avi",
-    "video/x-matroska": "mkv",
+    "video/x-matroska": "matroska",
     "image/gif": "gif",
 }
-# file suffix -> the media type a video file is sent as (FFmpeg probes the real format)
+FORMAT_NAMES = {
+    "video/mp4": "MP4/MOV",
+    "video/webm": "WebM",
+    "video/x-msvideo": "AVI",
+    "video/x-matroska": "Matroska (MKV)",
+    "image/gif": "GIF",
+}
+# file suffix -> the media type a video file is read (and sent) as
 SUFFIX_TYPES = {
     ".mp4": "video/mp4",
     ".m4v": "video/mp4",
@@ -45,6 +59,11 @@ SUFFIX_TYPES = {
     ".gif": "image/gif",
 }
 SUFFIXES = tuple(SUFFIX_TYPES)
+# Every container is opened with these: no protocol at all (the bytes come through PyAV's own
+# I/O, which is no protocol), so a demuxer that would open another file or URL - directly, or
+# through a nested demuxer, which inherits the list - fails instead. The format whitelist is set
+# per open to the one demuxer asked for, which nested demuxers inherit too.
+LOCKED_DOWN = {"protocol_whitelist": "", "enable_drefs": "0"}
 DEFAULT_FPS = 10.0  # for frames that never had a rate (arrays, image folders)
 MAX_FRAMES = 10_000  # decoding more frames than this is refused (time and memory bound)
 MAX_PIXELS = 8192 * 8192  # per frame; beyond it one decoded frame alone is too large to hold
@@ -60,6 +79,14 @@ _ENCODERS: dict[str, tuple[str, str, str, dict[str, str]]] = {
     "gif": ("gif", "gif", "rgb8", {}),
 }
 CONTAINERS = tuple(_ENCODERS)
+# encode_video's containers -> the media type their bytes are read back as
+CONTAINER_TYPES = {
+    "mp4": "video/mp4",
+    "webm": "video/webm",
+    "mkv": "video/x-matroska",
+    "avi": "video/x-msvideo",
+    "gif": "image/gif",
+}
 
 
 class VideoError(ValueError):
@@ -97,19 +124,106 @@ class Probe:
 # ---------------------------------------------------------------------------------------
 
 
-def _open(source: bytes | str | Path) -> av.container.InputContainer:
-    if isinstance(source, bytes | bytearray) and not source:
+def media_type_of(path: str | Path) -> str:
+    """The media type a video file is read as, from its suffix; ``VideoError`` 415 for others."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in SUFFIX_TYPES:
+        raise VideoError(415, "unsupported-media-type", f"{Path(path).name}: expected a video file ({', '.join(SUFFIXES)})")
+    return SUFFIX_TYPES[suffix]
+
+
+@contextlib.contextmanager
+def _open(source: bytes | str | Path, media_type: str | None = None) -> Iterator[av.container.InputContainer]:
+    """The container, opened with the demuxer of ``media_type`` (default: a path's suffix) alone.
+
+    A path is opened here and handed to FFmpeg as a file object, like bytes: FFmpeg never sees a
+    name it could read as a URL or a protocol."""
+    if not isinstance(source, bytes | bytearray):
+        media_type = media_type or media_type_of(source)
+    elif media_type is None:
+        raise ValueError("video bytes need their media type")
+    elif not source:
         raise VideoError(400, "undecodable-video", "the video is empty (0 bytes)")
+    if media_type not in MEDIA_TYPES:
+        raise VideoError(415, "unsupported-media-type", f"got {media_type}; expected one of {', '.join(MEDIA_TYPES)}")
+    demuxer = MEDIA_TYPES[media_type]
+    opened_elsewhere: list[str] = []
+
+    def refuse(url: str, flags: int, options: dict[str, str]) -> Any:
+        """Every open FFmpeg asks for besides the bytes (an MP4's data references, a playlist's
+        segments) comes here and is refused; raised out of PyAV where FFmpeg does not swallow it."""
+        opened_elsewhere.append(url)
+        raise _refers_elsewhere(url)
+
+    with contextlib.ExitStack() as stack:
+        if isinstance(source, bytes | bytearray):
+            file: Any = io.BytesIO(source)
+        else:
+            try:
+                file = stack.enter_context(open(source, "rb"))
+            except OSError as exc:
+                raise VideoError(400, "unreadable-file", f"cannot read {source}: {exc.strerror or exc}") from None
+        try:
+            container = stack.enter_context(
+                av.open(
+                    file,
+                    mode="r",
+                    format=demuxer,
+                    container_options={**LOCKED_DOWN, "format_whitelist": demuxer},
+                    io_open=refuse,
+                    metadata_errors="ignore",
+                )
+            )
+        except av.error.FFmpegError as exc:
+            raise _not_a(media_type, source, exc) from None
+        if opened_elsewhere:  # the check after opening: FFmpeg asked for nothing but the bytes given
+            raise _refers_elsewhere(opened_elsewhere[0])
+        yield container
+        if opened_elsewhere:  # ... nor while decoding
+            raise _refers_elsewhere(opened_elsewhere[0])
+
+
+def _refers_elsewhere(url: str) -> VideoError:
+    return VideoError(
+        400, "undecodable-video", f"the video refers to another file or URL ({url[:80]!r}); expected a self-contained video"
+    )
+
+
+def _not_a(media_type: str, source: bytes | bytearray | str | Path, exc: Exception) -> VideoError:
+    """Bytes its demuxer cannot open: what was expected, and what they look like instead."""
+    name = FORMAT_NAMES[media_type]
+    if isinstance(source, bytes | bytearray):
+        head, said = bytes(source[:64]), f"its Content-Type {media_type} says"
+    else:
+        with open(source, "rb") as file:
+            head = file.read(64)
+        said = f"its suffix {Path(source).suffix.lower()} says"
+    looks, hint = _looks_like(head), ""
+    if looks in FORMAT_NAMES and looks != media_type:
+        hint = f"; it looks like {FORMAT_NAMES[looks]}: send it as {looks}"
+    elif looks and looks not in FORMAT_NAMES:
+        hint = f"; got text starting {looks!r}"
+    elif media_type == "video/mp4":
+        hint = " (an MP4 cut short loses its index, which MP4 writes at the end)"
+    return VideoError(400, "undecodable-video", f"not a readable {name} video ({_reason(exc)}); expected {name}, as {said}{hint}")
+
+
+def _looks_like(head: bytes) -> str | None:
+    """The media type the first bytes of a file announce, or the first line of a text."""
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
+        return "video/mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "video/webm" if b"webm" in head else "video/x-matroska"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "video/x-msvideo"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
     try:
-        file = io.BytesIO(source) if isinstance(source, bytes | bytearray) else str(source)
-        return av.open(file, mode="r", metadata_errors="ignore")
-    except av.error.FFmpegError as exc:
-        raise VideoError(
-            400,
-            "undecodable-video",
-            f"not a video FFmpeg can read ({_reason(exc)}); expected MP4, WebM, AVI, MKV or animated GIF"
-            " (an MP4 cut short loses its index, which MP4 writes at the end)",
-        ) from None
+        text = head.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    line = text.strip().splitlines()[0][:40] if text.strip() else ""
+    return line if line.isprintable() and line else None
 
 
 def _reason(exc: Exception) -> str:
@@ -141,9 +255,10 @@ def _promised_frames(container: av.container.InputContainer, stream: av.video.st
     return 0
 
 
-def probe(source: bytes | str | Path) -> Probe:
-    """Size, channels, frame rate and announced frame count, without decoding frames."""
-    with _open(source) as container:
+def probe(source: bytes | str | Path, media_type: str | None = None) -> Probe:
+    """Size, channels, frame rate and announced frame count, without decoding frames.
+    ``media_type``: what ``source`` is (see :func:`read_video`)."""
+    with _open(source, media_type) as container:
         stream = _stream(container)
         ctx = stream.codec_context
         fmt = ctx.pix_fmt or ""
@@ -194,6 +309,7 @@ def _size_error(got_w: int, got_h: int, width: int, height: int) -> VideoError:
 def read_video(
     source: bytes | str | Path,
     *,
+    media_type: str | None = None,
     channels: int,
     height: int,
     width: int,
@@ -203,6 +319,9 @@ def read_video(
     max_frames: int = MAX_FRAMES,
 ) -> Video:
     """Decode a video to (N, C, H, W) uint8 frames at the model's channels and size.
+
+    ``media_type`` (one of :data:`MEDIA_TYPES`; bytes need it, a path's suffix gives it) says
+    which demuxer reads ``source``; bytes that are not that format are a 400.
 
     ``count=None`` keeps every frame; ``count=k`` keeps ``k`` frames: the last ``k`` (the whole
     file is decoded, keeping a ring of ``k``), or frames ``start ... start + k - 1`` (decoding
@@ -218,7 +337,7 @@ def read_video(
     if count is not None and count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     mode = "L" if channels == 1 else "RGB"
-    with _open(source) as container:
+    with _open(source, media_type) as container:
         stream = _stream(container)
         stream.thread_type = "AUTO"
         ctx = stream.codec_context

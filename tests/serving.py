@@ -87,14 +87,19 @@ class Server:
 
     ``port=0`` (the default) lets the server pick one; ``wait_listening`` reads it from uvicorn's
     log. A fixed port (``free_port()``) gives ``url`` at once, before the server listens.
+    ``cwd``: the server's working directory (default: the repository).
     """
 
-    def __init__(self, log_path: Path, *args: str, port: int = 0, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, log_path: Path, *args: str, port: int = 0, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.log_path = log_path
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        if cwd is not None:  # `python -c` finds the packages through the repository, not the working directory
+            full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
         argv = [sys.executable, "-c", CLI, "serve", "--port", str(port), *args]
         with open(log_path, "wb") as log:  # the server writes to its own copy of the descriptor
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO)
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd or REPO)
         self.url = f"http://127.0.0.1:{port}" if port else ""
 
     def text(self) -> str:
@@ -141,10 +146,10 @@ class Server:
 
 
 @contextlib.contextmanager
-def running(log_path: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+def running(log_path: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[Server]:
     """``stlight serve ARGS``, listening and warmed up, for a fixture; afterwards it must stop
     on SIGTERM with status 0 and no traceback in its log."""
-    srv = Server(log_path, *args, env=env)
+    srv = Server(log_path, *args, env=env, cwd=cwd)
     try:
         srv.wait_listening()
         srv.wait_ready()

@@ -181,9 +181,9 @@ def test_video_answers_hold_input_then_prediction_at_the_input_rate(
 def test_truncated_and_non_video_bodies_are_400_problems(server: Server, videos: dict[str, bytes]) -> None:
     mp4 = videos["mp4"]
     for body, media_type, words in [
-        (mp4[: len(mp4) // 2], "video/mp4", "not a video"),
-        (np.random.default_rng(0).bytes(20_000), "video/mp4", "not a video"),
-        (b"\x93NUMPY not a video", "video/webm", "not a video"),
+        (mp4[: len(mp4) // 2], "video/mp4", "not a readable"),
+        (np.random.default_rng(0).bytes(20_000), "video/mp4", "not a readable"),
+        (b"\x93NUMPY not a video", "video/webm", "not a readable"),
         (videos["avi"][: len(videos["avi"]) * 2 // 3], "video/x-msvideo", "truncated"),
         (videos["webm"][: len(videos["webm"]) // 2], "video/webm", "truncated"),
     ]:
@@ -338,7 +338,7 @@ def test_stlight_predict_video_mistakes(tiny_onnx: Path, videos: dict[str, bytes
 
     (tmp_path / "cut.mp4").write_bytes(videos["mp4"][:2000])
     done = run_cli("predict", str(tmp_path / "cut.mp4"), "--out", str(tmp_path / "out"), "--model", str(tiny_onnx))
-    assert done.returncode == 1 and "not a video" in done.stdout + done.stderr
+    assert done.returncode == 1 and "not a readable MP4" in done.stdout + done.stderr
     done = run_cli("predict", str(tmp_path / "cut.mp4"), "--out", str(tmp_path / "out"), "--stride", "3")
     assert done.returncode == 2 and "--windows" in done.stderr and "Traceback" not in done.stderr
 

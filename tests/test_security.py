@@ -1,0 +1,179 @@
+"""Attacks on the inputs that come from others (docs/security.md): request bodies, files given
+to ``stlight predict`` and ``stlight train``, checkpoints, model files. Each test plants what
+the attacker wants (a file to read, a file a command would create) and asserts both the
+refusal and that nothing leaked or ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from serving import Server, running
+
+from service import codecs, video
+
+T = 10  # the tiny preset: 10 frames of 1 x 64 x 64 in
+PROBLEM = "application/problem+json"
+SECRET = ((np.arange(64)[:, None] * 7 + np.arange(64)[None, :] * 13) % 251).astype(np.uint8)  # 64 x 64: no codec invents it
+
+
+def concat_script(name: str, times: int = T) -> bytes:
+    """An FFmpeg concat script: a demuxer left to probe the bytes decodes the files it names."""
+    return b"ffconcat version 1.0\n" + f"file '{name}'\n".encode() * times
+
+
+def hls_playlist(name: str) -> bytes:
+    return f"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n{name}\n#EXT-X-ENDLIST\n".encode()
+
+
+# what an attacker sends instead of a video: scripts and playlists naming the planted files
+SCRIPTS = {
+    "concat, cwd": concat_script("secret.png"),
+    "concat, sub-folder": concat_script("sub/secret.png"),
+    "concat, a video": concat_script("secret.mp4", 1),
+    "hls, cwd": hls_playlist("secret.mp4"),
+    "hls, sub-folder": hls_playlist("sub/secret.mp4"),
+}
+LEAKING = ("concat, cwd", "concat, sub-folder", "concat, a video")  # with format probing, on today's FFmpeg
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding what an attacker would like to read: an image and a video, beside and below."""
+    folder = tmp_path_factory.mktemp("planted")
+    secret_video = video.encode_video(np.repeat(SECRET[None, None], T + 2, axis=0), container="mp4")
+    for where in (folder, folder / "sub"):
+        where.mkdir(exist_ok=True)
+        Image.fromarray(SECRET).save(where / "secret.png")
+        (where / "secret.mp4").write_bytes(secret_video)
+    return folder
+
+
+@contextlib.contextmanager
+def cwd(folder: Path) -> Iterator[None]:
+    before = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def test_the_scripts_are_real_attacks_on_a_probing_demuxer(planted: Path) -> None:
+    """The control: FFmpeg left to probe (as service/video.py did) decodes the planted files from
+    these very bytes, so a refusal below is the guard's doing, not a broken script's."""
+    with cwd(planted):
+        for name in LEAKING:
+            with av.open(io.BytesIO(SCRIPTS[name])) as container:
+                first = next(container.decode(video=0)).to_ndarray(format="gray")
+            assert np.abs(first.astype(int) - SECRET).mean() < 2, name  # the planted image (nearly: H.264)
+
+
+@pytest.mark.parametrize(("demuxer", "name"), [("concat", "concat, cwd"), ("concat", "concat, a video"), ("hls", "hls, cwd")])
+def test_even_a_demuxer_that_opens_files_opens_none_under_the_locked_down_options(planted: Path, demuxer: str, name: str) -> None:
+    """The second wall, should a demuxer that reads other files ever be chosen: with no protocol
+    allowed, the concat and HLS demuxers (forced here; never chosen by service/video.py) read nothing."""
+    with cwd(planted):
+        with av.open(io.BytesIO(SCRIPTS[name]), format=demuxer) as container:  # unguarded: the attack works
+            assert next(container.decode(video=0)).width == 64
+        locked = io.BytesIO(SCRIPTS[name])
+        with pytest.raises(av.error.FFmpegError), av.open(locked, format=demuxer, container_options=video.LOCKED_DOWN) as c:
+            next(c.decode(video=0))
+
+
+# ---------------------------------------------------------------------------------------
+# request bodies: a real server whose working directory holds the planted files
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tiny_onnx: Path, planted: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("security-server") / "server.log"
+    with running(log, "--model", str(tiny_onnx), "--device", "cpu", cwd=planted) as srv:
+        yield srv
+
+
+def assert_refused(response: httpx.Response, what: str) -> None:
+    """A 4xx problem document and nothing else: no frame of any planted file comes back."""
+    assert response.status_code in (400, 415), f"{what}: {response.status_code} {response.text[:200]}"
+    assert response.headers["content-type"] == PROBLEM, what
+    detail = response.json()["detail"]
+    assert "expected" in detail, f"{what}: {detail}"  # says what would have been accepted
+
+
+def test_scripts_and_playlists_as_video_bodies_are_refused_for_every_type_and_accept(server: Server) -> None:
+    for name, script in SCRIPTS.items():
+        for media_type in codecs.VIDEO_TYPES:
+            for accept in codecs.RESPONSE_TYPES:
+                response = httpx.post(
+                    server.url + "/predict",
+                    content=script,
+                    headers={"Content-Type": media_type, "Accept": accept},
+                    timeout=60,
+                )
+                assert_refused(response, f"{name} as {media_type}, Accept {accept}")
+            suffix = next(s for s, t in video.SUFFIX_TYPES.items() if t == media_type)
+            response = httpx.post(
+                server.url + "/predict",
+                files={"video": (f"clip{suffix}", script, media_type)},
+                headers={"Accept": codecs.NPY},
+                timeout=60,
+            )
+            assert_refused(response, f"{name} as a multipart {media_type} part")
+
+
+# ---------------------------------------------------------------------------------------
+# files: stlight predict and stlight train on a folder that holds a script named like a video
+# ---------------------------------------------------------------------------------------
+
+
+def plant_scripts(folder: Path, script: bytes) -> list[Path]:
+    """The script under every video suffix, beside a planted image and a sub-folder holding one."""
+    (folder / "sub").mkdir(parents=True, exist_ok=True)
+    for where in (folder, folder / "sub"):
+        Image.fromarray(SECRET).save(where / "secret.png")
+    paths = [folder / f"clip{suffix}" for suffix in video.SUFFIX_TYPES]
+    for path in paths:
+        path.write_bytes(script)
+    return paths
+
+
+@pytest.mark.parametrize("name", ["concat, cwd", "concat, sub-folder"])
+def test_stlight_predict_refuses_a_script_named_like_a_video(
+    name: str, tiny_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli import main
+
+    paths = plant_scripts(tmp_path / "in", SCRIPTS[name])
+    out = tmp_path / "out"
+    # --resize fit sends GIFs through FFmpeg too (else Pillow reads them)
+    argv = ["predict", *map(str, paths), "--out", str(out), "--model", str(tiny_onnx), "--resize", "fit", "--no-progress"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for path in paths:
+        assert f"{path.name}: " in err and "expected" in err, err
+        assert not (out / f"{path.stem}.npy").exists()
+    assert not list(out.rglob("*.npy")), "a prediction was written from a script"
+
+
+def test_stlight_train_refuses_a_folder_of_scripts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    plant_scripts(tmp_path / "videos", SCRIPTS["concat, cwd"])
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "tiny", "--dataset", "videos", "--data-dir", str(tmp_path / "videos")]
+    argv += ["--in-frames", "4", "--out-frames", "1", "--max-steps", "1", "--threads", "1", "--no-progress", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "clip" in err and "expected" in err, err
+    assert not list(out.glob("*.pt")), "a model was trained on a script's files"
