@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from model.cli import CONFIG_FIELDS, add_config_args, config_from_args
+from model.cli import CONFIG_FIELDS, add_config_args, add_trust_arg, config_from_args, trust_warning
 from service.errors import UserError
 
 
@@ -28,6 +28,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("checkpoint", nargs="?", type=Path, help="training checkpoint (.pt) to export; or use --preset")
     parser.add_argument("--out", type=Path, required=True, metavar="PATH", help="ONNX file to write (e.g. model.onnx)")
+    add_trust_arg(parser)
     add_config_args(
         parser, default_preset=None, preset_help="export this configuration with seeded random weights instead of a checkpoint"
     )
@@ -62,6 +63,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 def _source(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """(net, config, card) from the checkpoint or the preset; user mistakes become UserError."""
     overrides = [name for name in CONFIG_FIELDS if getattr(args, name, None) is not None]
+    if args.trust_checkpoint and args.checkpoint is None:
+        raise UserError("--trust-checkpoint applies to a checkpoint file; --preset reads none")
     if args.checkpoint is not None and args.preset is not None:
         raise UserError(f"give a checkpoint or --preset, not both (got {args.checkpoint} and --preset {args.preset})")
     if args.checkpoint is None and args.preset is None:
@@ -75,8 +78,10 @@ def _source(args: argparse.Namespace) -> tuple[Any, Any, Any]:
             raise UserError(f"checkpoint {args.checkpoint} does not exist")
         from export.onnx_export import load_for_export
 
+        if args.trust_checkpoint:
+            print(trust_warning(args.checkpoint), file=sys.stderr)
         try:
-            return load_for_export(args.checkpoint)
+            return load_for_export(args.checkpoint, trust=args.trust_checkpoint)
         except ValueError as exc:
             raise UserError(str(exc)) from None
 

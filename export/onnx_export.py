@@ -184,12 +184,13 @@ def _json_metrics(metrics: Any) -> dict[str, Any]:
     return out
 
 
-def load_for_export(ckpt_path: str | Path) -> tuple[STLight, STLightConfig, ModelCard]:
-    """Model (eval mode), config and card from a checkpoint; ``ValueError`` on a bad file."""
+def load_for_export(ckpt_path: str | Path, *, trust: bool = False) -> tuple[STLight, STLightConfig, ModelCard]:
+    """Model (eval mode), config and card from a checkpoint (``trust``: unpickled fully, which
+    runs any code it holds); ``ValueError`` on a bad file."""
     from model.checkpoint import build_model, read_checkpoint
     from service.hashing import file_sha256
 
-    payload = read_checkpoint(ckpt_path)
+    payload = read_checkpoint(ckpt_path, trust=trust)
     net, config = build_model(payload, ckpt_path)
     metrics = payload.get("best_metrics") or payload.get("metrics") or {}
     card = ModelCard.from_config(

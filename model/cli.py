@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -152,6 +153,24 @@ _non_negative_int = _checked(int, "an integer >= 0", lambda v: v >= 0)
 _positive_float = _checked(float, "a positive number", lambda v: v > 0 and math.isfinite(v))
 
 
+def trust_warning(path: object) -> str:
+    """What ``--trust-checkpoint`` prints before it unpickles ``path``."""
+    return (
+        f"warning: --trust-checkpoint: unpickling {path}, which runs any code the file holds; "
+        "use it only for files you made or whose author you trust"
+    )
+
+
+def add_trust_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str = "the checkpoint") -> None:
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help=f"unpickle {what} fully (torch.load with weights_only=False), which runs any code the file holds: only "
+        "for files you made or whose author you trust. Without it a checkpoint that holds anything but weights and "
+        "training state is refused, naming what it held",
+    )
+
+
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument(
@@ -276,6 +295,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     group.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last.pt (settings come from the checkpoint)"
     )
+    add_trust_arg(group, "last.pt when resuming")
     group.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train (auto: CUDA when available)"
     )
@@ -326,9 +346,15 @@ def run_train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     out = Path(args.out)
+    if args.trust_checkpoint:
+        if not args.resume:
+            raise UserError("--trust-checkpoint applies to --resume (the checkpoint it reads); add --resume or drop it")
+        if ranks.main:
+            print(trust_warning(out / "last.pt"), file=sys.stderr)
     request = TrainRequest(
         out=out,
         resume=args.resume,
+        trust_checkpoint=args.trust_checkpoint,
         overrides=config_overrides(args),
         processes=ranks.world,
         **{name: getattr(args, name) for name in _REQUEST_FLAGS},
@@ -382,6 +408,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         "Computed in fp32 (no mixed precision, no TF32 on GPUs), as training's validation is.",
     )
     parser.add_argument("checkpoint", metavar="CKPT", help="a .pt file written by stlight train (last.pt, best.pt)")
+    add_trust_arg(parser)
     group = parser.add_argument_group("data")
     group.add_argument(
         "--dataset", choices=DATASETS, default=None, help="dataset kind (default: the one the checkpoint was trained on)"
@@ -424,13 +451,17 @@ def run_eval(args: argparse.Namespace) -> int:
 
     import torch
 
-    from model.checkpoint import build_model, read_checkpoint
+    from model.checkpoint import CheckpointError, build_model, read_checkpoint
     from model.data import DataError, DataSpec, build_test_dataset, clip_count
     from model.train import evaluate, resolve_device
 
+    if args.trust_checkpoint:
+        print(trust_warning(args.checkpoint), file=sys.stderr)
     try:
-        payload = read_checkpoint(args.checkpoint)
+        payload = read_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
         net, config = build_model(payload, args.checkpoint)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
     except ValueError as exc:
         raise UserError(f"cannot load {args.checkpoint}: {exc}") from None
     name = args.dataset or payload.get("dataset") or "mmnist"

@@ -34,6 +34,7 @@ class TrainRequest:
 
     out: Path
     resume: bool = False
+    trust_checkpoint: bool = False  # unpickle last.pt fully (it may run code): --trust-checkpoint
     dataset: str = "mmnist"
     preset: str | None = None
     overrides: dict[str, int] = field(default_factory=dict)  # STLightConfig fields the user set
@@ -73,7 +74,7 @@ def plan_run(request: TrainRequest) -> Plan:
         if not (out / "last.pt").is_file():
             raise UserError(f"--resume: {out / 'last.pt'} does not exist; start the run without --resume first")
         try:
-            payload = load_resume(out)
+            payload = load_resume(out, trust=request.trust_checkpoint)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         settings, config, spec = _resumed(request, payload)

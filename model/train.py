@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -163,8 +163,17 @@ class EpochClips(Dataset):
 def rng_states(device: torch.device) -> dict[str, Any]:
     """Python, numpy and torch RNG states, plus the CUDA state of ``device`` alone when it is a GPU:
     a resumption may see another number of GPUs (a smaller ``CUDA_VISIBLE_DEVICES``), so states of
-    devices this process does not use are not kept."""
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    devices this process does not use are not kept. Numbers, tuples and tensors only (numpy's key
+    as an int64 tensor), so the checkpoint loads with ``weights_only``."""
+    kind, key, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
+    numpy_state = {
+        "kind": kind,
+        "key": torch.from_numpy(key.astype(np.int64)),
+        "pos": pos,
+        "has_gauss": has_gauss,
+        "gauss": gauss,
+    }
+    states: dict[str, Any] = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state(device)
     return states
@@ -179,9 +188,15 @@ def rng_of_rank(payload: dict[str, Any], rank: int) -> dict[str, Any]:
 
 def set_rng_states(states: dict[str, Any], device: torch.device) -> None:
     """Restore :func:`rng_states`; a CUDA state is restored only onto a GPU in use. Older checkpoints
-    hold every visible device's state as a list: the run used its current device, the first one."""
+    hold numpy's state as numpy's own tuple, and every visible device's CUDA state as a list: the
+    run used its current device, the first one."""
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    saved = states["numpy"]
+    if isinstance(saved, dict):
+        key = saved["key"].numpy().astype(np.uint32)
+        np.random.set_state((saved["kind"], key, saved["pos"], saved["has_gauss"], saved["gauss"]))
+    else:
+        np.random.set_state(saved)
     torch.set_rng_state(states["torch"])
     cuda = states.get("cuda")
     if device.type != "cuda" or cuda is None:
@@ -581,9 +596,9 @@ class LossMeter:
         return value
 
 
-def load_resume(out: Path) -> dict[str, Any]:
-    """The checkpoint ``out/last.pt`` with its run settings, for ``--resume``."""
-    payload = read_checkpoint(out / "last.pt")
+def load_resume(out: Path, *, trust: bool = False) -> dict[str, Any]:
+    """The checkpoint ``out/last.pt`` with its run settings, for ``--resume`` (``trust``: unpickled fully)."""
+    payload = read_checkpoint(out / "last.pt", trust=trust)
     if "run" not in payload or "optimizer" not in payload:
         raise ValueError(f"{out / 'last.pt'} is not a training checkpoint (no optimizer or run settings); it cannot be resumed")
     return payload

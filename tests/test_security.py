@@ -177,3 +177,128 @@ def test_stlight_train_refuses_a_folder_of_scripts(tmp_path: Path, capsys: pytes
     err = capsys.readouterr().err
     assert "Traceback" not in err and "clip" in err and "expected" in err, err
     assert not list(out.glob("*.pt")), "a model was trained on a script's files"
+
+
+# ---------------------------------------------------------------------------------------
+# checkpoints: a pickle whose loading runs a command
+# ---------------------------------------------------------------------------------------
+
+
+class RunsACommand:
+    """Pickled as a call of ``os.system``: unpickling the checkpoint runs ``command``."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (self.command,)
+
+
+def train_argv(mnist_dir: Path, out: Path) -> list[str]:
+    """Two steps of a tiny model on real digits."""
+    argv = ["train", "--preset", "tiny", "--dim", "32", "--depth", "2", "--in-frames", "4", "--out-frames", "1"]
+    argv += ["--data-dir", str(mnist_dir), "--max-steps", "2", "--val-clips", "8", "--threads", "1", "--no-progress"]
+    return [*argv, "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
+    """A real training run's folder: last.pt and best.pt."""
+    from service.cli import main
+
+    out = tmp_path_factory.mktemp("run")
+    assert main(train_argv(mnist_dir, out)) == 0
+    return out
+
+
+def booby_trapped(learned: Path, folder: Path) -> tuple[Path, Path]:
+    """A copy of a real checkpoint that also holds a pickled ``touch MARK``; (checkpoint, MARK)."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mark = folder / "the-command-ran"
+    payload = torch.load(learned / "last.pt", weights_only=False)  # the test's own file
+    payload["metrics"] = {"mse": 1.0, "note": RunsACommand(f"touch '{mark}'")}
+    torch.save(payload, folder / "last.pt")
+    return folder / "last.pt", mark
+
+
+def test_training_checkpoints_load_with_weights_only_and_nothing_allowed_besides(learned: Path) -> None:
+    import torch
+
+    for name in ("last.pt", "best.pt"):
+        payload = torch.load(learned / name, weights_only=True)  # torch's own allow-list, nothing added
+        assert payload["format_version"] == 2 and payload["rng"]["numpy"]["key"].dtype == torch.int64
+
+
+def test_a_checkpoint_that_runs_a_command_is_refused_by_every_command_that_reads_one(
+    learned: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], mnist_dir: Path
+) -> None:
+    from service.cli import main
+
+    evil, mark = booby_trapped(learned, tmp_path / "run")
+    for argv in (
+        ["export", str(evil), "--out", str(tmp_path / "model.onnx")],
+        ["eval", str(evil), "--data-dir", str(mnist_dir), "--val-clips", "4"],
+        ["train", "--out", str(evil.parent), "--resume", "--no-progress"],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert not mark.exists(), f"stlight {argv[0]} ran the checkpoint's command"
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert "posix.system" in err and "--trust-checkpoint" in err, err  # what it held, and the way out
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_trust_checkpoint_unpickles_with_a_warning(
+    learned: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], mnist_dir: Path
+) -> None:
+    """The control: the booby trap is live (trusted, it runs), and trusting says so first."""
+    from service.cli import main
+
+    evil, mark = booby_trapped(learned, tmp_path / "run")
+    code = main(["eval", str(evil), "--trust-checkpoint", "--data-dir", str(mnist_dir), "--val-clips", "4", "--json"])
+    err = capsys.readouterr().err
+    assert code == 0 and "--trust-checkpoint" in err and "runs any code" in err, err
+    assert mark.exists()
+
+
+def test_a_0_2_0_checkpoint_loads_without_trust_and_resumes_exactly(learned: Path, tmp_path: Path, mnist_dir: Path) -> None:
+    """0.2.0 kept numpy's RNG state as numpy's tuple (an array inside): such a last.pt still
+    resumes, without --trust-checkpoint, to the weights of the run that never stopped."""
+    import numpy as np
+    import torch
+
+    from service.cli import main
+
+    out = tmp_path / "split"
+    assert main([*train_argv(mnist_dir, out), "--stop-after", "1"]) == 0
+    payload = torch.load(out / "last.pt", weights_only=True)
+    state = payload["rng"]["numpy"]
+    payload["rng"]["numpy"] = (
+        state["kind"],
+        state["key"].numpy().astype(np.uint32),
+        state["pos"],
+        state["has_gauss"],
+        state["gauss"],
+    )
+    payload["format_version"] = 1
+    torch.save(payload, out / "last.pt")  # as 0.2.0 wrote it
+    with pytest.raises(Exception, match="numpy"):
+        torch.load(out / "last.pt", weights_only=True)  # torch alone refuses it: the array is what is being tested
+    assert main(["train", "--out", str(out), "--resume", "--threads", "1", "--no-progress"]) == 0
+    resumed, whole = (torch.load(run / "last.pt", weights_only=True) for run in (out, learned))
+    assert resumed["step"] == whole["step"] == 2 and resumed["format_version"] == 2
+    for name, tensor in whole["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+
+
+def test_saving_refuses_what_loading_would_refuse(tmp_path: Path) -> None:
+    """A numpy number in the metrics would make the next load refuse the run's own checkpoint:
+    saving says so at once, naming where it is."""
+    from model import STLight, preset, save_checkpoint
+
+    config = preset("tiny")
+    with pytest.raises(TypeError, match=r"checkpoint\['metrics'\]\['mse'\] is a numpy.float64"):
+        save_checkpoint(tmp_path / "x.pt", STLight(config), config, metrics={"mse": np.float64(1.0)})
+    assert not list(tmp_path.iterdir())

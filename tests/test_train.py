@@ -70,7 +70,7 @@ def test_short_run_learns_well_below_the_all_zeros_prediction(learned_run: Path,
 
 @pytest.mark.slow
 def test_run_folder_holds_checkpoints_and_a_picture(learned_run: Path) -> None:
-    last = torch.load(learned_run / "last.pt", weights_only=False)
+    last = torch.load(learned_run / "last.pt", weights_only=True)
     for key in (
         "config",
         "model",
@@ -128,11 +128,11 @@ def test_split_run_resumes_to_identical_weights(dataset: str, mnist_dir: Path, t
     run = [*data, "--batch-size", "8", "--max-steps", "7", "--val-clips", "8"]  # 3 steps per epoch
     assert train(*run, "--out", str(tmp_path / "whole")) == 0
     assert train(*run, "--stop-after", "4", "--out", str(tmp_path / "split")) == 0  # stops mid-epoch
-    half = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
+    half = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
     assert half["step"] == 4
     assert main(["train", "--out", str(tmp_path / "split"), "--resume", "--threads", "1", "--no-progress"]) == 0
-    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
-    split = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    split = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
     assert split["step"] == whole["step"] == 7
     for name, tensor in whole["model"].items():
         assert torch.equal(tensor, split["model"][name]), name

@@ -136,7 +136,7 @@ def test_resume_of_a_checkpoint_saved_with_more_gpus_than_visible(tmp_path: Path
     states = rng_states(torch.device("cpu"))
     states["cuda"] = [torch.tensor([10 + i], dtype=torch.uint8) for i in range(4)]
     torch.save({"rng": states}, tmp_path / "last.pt")
-    loaded = torch.load(tmp_path / "last.pt", weights_only=False)["rng"]
+    loaded = torch.load(tmp_path / "last.pt", weights_only=True)["rng"]
     set_rng_states(loaded, CUDA0)  # one GPU visible now: torch.cuda.set_rng_state_all would raise IndexError
     assert fake_cuda_rng.set_calls == [(10, CUDA0)]  # the run's device was its first
     set_rng_states({**loaded, "cuda": []}, CUDA0)  # and none saved at all
@@ -179,7 +179,7 @@ def test_nan_loss_is_caught_at_the_next_read_before_any_checkpoint(tmp_path: Pat
     with pytest.raises(FloatingPointError, match=f"loss became nan by step {2 * steps_per_epoch};"):
         train(settings, config, DataSpec("npz"), runtime, datasets=(clips, PoisonedClips(4)))
     # epoch 0 ended clean: one checkpoint, from before the NaN
-    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == steps_per_epoch
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == steps_per_epoch
 
 
 def test_loss_is_read_from_the_device_every_n_steps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

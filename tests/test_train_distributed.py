@@ -37,7 +37,7 @@ def torchrun(*args: str, procs: int = 2) -> subprocess.CompletedProcess[str]:
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=False)["model"]
+    return torch.load(path, weights_only=True)["model"]
 
 
 def relative_l2(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -80,7 +80,7 @@ def test_two_processes_match_one_with_the_same_global_batch(runs: dict[str, Path
 
 @pytest.mark.slow
 def test_resume_under_torchrun_equals_a_straight_run(runs: dict[str, Path]) -> None:
-    straight, split = (torch.load(runs[r] / "last.pt", weights_only=False) for r in ("two", "split"))
+    straight, split = (torch.load(runs[r] / "last.pt", weights_only=True) for r in ("two", "split"))
     assert split["step"] == straight["step"] == 7
     for name, tensor in straight["model"].items():
         assert torch.equal(tensor, split["model"][name]), name

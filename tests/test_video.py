@@ -406,8 +406,8 @@ def test_train_on_videos_resumes_to_identical_weights_and_evaluates(
     assert main(["train", *run, "--out", str(tmp_path / "whole")]) == 0
     assert main(["train", *run, "--stop-after", "4", "--out", str(tmp_path / "split")]) == 0
     assert main(["train", "--out", str(tmp_path / "split"), "--resume", "--threads", "1", "--no-progress"]) == 0
-    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
-    split = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    split = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
     assert split["step"] == whole["step"] == 6
     assert split["data"]["stride"] == 4 and split["data"]["resize"] == "none"
     for name, tensor in whole["model"].items():
