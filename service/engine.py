@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.card import ModelCard
+from service.external_data import ExternalDataError, NotOnnxError, check_external_data
 from service.hashing import file_sha256
 from service.runtime import CPU, CUDA, classify_run_error, cuda_provider_options, preload_cuda_libraries
 
@@ -88,6 +89,12 @@ class Engine:
             raise EngineError(f"spinning must be off, run or on, got {spinning!r}")
         if max_batch_size < 1:
             raise EngineError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        try:  # before ONNX Runtime: 1.20 reads external data wherever it points (1.31 checks it too)
+            check_external_data(self.path)
+        except (NotOnnxError, OSError) as exc:
+            raise EngineError(f"cannot load {self.path}: not an ONNX model file ({exc})") from None
+        except ExternalDataError as exc:
+            raise EngineError(str(exc)) from None
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads

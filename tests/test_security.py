@@ -302,3 +302,114 @@ def test_saving_refuses_what_loading_would_refuse(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match=r"checkpoint\['metrics'\]\['mse'\] is a numpy.float64"):
         save_checkpoint(tmp_path / "x.pt", STLight(config), config, metrics={"mse": np.float64(1.0)})
     assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------------------
+# model files: external data outside the model's folder
+# ---------------------------------------------------------------------------------------
+
+
+def test_the_external_data_walk_knows_every_field_that_can_hold_a_tensor() -> None:
+    """service/external_data.py reads protobuf without the onnx package: its field numbers must
+    be onnx.proto's, and it must descend into every field of a message type that can hold a tensor."""
+    import onnx
+
+    from service.external_data import SCHEMA
+
+    for kind, holds in SCHEMA.items():
+        descriptor = getattr(onnx, kind).DESCRIPTOR
+        for number, target in holds.items():
+            assert descriptor.fields_by_number[number].message_type.name == target, (kind, number)
+        missed = [f.name for f in descriptor.fields if f.message_type and f.message_type.name in SCHEMA and f.number not in holds]
+        assert not missed, f"{kind}: {missed} can hold tensors but are not walked"
+    tensor, entry = onnx.TensorProto.DESCRIPTOR, onnx.StringStringEntryProto.DESCRIPTOR
+    assert (tensor.fields_by_name["name"].number, tensor.fields_by_name["external_data"].number) == (8, 13)
+    assert (entry.fields_by_name["key"].number, entry.fields_by_name["value"].number) == (1, 2)
+
+
+def with_external_weight(source: Path, model_path: Path, location: str, data_at: Path | None = None) -> None:
+    """``source`` with its largest initializer's bytes moved to ``location`` (written to
+    ``data_at``, default the folder's ``location``): a model that works wherever its data is read."""
+    import onnx
+
+    model = onnx.load(source)
+    tensor = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    data = tensor.raw_data
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(len(data)))):
+        tensor.external_data.add(key=key, value=value)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    target = data_at or model_path.parent / location
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    model_path.write_bytes(model.SerializeToString())
+
+
+@pytest.fixture(scope="module")
+def escaping_repository(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository beside a planted folder: each model keeps a weight in the planted folder
+    (its bytes exactly right, so that a model that read it would load and answer), reached by an
+    absolute path, by '..', through a symlinked file and through a symlinked folder. ``inside``
+    keeps it in its own folder (allowed), ``good`` keeps none."""
+    root = tmp_path_factory.mktemp("escapes")
+    planted, repo = root / "planted", root / "repo"
+    secret = planted / "weights.bin"
+    with_external_weight(tiny_onnx, repo / "absolute" / "1" / "model.onnx", str(secret), data_at=secret)
+    with_external_weight(tiny_onnx, repo / "dotdot" / "1" / "model.onnx", "../../../planted/weights.bin", data_at=secret)
+    with_external_weight(tiny_onnx, repo / "link" / "1" / "model.onnx", "weights.bin", data_at=secret)
+    (repo / "link" / "1" / "weights.bin").symlink_to(secret)
+    with_external_weight(tiny_onnx, repo / "linkdir" / "1" / "model.onnx", "data/weights.bin", data_at=secret)
+    (repo / "linkdir" / "1" / "data").symlink_to(planted, target_is_directory=True)
+    with_external_weight(tiny_onnx, repo / "inside" / "1" / "model.onnx", "data/weights.bin")
+    (repo / "good.onnx").write_bytes(tiny_onnx.read_bytes())
+    return repo
+
+
+ESCAPES = {"absolute": "an absolute path", "dotdot": "'..'", "link": "symbolic link", "linkdir": "symbolic link"}
+
+
+def test_a_repository_model_whose_external_data_escapes_is_refused_and_the_others_serve(
+    escaping_repository: Path, reference, tmp_path: Path
+) -> None:
+    clip = np.random.default_rng(3).random((T, 1, 64, 64), dtype=np.float32)
+    want = reference(clip[None])[0]
+    with running(tmp_path / "server.log", "--model-repository", str(escaping_repository), "--device", "cpu") as srv:
+        index = {row["name"]: row for row in httpx.post(srv.url + "/v2/repository/index", json={}).json()}
+        for name in ("good", "inside"):  # the control: a model with its data in its own folder is served, exactly
+            assert index[name]["state"] == "READY", index[name]
+            response = httpx.post(
+                srv.url + "/predict", params={"model": name}, content=npy(clip), headers={"Content-Type": codecs.NPY}
+            )
+            assert response.status_code == 200, response.text
+            np.testing.assert_allclose(np.load(io.BytesIO(response.content)), want, atol=1e-5)
+        for name, why in ESCAPES.items():
+            row = index[name]
+            # refused by service/external_data.py, before ONNX Runtime opened anything
+            assert row["state"] == "UNAVAILABLE" and "keeps its data in" in row["reason"] and why in row["reason"], row
+            response = httpx.post(
+                srv.url + "/predict", params={"model": name}, content=npy(clip), headers={"Content-Type": codecs.NPY}
+            )
+            assert response.status_code >= 400 and response.headers["content-type"] == PROBLEM, response.text
+            load = httpx.post(srv.url + f"/v2/repository/models/{name}/load", json={})
+            assert load.status_code == 400 and "keeps its data in" in load.json()["error"], load.text
+
+
+def test_stlight_predict_refuses_a_model_whose_external_data_escapes(
+    escaping_repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli import main
+
+    np.save(tmp_path / "clip.npy", np.zeros((T, 1, 64, 64), np.float32))
+    for name in ESCAPES:
+        model = escaping_repository / name / "1" / "model.onnx"
+        assert main(["predict", str(tmp_path / "clip.npy"), "--out", str(tmp_path / "out"), "--model", str(model)]) == 2
+        err = capsys.readouterr().err
+        assert "keeps its data in" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out" / "clip.npy").exists()
+
+
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
