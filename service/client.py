@@ -222,7 +222,8 @@ class Client:
             delay = min(retry_after, MAX_RETRY_AFTER_S)
         else:
             delay = min(self.backoff_s * 2**attempt, self.max_backoff_s)
-        time.sleep(delay * random.uniform(1.0, 1.2))  # jitter: clients told the same delay do not return together
+        # jitter, so that clients told the same delay do not return together: no secret, any generator will do
+        time.sleep(delay * random.uniform(1.0, 1.2))  # noqa: S311
 
     @staticmethod
     def _problem(response: httpx.Response) -> dict[str, Any]:
