@@ -34,7 +34,9 @@ KSERVE = DEPLOY / "kserve"
 K8S_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
 KUBECTL = shutil.which("kubectl")
 
-pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed (.ci/run installs Debian's kubernetes-client)")
+pytestmark = pytest.mark.skipif(
+    KUBECTL is None, reason="kubectl is not on PATH (apt-get install kubernetes-client; .ci/run does)"
+)
 
 Obj = dict[str, Any]
 

@@ -1,9 +1,11 @@
 """The serving image, for real: build it, run it on loopback, predict, stop it; validate and run
 the compose file.
 
-Needs a Docker daemon and the base image (``../shared/tools/docker-base.sh`` starts one and makes
-``python:3.11-slim-bookworm`` locally); skipped when no daemon answers. The CPU image
-(``--build-arg RUNTIME=cpu``) is always built; ``STLIGHT_DOCKER_GPU=1`` also builds and runs the
+Opt-in: they build images and start containers on the machine's Docker engine, so they run only
+with ``STLIGHT_DOCKER_TESTS=1`` (``.ci/run`` sets it) and a daemon that answers ``docker info``;
+otherwise they skip saying so. The build needs the base image ``python:3.11-slim-bookworm``
+(``docker pull``; offline, a local stand-in with that tag, as CI's ``../shared/tools/docker-base.sh``
+makes). The CPU image (``--build-arg RUNTIME=cpu``) is always built; ``STLIGHT_DOCKER_GPU=1`` also builds and runs the
 default CUDA image (~2.9 GB of pip wheels; without a GPU it serves on CPU, as ``/readyz`` says).
 The image ships whatever ``service/assets/default.onnx`` holds; predictions are compared with
 in-process ONNX Runtime on that same file.
@@ -44,10 +46,17 @@ def _docker_answers() -> bool:
         return False
 
 
-pytestmark = [
-    pytest.mark.docker,
-    pytest.mark.skipif(not _docker_answers(), reason="no Docker daemon answers (run ../shared/tools/docker-base.sh)"),
-]
+def _why_skip() -> str:
+    """Empty when the Docker tests may run; else why not and how to run them."""
+    if os.environ.get("STLIGHT_DOCKER_TESTS") != "1":
+        return "builds Docker images and starts containers: opt in with STLIGHT_DOCKER_TESTS=1 (.ci/run does)"
+    if not _docker_answers():
+        return "STLIGHT_DOCKER_TESTS=1 but no Docker daemon answers `docker info`: start one (and have the rights to use it)"
+    return ""
+
+
+SKIP_REASON = _why_skip()
+pytestmark = [pytest.mark.docker, pytest.mark.skipif(bool(SKIP_REASON), reason=SKIP_REASON)]
 
 RUNTIMES = ["cpu"] + (["cuda"] if os.environ.get("STLIGHT_DOCKER_GPU") == "1" else [])
 
@@ -127,7 +136,10 @@ def image(request: pytest.FixtureRequest, default_model: Path) -> str:
         hint = (
             ""
             if docker("image", "inspect", BASE_IMAGE, check=False).returncode == 0
-            else (f"\n(no local {BASE_IMAGE}: without a registry, ../shared/tools/docker-base.sh makes one)")
+            else (
+                f"\n(no local {BASE_IMAGE}: `docker pull {BASE_IMAGE}`; offline, tag a local stand-in with that name, "
+                "as CI's ../shared/tools/docker-base.sh does)"
+            )
         )
         pytest.fail(f"docker build of {tag} failed:\n{(done.stdout + done.stderr)[-4000:]}{hint}")
     print(f"built {tag} in {time.monotonic() - began:.0f} s")
