@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from model.config import DATASETS, STLightConfig
-from service.frames import IMAGE_MODES, image_pixels, load_npy
+from service.frames import IMAGE_FORMATS, IMAGE_MODES, image_pixels, load_npy
 from service.frames import IMAGE_SUFFIXES as STILL_IMAGE_SUFFIXES
 from service.hashing import file_digest
 
@@ -410,7 +410,7 @@ class FrameFolders(Dataset):
                 raise DataError(f"{where}: has {len(frames)} image files, the model needs in_frames + out_frames = {need}")
             for frame in frames[:need]:
                 try:
-                    with Image.open(frame) as image:
+                    with Image.open(frame, formats=IMAGE_FORMATS) as image:
                         got = image.size
                 except Exception as exc:
                     raise DataError(f"{frame} is not a readable image ({exc})") from None
@@ -432,7 +432,7 @@ class FrameFolders(Dataset):
         cfg = self.config
         arrays = []
         for path in self.clips[index][: cfg.in_frames + cfg.out_frames]:
-            with Image.open(path) as image:
+            with Image.open(path, formats=IMAGE_FORMATS) as image:
                 arrays.append(image_pixels(image, self.mode))  # decoded as the service decodes frames
         clip = np.stack(arrays).reshape(len(arrays), cfg.height, cfg.width, cfg.channels)  # (T+T', H, W, C)
         tensor = torch.from_numpy(clip).permute(0, 3, 1, 2).contiguous()  # (T+T', C, H, W) float32 in [0, 1]
@@ -509,9 +509,12 @@ def data_shape(spec: DataSpec) -> dict[str, int] | None:
         images = sorted(p for p in first.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise DataError(f"{first} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-        with Image.open(images[0]) as image:
-            w, h = image.size
-            c = 1 if image.mode in ("1", "L", "LA", "I", "I;16", "F") else 3  # grey modes, else RGB
+        try:
+            with Image.open(images[0], formats=IMAGE_FORMATS) as image:
+                w, h = image.size
+                c = 1 if image.mode in ("1", "L", "LA", "I", "I;16", "F") else 3  # grey modes, else RGB
+        except (OSError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+            raise DataError(f"{images[0]} is not a readable image ({exc}); expected {', '.join(IMAGE_FORMATS)}") from None
         return {"frames": len(images), "channels": c, "height": h, "width": w}
     return None
 

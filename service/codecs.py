@@ -19,7 +19,16 @@ from PIL import Image, UnidentifiedImageError
 
 from service import video
 from service.card import ClipSpec
-from service.frames import IMAGE_MODES, image_pixels, npy_data_bytes, read_npy_layout, shape_text, to_image, to_uint8
+from service.frames import (
+    IMAGE_FORMATS,
+    IMAGE_MODES,
+    image_pixels,
+    npy_data_bytes,
+    read_npy_layout,
+    shape_text,
+    to_image,
+    to_uint8,
+)
 from service.problems import Problem
 
 NPY = "application/x-npy"
@@ -263,7 +272,7 @@ def decode_images(files: Sequence[tuple[str, bytes]], spec: ClipSpec) -> Clips:
     for index, (name, data) in enumerate(files):
         label = f"frame {index} ({name!r})" if name else f"frame {index}"
         try:
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
                 if image.size != (spec.width, spec.height):  # checked before decoding pixels: no decompression bombs
                     raise Problem(
                         422,
@@ -282,7 +291,11 @@ def decode_images(files: Sequence[tuple[str, bytes]], spec: ClipSpec) -> Clips:
         except Problem:
             raise
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise Problem(400, "undecodable-image", f"{label}: not a readable image ({type(exc).__name__}: {exc})") from None
+            raise Problem(
+                400,
+                "undecodable-image",
+                f"{label}: not a readable image ({type(exc).__name__}: {exc}); expected {', '.join(IMAGE_FORMATS)}",
+            ) from None
     clip = np.stack(frames)  # (T, H, W) or (T, H, W, 3)
     clip = clip[:, None] if clip.ndim == 3 else clip.transpose(0, 3, 1, 2)  # (T, C, H, W)
     return check_array(clip, spec, "images")

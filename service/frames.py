@@ -21,6 +21,10 @@ from PIL import Image
 NPY_MAGIC = b"\x93NUMPY"
 # still-image files that make up a clip of frames
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# The Pillow readers frames are opened with, and only these: Pillow left to guess reads some 40
+# formats, EPS among them, which it renders by running Ghostscript on the file (a program, sent
+# by whoever sent the frame). GIF: a one-frame GIF is a still frame too.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")
 # Pillow mode for a channel count; other counts have no image form
 IMAGE_MODES = {1: "L", 3: "RGB"}
 

@@ -413,3 +413,53 @@ def npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------
+# images: only the formats the docs name, never one that hands the bytes to a program
+# ---------------------------------------------------------------------------------------
+
+# Pillow reads EPS by running Ghostscript (`gs`) on it: PostScript is a programming language
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n%%EndComments\nshowpage\n%%EOF\n"
+
+
+@pytest.fixture
+def fake_gs(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A `gs` first on PATH that leaves a mark when run: (environment, mark)."""
+    folder, mark = tmp_path / "bin", tmp_path / "gs-ran"
+    folder.mkdir()
+    (folder / "gs").write_text(f"#!/bin/sh\ntouch '{mark}'\nexit 1\n")
+    (folder / "gs").chmod(0o755)
+    return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}, mark
+
+
+def test_an_eps_frame_never_reaches_ghostscript(tiny_onnx: Path, fake_gs: tuple[dict[str, str], Path], tmp_path: Path) -> None:
+    env, mark = fake_gs
+    png = io.BytesIO()
+    Image.fromarray(SECRET).save(png, format="PNG")
+    frames = [("frames", ("f0.png", EPS, "image/png"))]
+    frames += [("frames", (f"f{i}.png", png.getvalue(), "image/png")) for i in range(1, T)]
+    with running(tmp_path / "server.log", "--model", str(tiny_onnx), "--device", "cpu", env=env) as srv:
+        response = httpx.post(srv.url + "/predict", files=frames, headers={"Accept": codecs.NPY}, timeout=60)
+    assert response.status_code == 400 and response.headers["content-type"] == PROBLEM, response.text
+    assert "PNG" in response.json()["detail"], response.text  # names the formats it reads
+    assert not mark.exists(), "the server ran gs on an uploaded frame"
+
+
+def test_stlight_predict_and_train_never_hand_a_frame_to_ghostscript(
+    tiny_onnx: Path, fake_gs: tuple[dict[str, str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.cli import main
+
+    env, mark = fake_gs
+    monkeypatch.setenv("PATH", env["PATH"])
+    clip = tmp_path / "frames" / "clip"
+    clip.mkdir(parents=True)
+    for i in range(T):
+        (clip / f"f{i:02d}.png").write_bytes(EPS)
+    (tmp_path / "anim.gif").write_bytes(EPS)
+    out = tmp_path / "out"
+    assert main(["predict", str(clip), str(tmp_path / "anim.gif"), "--out", str(out), "--model", str(tiny_onnx)]) == 1
+    argv = ["train", "--preset", "tiny", "--dataset", "frames", "--data-dir", str(tmp_path / "frames"), "--in-frames", "4"]
+    assert main([*argv, "--out-frames", "1", "--max-steps", "1", "--no-progress", "--out", str(tmp_path / "run")]) == 2
+    assert not mark.exists(), "gs ran on a frame"

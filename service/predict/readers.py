@@ -151,7 +151,7 @@ def read_gif(path: Path, spec: ClipSpec, has_targets: bool) -> Clips:
         raise InputError(f"a GIF gives 1 (grey) or 3 (RGB) channels; this model takes {spec.channels}: use .npy")
     need = frames_expected(spec, has_targets)
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=("GIF",)) as image:
             if image.format != "GIF":
                 raise InputError(f"is not a GIF (Pillow reads it as {image.format})")
             if image.size != (spec.width, spec.height):
