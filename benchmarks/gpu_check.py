@@ -63,7 +63,8 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(1, str(REPO))  # this checkout's packages, after this folder (common, serve_peers)
+# this folder (common, serve_peers), then this checkout's packages, before any installed copy
+sys.path[:0] = [p for p in (str(REPO / "benchmarks"), str(REPO)) if p not in sys.path[:2]]
 
 from serve_peers import drive  # noqa: E402 - the keep-alive load generator the serving benchmarks use
 
@@ -635,10 +636,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cell-s", type=float, help="most seconds timing one engine at one batch size (default 1, 3 without --quick)"
     )
     parser.add_argument("--load-s", type=float, help="seconds of load per client count (default 3, 8 without --quick)")
+    parser.add_argument(
+        "--total-s",
+        type=float,
+        help="stop the whole run after this many seconds, writing what it has (default 240, 590 without --quick)",
+    )
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     args.cell_s = CELL_S[mode] if args.cell_s is None else args.cell_s
     args.load_s = LOAD_S[mode] if args.load_s is None else args.load_s
+    args.total_s = TOTAL[mode] if args.total_s is None else args.total_s
     return args
 
 
@@ -680,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "preset": args.preset,
         "max_batch_size": args.max_batch_size,
-        "budgets_s": {**BUDGETS[mode], "total": TOTAL[mode]},
+        "budgets_s": {**BUDGETS[mode], "total": args.total_s},
         "versions": {},
         "phases": {},
         "engines": [],
@@ -688,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     ctx = Context(args, Report(args.out, data), args.device, Path(tempfile.mkdtemp(prefix="gpu_check_")))
     status, began = 0, time.perf_counter()
-    with watchdog(ctx, TOTAL[mode]):
+    with watchdog(ctx, args.total_s):
         for name, run in PHASES:
             status = run_phase(ctx, name, run, BUDGETS[mode][name], status)
             ctx.report.save()

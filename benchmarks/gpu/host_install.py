@@ -273,11 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument(
             "folder", nargs="?", type=Path, default=DEFAULT_FOLDER, help=f"where the parts arrive (default {DEFAULT_FOLDER})"
         )
-    checking = sub.add_parser(
-        "check", help="benchmarks/gpu_check.py --quick ARGS", description="benchmarks/gpu_check.py --quick ARGS"
-    )
-    checking.add_argument("args", nargs=argparse.REMAINDER, help="passed on to gpu_check.py (e.g. --out DIR)")
-    args = parser.parse_args(argv)
+    text = "benchmarks/gpu_check.py --quick ARGS: every further argument goes to it (e.g. --out DIR)"
+    sub.add_parser("check", help=text, description=text)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "check":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     with errors():
         if args.command == "receive":
             receive(args.folder, args.store)
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             install(args.folder, args.store, REPO)
             say(f"installed in {time.perf_counter() - began:.0f} s")
         else:
-            return check(REPO, args.args)
+            return check(REPO, rest)
     return 0
 
 
