@@ -234,8 +234,12 @@ def phase_cuda(ctx: Context, box: Box) -> str:
     except EngineError as first:
         # once more after torch has loaded its CUDA libraries: if that works, ONNX Runtime's own
         # preload is what fails, which `stlight serve` (no torch) cannot get around; say so, go on
-        import torch
-
+        try:
+            import torch
+        except ImportError:
+            raise CudaUnavailable(
+                f"CUDA did not load in ONNX Runtime: {first} (and torch, which the export needs, is missing)"
+            ) from None
         if torch.cuda.is_available():
             torch.zeros(1, device="cuda")
         try:
@@ -414,7 +418,7 @@ def load(ctx: Context, box: Box, port: int, payload: bytes) -> str:
     """p50 and clips/s at each client count, from processes enough that the clients are not the limit."""
     rows: list[dict[str, Any]] = ctx.report.data["served"]["load"]
     cpus = len(os.sched_getaffinity(0))
-    workers = max(1, min(math.ceil(CLIENTS[-1] / 32), cpus // 4))
+    workers = ctx.args.load_processes or max(1, min(math.ceil(CLIENTS[-1] / 32), cpus // 4))
     seconds = ctx.args.load_s
     warmup = seconds / 6
     spawn = multiprocessing.get_context("spawn")
@@ -424,7 +428,7 @@ def load(ctx: Context, box: Box, port: int, payload: bytes) -> str:
             span = min(seconds, box.share(len(CLIENTS) - i, reserve=5) - warmup - 0.5)
             if span < min(0.5, seconds):
                 return f"time box reached: {', '.join(map(str, CLIENTS[i:]))} clients not measured"
-            procs = max(1, min(workers, clients // 8))
+            procs = max(1, min(workers, clients // 8))  # 8 connections or more per process
             shares = [clients // procs + (k < clients % procs) for k in range(procs)]
             if pool is None or procs == 1:
                 results = [drive_once(port, payload, clients, span, warmup)]
@@ -451,13 +455,14 @@ def drive_once(port: int, payload: bytes, clients: int, seconds: float, warmup: 
     return cell.latencies, cell.errors, cell.seconds
 
 
-def stop(ctx: Context) -> None:
+def stop(ctx: Context, grace_s: float = 30) -> None:
+    """The server, stopped as an orchestrator would: SIGTERM (it drains), a kill after ``grace_s``."""
     proc, ctx.server = ctx.server, None
     if proc is None or proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(30)
+        proc.wait(grace_s)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -511,7 +516,8 @@ def render_markdown(data: dict[str, Any]) -> str:
     skipped = "; ".join(f"{k}: {why}" for k, why in data.get("engines_skipped", {}).items())
     served = data["served"]
     lines = [
-        f"# gpu_check{' --quick' if data['quick'] else ''}: {data['preset']} on {v.get('gpu') or 'CPU (dry run)'}",
+        f"# gpu_check{' --quick' if data['quick'] else ''}: {data['preset']} on "
+        f"{v.get('gpu') or ('CPU (dry run)' if dev == 'cpu' else 'no GPU found')}",
         "",
         f"{v.get('date', '')}; GPU {v.get('gpu', '–')} ({v.get('gpu_memory', '–')}), driver {v.get('driver', '–')} "
         f"(CUDA {v.get('driver_cuda', '–')}); torch {v.get('torch', '–')} (CUDA {v.get('torch_cuda', '–')}, "
@@ -591,7 +597,7 @@ def watchdog(ctx: Context, seconds: float) -> Iterator[None]:
         with contextlib.suppress(Exception):
             ctx.report.save()
         with contextlib.suppress(Exception):
-            stop(ctx)
+            stop(ctx, grace_s=3)
         print(f"gpu_check: {ctx.report.data['stopped']}; results so far in {ctx.report.out}", file=sys.stderr, flush=True)
         os._exit(3)
 
@@ -636,6 +642,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cell-s", type=float, help="most seconds timing one engine at one batch size (default 1, 3 without --quick)"
     )
     parser.add_argument("--load-s", type=float, help="seconds of load per client count (default 3, 8 without --quick)")
+    parser.add_argument(
+        "--load-processes",
+        type=int,
+        help="processes generating the load (default: 1 per 32 clients, at most a quarter of the CPUs)",
+    )
     parser.add_argument(
         "--total-s",
         type=float,

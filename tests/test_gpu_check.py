@@ -53,6 +53,7 @@ def test_it_stops_with_the_reason_where_cuda_does_not_load(tmp_path: Path) -> No
 def test_the_cpu_dry_run_runs_every_phase_that_can_run_here(tmp_path: Path) -> None:
     result = _check(
         "--quick", "--device", "cpu", "--preset", "tiny", "--max-batch-size", "4", "--cell-s", "0.2", "--load-s", "0.6",
+        "--load-processes", "2",
         "--out", str(tmp_path),
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -65,11 +66,11 @@ def test_the_cpu_dry_run_runs_every_phase_that_can_run_here(tmp_path: Path) -> N
     assert report["engines_skipped"] == {"graphs": "CUDA graphs need CUDA", "tf32": "TF32 is a CUDA setting"}
     served = report["served"]
     assert served["model"]["provider"] == "CPUExecutionProvider" and served["max_abs_error"] <= 1e-3
-    assert [r["clients"] for r in served["load"]] == [1, 8, 32, 128]
+    assert [(r["clients"], r["processes"]) for r in served["load"]] == [(1, 1), (8, 1), (32, 2), (128, 2)]
     assert all(r["errors"] == 0 and r["clips_per_s"] > 0 and r["p50_ms"] > 0 for r in served["load"]), served["load"]
     assert all(t["met"] is None and "dry run" in t["note"] for t in report["targets"])
     markdown = (tmp_path / "gpu_check.md").read_text()
-    assert "| batch | torch CPU eager | ORT CPU (IO binding) |" in markdown and "| 128 | 1 |" in markdown
+    assert "| batch | torch CPU eager | ORT CPU (IO binding) |" in markdown and "| 128 | 2 |" in markdown
     log = (tmp_path / "serve.log").read_text()
     assert "CPUExecutionProvider" in log and "Traceback" not in log
 

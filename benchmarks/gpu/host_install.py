@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import io
 import json
 import lzma
@@ -212,6 +213,8 @@ def installed_runtimes() -> dict[str, str]:
 def install(folder: Path, store: Path, repo: Path) -> None:
     manifest = receive(folder, store) if (folder / "manifest.json").is_file() else load_manifest(store / "manifest.json")
     bundle = unpack(store, manifest)
+    if importlib.util.find_spec("pip") is None:  # a venv made --without-pip: Python carries its own copy
+        run(sys.executable, "-m", "ensurepip", what="installing pip from Python's own copy")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     runtime, version = manifest["runtime"], manifest["runtime_version"]
     present = installed_runtimes()

@@ -150,9 +150,10 @@ def on_host(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name.replace("-", ""), pattern) for pattern in patterns)
 
 
-def project_requirements(runtime: str) -> tuple[list[str], list[str]]:
+def project_requirements(runtime: str, cuda_libraries: bool = False) -> tuple[list[str], list[str]]:
     """The project's run-time requirements with ONNX Runtime's two lines replaced by ``runtime``
-    (no extras: the host's CUDA and cuDNN come with its torch), and its build requirements."""
+    (without the CUDA and cuDNN wheels unless ``cuda_libraries``: the GPU host's come with its
+    torch), and its build requirements."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -162,7 +163,8 @@ def project_requirements(runtime: str) -> tuple[list[str], list[str]]:
     floor = next(
         (m.group(1) for r in project["project"]["dependencies"] if (m := re.match(r"onnxruntime(?:-gpu)?(>=[\d.]+)", r))), ""
     )
-    return [f"{runtime}{floor}", *runtime_lines], list(project["build-system"]["requires"])
+    extras = "[cuda,cudnn]" if cuda_libraries else ""
+    return [f"{runtime}{extras}{floor}", *runtime_lines], list(project["build-system"]["requires"])
 
 
 def resolve(target: Target, requirements: list[str], work: Path) -> list[tuple[str, str]]:
@@ -379,6 +381,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--runtime", choices=RUNTIMES, default=RUNTIMES[0], help="the ONNX Runtime build to bundle (default onnxruntime-gpu)"
     )
     parser.add_argument(
+        "--cuda-libraries",
+        action="store_true",
+        help="also bundle CUDA 13 and cuDNN 9 as wheels (onnxruntime-gpu[cuda,cudnn], over 1 GB) for a machine that has "
+        "neither a CUDA torch nor a system CUDA; give it a --host-packages list without nvidia-*",
+    )
+    parser.add_argument(
         "--for-this-machine",
         action="store_true",
         help="wheels for the Python and platform running this script (default: CPython 3.12, manylinux x86_64)",
@@ -407,7 +415,9 @@ def plan(args: argparse.Namespace, work: Path) -> tuple[Target, list[str], list[
     """The target, the host's requirements file, and the (name, version) pins to bundle and to leave to the host."""
     target = Target.here() if args.for_this_machine else Target()
     patterns = read_host_packages(args.host_packages)
-    requirements, build = project_requirements(args.runtime)
+    if args.cuda_libraries and args.runtime != "onnxruntime-gpu":
+        raise BundleError("--cuda-libraries goes with --runtime onnxruntime-gpu (the CPU build uses no CUDA)")
+    requirements, build = project_requirements(args.runtime, args.cuda_libraries)
     resolved = resolve(target, [*requirements, *build], work)
     always = {canonical(args.runtime)} | {canonical(re.split(r"[=<>!~ ;\[]", b)[0]) for b in build}
     bundled = [(n, v) for n, v in resolved if n in always or not on_host(n, patterns)]
