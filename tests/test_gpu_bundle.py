@@ -118,6 +118,21 @@ def test_a_damaged_short_or_missing_part_is_named_before_anything_is_installed(b
     assert not (tmp_path / "store" / "bundle").exists()
 
 
+def test_verify_checks_the_parts_and_prints_the_run_sequence(bundle: tuple[Path, dict]) -> None:
+    out, manifest = bundle
+    assert make_bundle.verify(out, REPO)["sha256"] == manifest["sha256"]
+    calls = make_bundle.run_sequence(manifest, out, REPO).splitlines()
+    n = len(manifest["parts"])
+    assert len(calls) == n + 3 and calls[-1] == "give_back()"
+    assert calls[0].startswith(f'run(carry=["{out}/manifest.json", "{out}/bundle.tar.xz.001"], timeout_s=300')
+    assert calls[n - 1].count("bundle.tar.xz.") == 1 and "host_install.py install" in calls[n - 1]
+    assert 'check --out \\"$OUT/gpu-check\\"' in calls[n - 1]
+    last = out / manifest["parts"][-1]["name"]
+    last.write_bytes(last.read_bytes()[:-1] + b"?")
+    with pytest.raises(make_bundle.BundleError, match="SHA-256 does not match"):
+        make_bundle.verify(out, REPO)
+
+
 def test_a_store_holding_another_bundle_starts_afresh(bundle: tuple[Path, dict], tmp_path: Path) -> None:
     out, manifest = bundle
     store = tmp_path / "store"

@@ -170,7 +170,9 @@ def project_requirements(runtime: str, cuda_libraries: bool = False) -> tuple[li
 def resolve(target: Target, requirements: list[str], work: Path) -> list[tuple[str, str]]:
     """(name, version) of every distribution ``requirements`` need on ``target``, from wheels."""
     report = work / "resolved.json"
-    command = target.pip("install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report), *requirements)
+    # --target: older pips (23.x, what a new venv brings) refuse --platform without it, even with --dry-run
+    argv = ["install", "--dry-run", "--ignore-installed", "--quiet", "--target", str(work / "target"), "--report", str(report)]
+    command = target.pip(*argv, *requirements)
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
@@ -408,6 +410,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--workers", type=int, default=os.cpu_count() or 1, help="processes compressing in parallel (default: every CPU)"
     )
     parser.add_argument("--list", action="store_true", help="print what would be bundled and left out, download nothing")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the bundle in --out against its manifest and that each part still fits one upload beside today's "
+        "working tree, then print the `run` sequence for the GPU host (build nothing)",
+    )
     return parser.parse_args(argv)
 
 
@@ -467,9 +475,62 @@ def write_bundle(staging: Path, out: Path, size: int, preset: int, workers: int,
     return manifest
 
 
+def verify(out: Path, repo: Path) -> dict[str, Any]:
+    """The bundle in ``out`` as its manifest says, every part fitting one upload beside the tree."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"no readable manifest in {out} ({exc}); build the bundle first") from None
+    tree = travelling_bytes(repo)
+    for part in manifest["parts"]:
+        path = out / part["name"]
+        if not path.is_file() or path.stat().st_size != part["size"]:
+            raise BundleError(f"{path}: missing or not {part['size']} bytes; build the bundle again")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != part["sha256"]:
+            raise BundleError(f"{path}: SHA-256 does not match the manifest; build the bundle again")
+        carried = part["size"] + (out / "manifest.json").stat().st_size
+        if tree + carried > UPLOAD_LIMIT:
+            raise BundleError(
+                f"{part['name']} ({part['size'] / MIB:.1f} MiB) and the working tree with ../shared ({tree / MIB:.1f} MiB) "
+                f"exceed the {UPLOAD_LIMIT // MIB} MiB one command carries: build the bundle again (it sizes parts to the tree)"
+            )
+    return manifest
+
+
+def run_sequence(manifest: dict[str, Any], out: Path, repo: Path) -> str:
+    """The `run` calls that take the bundle to the GPU host and check it there (docs/gpu.md)."""
+    folder = out.resolve().relative_to(repo) if out.resolve().is_relative_to(repo) else out
+    receive = "python3 benchmarks/gpu/host_install.py receive"
+    check = (
+        'python3 benchmarks/gpu/host_install.py install && python3 benchmarks/gpu/host_install.py check --out "$OUT/gpu-check"'
+    )
+    lines = []
+    last = len(manifest["parts"])
+    for i, part in enumerate(manifest["parts"], 1):
+        carry = json.dumps([f"{folder}/manifest.json", f"{folder}/{part['name']}"])
+        command = f"{receive} {folder}" if i < last else check.replace("install &&", f"install {folder} &&", 1)
+        timeout = 300 if i == 1 else 420 if i == last else 120
+        lines.append(f"run(carry={carry}, timeout_s={timeout}, command={json.dumps(command)})")
+    lines.append(
+        f"# only if the check must run again, while the host is still warm:\nrun(timeout_s=300, command={json.dumps(check)})"
+    )
+    lines.append("give_back()")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     began = time.perf_counter()
+    if args.verify:
+        try:
+            manifest = verify(args.out, REPO)
+        except BundleError as exc:
+            print(f"make_bundle: {exc}", file=sys.stderr)
+            return 1
+        print(f"{args.out}: {len(manifest['parts'])} parts as the manifest says, each fits one upload beside the tree")
+        print(run_sequence(manifest, args.out, REPO))
+        return 0
     try:
         size, why = part_size(args.part_mib, REPO)
         with tempfile.TemporaryDirectory(prefix="stlight-bundle-") as tmp:
@@ -503,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in manifest["parts"]:
         print(f"  {args.out / p['name']}  {p['size'] / MIB:.1f} MiB  {p['sha256'][:16]}", flush=True)
     print(f"manifest: {args.out / 'manifest.json'}; done in {time.perf_counter() - began:.0f} s", flush=True)
+    print(f"to the GPU host, back to back (docs/gpu.md):\n{run_sequence(manifest, args.out, REPO)}", flush=True)
     return 0
 
 
