@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi_offline import FastAPIOffline
@@ -33,6 +33,9 @@ from service.repository import Repository
 from service.request_id import RequestIdMiddleware, annotate
 from service.security import ApiKeyMiddleware, KeyStore, document_keys, key_store
 from service.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from service.grpc.server import GrpcServer
 
 log = logging.getLogger("stlight.service")
 
@@ -53,6 +56,7 @@ class ServiceState:
     # set by `stlight serve`: stop the server, so a process that cannot serve any more exits
     # non-zero and its orchestrator replaces it (in-process apps just stay not ready)
     shutdown: Callable[[], None] | None = None
+    grpc: GrpcServer | None = None  # the gRPC server, when settings.grpc_port is set
 
     def fail(self, reason: str) -> None:
         """The process cannot serve any more (the device is lost, or a --model file failed its
@@ -117,8 +121,8 @@ class MetricsMiddleware:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             # set by routes once a request names a model that is served: label values stay bounded
             model = scope.get("state", {}).get("model", "")
-            self.metrics.requests.labels(route, str(status), model).inc()
-            self.metrics.duration.labels(route).observe(time.perf_counter() - began)
+            self.metrics.requests.labels("http", route, str(status), model).inc()
+            self.metrics.duration.labels("http", route).observe(time.perf_counter() - began)
 
 
 # ---------------------------------------------------------------------------------------
@@ -253,6 +257,7 @@ def create_app(
     lifespan, or one loaded ``engine`` to serve just that, and the API ``keys`` read from
     ``settings`` (the CLI does both first so that start-up errors are plain messages)."""
     service = ServiceState(settings, repository.metrics if repository else ServiceMetrics())
+    store = keys if keys is not None else key_store(settings)  # HTTP and gRPC check the same keys
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -260,9 +265,20 @@ def create_app(
         # batchers, and warm-ups in the background; a lost device stops the process
         models.start(on_fatal=service.fail)
         service.repository = app.state.repository = models
+        if settings.grpc_port:
+            from service.grpc.server import GrpcServer  # grpcio loads only when gRPC is on
+
+            service.grpc = GrpcServer(settings, models, store, service.metrics, failed=lambda: service.error)
+            try:
+                await service.grpc.start()
+            except BaseException:
+                await models.stop()
+                raise
         try:
             yield
         finally:
+            if service.grpc is not None:
+                await service.grpc.stop()  # its RPCs in flight finish (drain_timeout_s) before the batchers stop
             await models.stop()
             log.info("stopped")
 
@@ -285,12 +301,11 @@ def create_app(
     app.add_exception_handler(ClientGone, _client_gone)
     app.add_exception_handler(ClientDisconnect, _client_gone)  # gone while the body was streaming in
     # the last added runs first: request id -> metrics -> API key (before any body is read) -> body limit
-    keys = keys if keys is not None else key_store(settings)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
-    app.add_middleware(ApiKeyMiddleware, store=keys, metrics_auth=settings.metrics_auth)
+    app.add_middleware(ApiKeyMiddleware, store=store, metrics_auth=settings.metrics_auth)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     app.add_middleware(RequestIdMiddleware, log_requests=settings.access_log)
-    document_keys(app, keys, settings.metrics_auth)
+    document_keys(app, store, settings.metrics_auth)
 
     @app.post(
         "/predict",

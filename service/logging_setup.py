@@ -16,7 +16,10 @@ from service.request_id import RequestIdFilter
 LogFormat = Literal["text", "json"]
 
 # fields the access log line (service.request_id) adds to its record, written when present
-ACCESS_FIELDS = ("method", "path", "route", "status", "duration_ms", "model", "batch", "clips", "client")
+# (gRPC lines: protocol "grpc", route the method, status the HTTP equivalent of grpc_status)
+ACCESS_FIELDS = (
+    "protocol", "method", "path", "route", "status", "grpc_status", "duration_ms", "model", "batch", "clips", "client",
+)  # fmt: skip
 
 
 def _iso_time(record: logging.LogRecord) -> str:

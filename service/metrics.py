@@ -20,14 +20,15 @@ class ServiceMetrics:
         r = self.registry
         self.requests = Counter(
             "stlight_requests_total",
-            "HTTP requests answered, by route, status code and model ('' on routes without one)",
-            ("route", "status", "model"),
+            "Requests answered, by protocol (http, grpc), route (gRPC: the method), status (gRPC: the code's name) "
+            "and model ('' on routes without one)",
+            ("protocol", "route", "status", "model"),
             registry=r,
         )
         self.duration = Histogram(
             "stlight_request_duration_seconds",
-            "Time from request start to response end, by route",
-            ("route",),
+            "Time from request start to response end, by protocol and route (gRPC: the method)",
+            ("protocol", "route"),
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

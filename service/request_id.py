@@ -36,6 +36,16 @@ def sanitise(value: str | None) -> str:
     return cleaned or uuid.uuid4().hex
 
 
+def begin(incoming: str | None) -> dict[str, Any]:
+    """Start serving a request in this task (HTTP middleware, gRPC interceptor): its id, the
+    caller's ``incoming`` one sanitised or a new one, in the context; the access line's fields."""
+    fields: dict[str, Any] = {"request_id": sanitise(incoming)}
+    # not reset afterwards: each request runs in its own task (its own context), and the 500
+    # handler, which runs after the middleware returns, needs the id
+    _current.set(fields)
+    return fields
+
+
 def current_request_id() -> str | None:
     """The id of the request this code is serving, or ``None`` outside a request."""
     fields = _current.get()
@@ -74,11 +84,8 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = next((v for k, v in scope.get("headers") or [] if k == b"x-request-id"), None)
-        request_id = sanitise(incoming.decode("latin-1") if incoming is not None else None)
-        fields: dict[str, Any] = {"request_id": request_id}
-        # not reset afterwards: each request runs in its own task (its own context), and the 500
-        # handler, which runs after this returns, needs the id
-        _current.set(fields)
+        fields = begin(incoming.decode("latin-1") if incoming is not None else None)
+        request_id = fields["request_id"]
         began, status = time.perf_counter(), 500
         header = (HEADER.lower().encode(), request_id.encode())
 

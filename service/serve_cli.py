@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from service.errors import UserError
 
@@ -17,7 +17,8 @@ if TYPE_CHECKING:  # imported where used: building the parser must stay light
 
 # flag -> settings field; flags default to None so only the ones given override the environment
 _FLAGS = (
-    "model", "model_repository", "host", "port", "device", "max_batch_size", "max_delay_ms", "max_body_mb", "tf32", "cuda_graphs",
+    "model", "model_repository", "host", "port", "grpc_port", "device", "max_batch_size", "max_delay_ms", "max_body_mb", "tf32",
+    "cuda_graphs",
     "api_key_file", "metrics_auth", "log_format", "access_log",
 )  # fmt: skip
 
@@ -64,6 +65,13 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 for all interfaces) [STLIGHT_HOST]")
     parser.add_argument("--port", type=int, help="TCP port; 0 picks a free one (default 8000) [STLIGHT_PORT]")
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        metavar="PORT",
+        help="TCP port of the Open Inference Protocol over gRPC (what tritonclient.grpc and KServe's gRPC clients speak), "
+        "with gRPC health checking and reflection, on the same --host; 0 turns gRPC off (default 8001) [STLIGHT_GRPC_PORT]",
+    )
     parser.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
@@ -149,6 +157,37 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         raise UserError(f"invalid settings (flags or STLIGHT_* variables): {problems}") from None
 
 
+def _check_free(host: str, port: int) -> None:
+    """A one-line error, before the models load, when the gRPC port is taken (the lifespan that
+    binds it would fail with a traceback)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise UserError(
+                f"--grpc-port {port}: cannot listen on {host}:{port} ({exc.strerror}); "
+                "is another server using it? Pick another port, or 0 to turn gRPC off"
+            ) from None
+
+
+def _uvicorn_server() -> type:
+    """uvicorn's server, starting the gRPC server's drain when its own begins (SIGTERM): both
+    protocols refuse new work and finish what they hold side by side, not one after the other."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[Any] | None = None) -> None:
+            service = self.config.app.state.service  # type: ignore[union-attr]
+            if service.grpc is not None:
+                service.grpc.begin_drain()
+            await super().shutdown(sockets)
+
+    return Server
+
+
 def run_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     from service.logging_setup import configure
@@ -168,6 +207,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from service.metrics import ServiceMetrics
     from service.repository import Repository
 
+    if settings.grpc_port:
+        _check_free(settings.host, settings.grpc_port)
     try:
         # before uvicorn starts, so a bad --model file or --device cuda fails as one line
         repository = Repository(settings, ServiceMetrics())
@@ -189,7 +230,7 @@ def run_serve(args: argparse.Namespace) -> int:
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
         access_log=False,
     )
-    server = uvicorn.Server(config)
+    server = _uvicorn_server()(config)
     service = app.state.service
     service.shutdown = lambda: setattr(server, "should_exit", True)
     # uvicorn re-raises the SIGTERM/SIGINT it caught once shutdown is done; with this handler in

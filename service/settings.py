@@ -35,6 +35,9 @@ class ServeSettings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="address to bind")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port)")
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="TCP port of the Open Inference Protocol over gRPC (Triton's and KServe's 8001); 0: off"
+    )
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: CUDA when it really loads, else CPU")
     max_batch_size: int = Field(8, ge=1, le=1024, description="most clips coalesced into one session.run")
     max_delay_ms: float = Field(

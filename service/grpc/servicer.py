@@ -1,0 +1,134 @@
+"""``inference.GRPCInferenceService``: the Open Inference Protocol's RPCs, and the model configuration
+and repository RPCs of Triton that ``tritonclient.grpc`` calls, over the same repository and data
+plane as the REST routes (:mod:`service.v2`). Each RPC answers what its REST route answers; an error
+is a :class:`~service.problems.Problem` that :mod:`service.grpc.interceptors` turns into a status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import numpy as np
+
+from service import __version__, horizon, oip, v2
+from service.grpc import tensors
+from service.grpc.proto import open_inference_grpc_pb2 as pb
+from service.grpc.proto import open_inference_grpc_pb2_grpc as pb_grpc
+from service.problems import Problem
+from service.repository import Repository, Served
+from service.request_id import annotate
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+# RPCs that answer without an API key, as /v2/health/* does over HTTP
+PUBLIC_METHODS = frozenset({f"/{SERVICE_NAME}/ServerLive", f"/{SERVICE_NAME}/ServerReady"})
+_DATA_TYPES = {"FP32": pb.TYPE_FP32}
+if TYPE_CHECKING:  # generic in grpc's type stubs only
+    Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """``repository``: the served models; ``failed``: why the process cannot serve any more, or ''."""
+
+    def __init__(self, repository: Repository, failed: Callable[[], str]) -> None:
+        self.repository, self.failed = repository, failed
+
+    # server ------------------------------------------------------------------------------
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=not self.failed() and self.repository.not_ready() is None)
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="stlight", version=__version__, extensions=v2.EXTENSIONS)
+
+    # one model ---------------------------------------------------------------------------
+    def _served(self, name: str, version: str) -> Served:
+        if not name:
+            raise Problem(400, "invalid-model-name", "the request names no model (name is empty)")
+        served = self.repository.get(name, version or None)
+        annotate(model=served.name)  # the metrics' model label and the access log: only names that are served
+        return served
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self._served(request.name, request.version).state == "ready")
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> pb.ModelMetadataResponse:
+        engine = self._served(request.name, request.version).engine
+        inputs, outputs = oip.Tensors(engine.input_name, engine.output_name, engine.spec).metadata()
+        return pb.ModelMetadataResponse(
+            name=request.name,
+            versions=self.repository.versions(request.name),
+            platform=v2.PLATFORM,
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(**inputs)],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(**outputs)],
+        )
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
+        served = self._served(request.name, request.version)
+        engine, settings = served.engine, served.settings
+        config = pb.ModelConfig(
+            name=request.name,
+            platform=v2.PLATFORM,
+            backend="onnxruntime",
+            version_policy=pb.ModelVersionPolicy(all=pb.ModelVersionPolicy.All()),
+            max_batch_size=settings.max_batch_size,
+            input=[pb.ModelInput(name=engine.input_name, data_type=pb.TYPE_FP32, dims=engine.spec.input_shape)],
+            output=[pb.ModelOutput(name=engine.output_name, data_type=pb.TYPE_FP32, dims=engine.spec.output_shape)],
+            dynamic_batching=pb.ModelDynamicBatching(
+                max_queue_delay_microseconds=round(settings.max_delay_ms * 1000),
+                default_queue_policy=pb.ModelQueuePolicy(max_queue_size=settings.queue_size),
+            ),
+        )
+        return pb.ModelConfigResponse(config=config)
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+        if not request.model_name:
+            raise Problem(400, "invalid-model-name", "the request names no model (model_name is empty)")
+        async with self.repository.lease(request.model_name, request.model_version or None) as served:
+            annotate(model=served.name)
+            engine, batcher = served.engine, served.batcher
+            assert batcher is not None
+            parsed = tensors.decode_request(
+                request, oip.Tensors(engine.input_name, engine.output_name, engine.spec), served.settings.max_horizon
+            )
+            annotate(batch=len(parsed.clips.frames))
+
+            async def step(window: np.ndarray) -> np.ndarray:  # each rollout step queues through the batcher
+                assert batcher is not None
+                return await batcher.predict(window)
+
+            frames = parsed.horizon or engine.spec.out_frames
+            prediction = await horizon.rollout_async(step, parsed.clips.frames, frames, engine.spec.out_frames)
+        answer = (served.name, served.version, parsed, prediction, engine.output_name)
+        if parsed.binary_output:  # one copy of the bytes; a list of floats is worth a thread hop
+            return tensors.encode_response(*answer)
+        return await asyncio.to_thread(tensors.encode_response, *answer)
+
+    # the repository extension ------------------------------------------------------------
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Context) -> pb.RepositoryIndexResponse:
+        rows = self.repository.index(request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        overrides = sorted(key for key in request.parameters if key == "config" or key.startswith("file:"))
+        if overrides:
+            raise Problem(
+                400,
+                "unsupported-parameter",
+                f"load parameters {overrides} (a config or files sent with the request) are not supported; "
+                "put the model in the repository folder and load it by name",
+            )
+        await self.repository.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self.repository.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()

@@ -1,0 +1,112 @@
+"""The Open Inference Protocol's gRPC inference messages: a ``ModelInferRequest`` -> the request
+the data plane runs (:class:`service.oip.InferRequest`), a prediction -> ``ModelInferResponse``.
+
+Values come either as ``raw_input_contents`` (little-endian bytes, what tritonclient sends) or in
+the ``InferTensorContents`` field of their datatype; the answer mirrors the request (raw bytes for
+raw bytes, ``fp32_contents`` for contents). The checks are the REST route's
+(:mod:`service.oip`): the same datatypes, and the same rank, frame, channel, size and value
+checks through :func:`service.codecs.check_array`, so both protocols refuse a mistake with the
+same message; the status codes follow from :mod:`service.grpc.status`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from service import codecs, horizon, oip
+from service.grpc.proto import open_inference_grpc_pb2 as pb
+from service.problems import Problem
+
+# the InferTensorContents field of each accepted datatype; FP16 has none (the protocol sends
+# 16-bit floats as raw bytes only)
+CONTENTS_FIELD = {"UINT8": "uint_contents", "FP32": "fp32_contents", "FP64": "fp64_contents"}
+
+
+def _bad(detail: str, kind: str = "invalid-inference-request") -> Problem:
+    return Problem(400, kind, detail)
+
+
+def parameters(values: Mapping[str, pb.InferParameter]) -> dict[str, object]:
+    """A ``map<string, InferParameter>`` as plain values (bool, int, str or float)."""
+    plain: dict[str, object] = {}
+    for key, value in values.items():
+        which = value.WhichOneof("parameter_choice")
+        plain[key] = getattr(value, which) if which else None
+    return plain
+
+
+def decode_request(request: pb.ModelInferRequest, tensors: oip.Tensors, max_horizon: int) -> oip.InferRequest:
+    """Parse and check an inference request; every mistake raises a 4xx :class:`Problem`."""
+    try:
+        frames = horizon.from_parameters(parameters(request.parameters), max_horizon)
+    except horizon.HorizonError as exc:
+        raise Problem(422, "horizon-too-far" if "limit" in str(exc) else "invalid-horizon", str(exc)) from None
+    names = [item.name for item in request.inputs]
+    if names != [tensors.input_name]:
+        raise _bad(f"the model has one input, {tensors.input_name!r}; the request has {len(names)}: {names}", "unknown-input")
+    raw = request.raw_input_contents
+    if len(raw) > 1:
+        raise _bad(f"raw_input_contents holds {len(raw)} tensors; the request has one input")
+    clips = _decode_input(request.inputs[0], raw[0] if raw else None, tensors)
+    for output in request.outputs:
+        if output.name != tensors.output_name:
+            wanted = f"the model has one output, {tensors.output_name!r}; the request asks for {output.name!r}"
+            raise _bad(wanted, "unknown-output")
+    return oip.InferRequest(request.id or None, clips, binary_output=bool(raw), horizon=frames)
+
+
+def _decode_input(item: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, tensors: oip.Tensors) -> codecs.Clips:
+    label = f"input {item.name!r}"
+    datatype, shape = item.datatype, list(item.shape)
+    if datatype not in oip.ACCEPTED:
+        known = "" if datatype in oip.DATATYPES else " (not an OIP datatype)"
+        raise Problem(422, "wrong-dtype", f"{label}: datatype {datatype!r}{known} is not accepted; send {oip.ACCEPTED_TEXT}")
+    if any(n < 0 for n in shape):
+        raise _bad(f"{label}: the shape must be non-negative integers, got {shape}")
+    dtype, count = oip.DATATYPES[datatype], math.prod(shape)
+    label = f"{label} ({datatype} {shape})"
+    present = [field.name for field, _ in item.contents.ListFields()]
+    if raw is not None:
+        if present:
+            raise _bad(f"{label}: values come in raw_input_contents or in contents, not both (got contents.{present[0]} too)")
+        need = count * dtype.itemsize
+        if len(raw) != need:
+            size = f"{count:,} × {dtype.itemsize} = {need:,}"
+            raise _bad(f"{label}: raw_input_contents[0] holds {len(raw):,} bytes; the shape needs {size}")
+        return codecs.check_array(np.frombuffer(raw, dtype).reshape(shape), tensors.spec, label)
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise _bad(f"{label}: {datatype} values travel in raw_input_contents (InferTensorContents has no field for them)")
+    if not present:
+        raise _bad(f"{label}: no values; send them in raw_input_contents or in contents.{field}")
+    if present != [field]:
+        raise _bad(f"{label}: {datatype} values belong in contents.{field}, got contents.{', contents.'.join(present)}")
+    values = getattr(item.contents, field)
+    if len(values) != count:
+        raise _bad(f"{label}: contents.{field} holds {len(values):,} values; the shape needs {count:,}", "wrong-shape")
+    if datatype == "UINT8":  # carried as uint32
+        wide = np.fromiter(values, np.uint32, count)
+        if count and wide.max() > 255:
+            raise Problem(422, "out-of-range", f"{label} contents.{field} must be integers in 0-255")
+        array = wide.astype(np.uint8)
+    else:
+        array = np.fromiter(values, dtype, count)
+    return codecs.check_array(array.reshape(shape), tensors.spec, label)
+
+
+def encode_response(
+    model_name: str, model_version: str, request: oip.InferRequest, prediction: np.ndarray, output_name: str
+) -> pb.ModelInferResponse:
+    """``prediction`` (B, T', C, H, W) float32 -> the answer, raw bytes when the request sent raw bytes."""
+    out = prediction if request.clips.batched else prediction[0]
+    data = np.ascontiguousarray(out, dtype=oip.DATATYPES["FP32"])
+    tensor = pb.ModelInferResponse.InferOutputTensor(name=output_name, datatype="FP32", shape=out.shape)
+    if not request.binary_output:
+        tensor.contents.fp32_contents.extend(data.ravel().tolist())
+    response = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request.id or "", outputs=[tensor])
+    if request.binary_output:
+        response.raw_output_contents.append(data.tobytes())
+    return response
