@@ -22,8 +22,9 @@ def start_server(
     serve_args: Sequence[str], log: Path, env: dict[str, str] | None = None, timeout_s: float = 180
 ) -> tuple[subprocess.Popen[bytes], str]:
     """``stlight serve --port 0 SERVE_ARGS`` with its output in ``log``; returns once ``/readyz``
-    says ready, so warm-up never counts in a measurement."""
-    command = [sys.executable, "-m", "service.cli", "serve", "--port", "0", *serve_args]
+    says ready, so warm-up never counts in a measurement. gRPC is off unless SERVE_ARGS give a
+    ``--grpc-port`` (its default port would collide with any other server on this machine)."""
+    command = [sys.executable, "-m", "service.cli", "serve", "--port", "0", "--grpc-port", "0", *serve_args]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log, "wb") as handle:  # the server writes to its own copy of the descriptor
         proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=full_env)

@@ -155,6 +155,10 @@ class Batcher:
         waiting: set[asyncio.Future[Any]] = {request.future, watcher} if watcher else {request.future}
         try:
             done, _ = await asyncio.wait(waiting, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the caller's task was cancelled (a gRPC call cancelled or past its deadline)
+            request.dropped = "cancelled"
+            request.future.cancel()  # a queued clip is dropped, not run
+            raise
         finally:
             if watcher:
                 watcher.cancel()

@@ -7,6 +7,7 @@ nothing beside it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO / "tests" / "data" / "mnist"
+
+# `stlight serve` and in-process apps listen for gRPC on 8001 unless told otherwise; servers of
+# several test runs share this machine, so a server a test starts has gRPC off unless the test
+# gives it a port (tests/serving.py's Server(grpc=True) passes a free one)
+os.environ.setdefault("STLIGHT_GRPC_PORT", "0")
 
 
 @pytest.fixture(scope="session")

@@ -88,19 +88,31 @@ class Server:
     ``port=0`` (the default) lets the server pick one; ``wait_listening`` reads it from uvicorn's
     log. A fixed port (``free_port()``) gives ``url`` at once, before the server listens.
     ``cwd``: the server's working directory (default: the repository).
+
+    gRPC is off (``--grpc-port 0``: its default, 8001, would collide between servers run side by
+    side) unless ``grpc=True`` (a free port, in ``grpc_target``) or ARGS name a ``--grpc-port``.
     """
 
     def __init__(
-        self, log_path: Path, *args: str, port: int = 0, env: dict[str, str] | None = None, cwd: Path | None = None
+        self,
+        log_path: Path,
+        *args: str,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        grpc: bool = False,
     ) -> None:
         self.log_path = log_path
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         if cwd is not None:  # `python -c` finds the packages through the repository, not the working directory
             full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
-        argv = [sys.executable, "-c", CLI, "serve", "--port", str(port), *args]
+        grpc_port = free_port() if grpc else 0
+        # before ARGS: a --grpc-port among them (a manifest's command line) wins
+        argv = [sys.executable, "-c", CLI, "serve", "--port", str(port), "--grpc-port", str(grpc_port), *args]
         with open(log_path, "wb") as log:  # the server writes to its own copy of the descriptor
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd or REPO)
         self.url = f"http://127.0.0.1:{port}" if port else ""
+        self.grpc_target = f"127.0.0.1:{grpc_port}" if grpc_port else ""
 
     def text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -146,10 +158,12 @@ class Server:
 
 
 @contextlib.contextmanager
-def running(log_path: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[Server]:
+def running(
+    log_path: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, grpc: bool = False
+) -> Iterator[Server]:
     """``stlight serve ARGS``, listening and warmed up, for a fixture; afterwards it must stop
     on SIGTERM with status 0 and no traceback in its log."""
-    srv = Server(log_path, *args, env=env, cwd=cwd)
+    srv = Server(log_path, *args, env=env, cwd=cwd, grpc=grpc)
     try:
         srv.wait_listening()
         srv.wait_ready()

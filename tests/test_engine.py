@@ -141,7 +141,7 @@ class _FailingSession:
 
 
 def _serving(engine: Engine) -> tuple[TestClient, list[str]]:
-    app = create_app(ServeSettings(model=DEFAULT_MODEL, device="cpu", warmup_runs=1), engine=engine)
+    app = create_app(ServeSettings(model=DEFAULT_MODEL, device="cpu", warmup_runs=1, grpc_port=0), engine=engine)
     stops: list[str] = []
     app.state.service.shutdown = lambda: stops.append(app.state.service.error)
     return TestClient(app), stops

@@ -398,7 +398,7 @@ def test_a_500_carries_the_request_id_in_answer_and_error_log(tiny_onnx: Path, c
     from service.request_id import RequestIdFilter
     from service.settings import ServeSettings
 
-    app = create_app(ServeSettings(model=tiny_onnx, device="cpu", warmup_runs=0))
+    app = create_app(ServeSettings(model=tiny_onnx, device="cpu", warmup_runs=0, grpc_port=0))
 
     @app.get("/boom")
     @app.get("/v2/boom")

@@ -190,7 +190,7 @@ def test_clean_venv_from_the_wheel_serves(dist: Path, tmp_path: Path) -> None:
 
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
-        [str(bin_dir / "stlight"), "serve", "--port", "0"],
+        [str(bin_dir / "stlight"), "serve", "--port", "0", "--grpc-port", "0"],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=tmp_path,

@@ -606,7 +606,7 @@ out = io.StringIO()
 with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
     main(["serve", "--help"])
 assert "--max-batch-size" in out.getvalue() and "STLIGHT_" in out.getvalue()
-app = service.app.create_app(service.settings.ServeSettings(model={str(tiny_onnx)!r}))
+app = service.app.create_app(service.settings.ServeSettings(model={str(tiny_onnx)!r}, grpc_port=0))
 assert "torch" not in sys.modules
 print("ok")
 """

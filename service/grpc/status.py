@@ -9,8 +9,6 @@ long as the server asks.
 
 from __future__ import annotations
 
-from http import HTTPStatus
-
 import grpc
 
 from service.problems import Problem
@@ -33,6 +31,10 @@ BY_STATUS: dict[int, grpc.StatusCode] = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+# kinds whose gRPC code is not their HTTP status's: a model of the repository that is unloaded is
+# UNAVAILABLE, as Triton answers for a model with no version loaded (HTTP: 404; NOT_FOUND stays
+# for names the server does not know)
+BY_KIND: dict[str, grpc.StatusCode] = {"model-unloaded": grpc.StatusCode.UNAVAILABLE}
 # the other way, for the access log's `status` (an HTTP status, so that one dashboard reads both protocols)
 HTTP_EQUIVALENT: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
@@ -72,12 +74,9 @@ def retry_metadata(headers: dict[str, str]) -> Metadata:
 
 def from_problem(problem: Problem) -> tuple[grpc.StatusCode, str, Metadata]:
     """The status, details and trailing metadata that answer ``problem`` over gRPC."""
-    return code_for(problem.status), problem.detail, retry_metadata(problem.headers)
+    code = BY_KIND.get(problem.kind) or code_for(problem.status)
+    return code, problem.detail, retry_metadata(problem.headers)
 
 
 def http_status(code: grpc.StatusCode) -> int:
     return HTTP_EQUIVALENT.get(code, 500)
-
-
-def phrase(status: int) -> str:
-    return HTTPStatus(status).phrase
