@@ -2,16 +2,20 @@
 
 - ``stlight serve`` (this project: its defaults, ONNX Runtime's threads spinning within runs;
   ``stlight-nospin``: never spinning, the peers' session options; ``stlight-1t``: one intra-op
-  thread, not in the default selection; ``stlight-v2``:
-  the same server driven through its Open Inference Protocol route with binary tensors, the very
-  request KServe gets, not in the default selection);
+  thread, not in the default selection; ``stlight-v2``: the same server driven through its Open
+  Inference Protocol route with binary tensors, the very request KServe gets; ``stlight-grpc``:
+  the same server over gRPC, ``ModelInfer`` with ``raw_input_contents``, the very message
+  tritonclient.grpc sends);
 - a bare FastAPI route: ``np.load -> session.run -> np.save`` inline, no batching;
 - LitServe: a ``LitAPI`` with its batching on (``max_batch_size`` 8, ``batch_timeout`` 0);
-- KServe's Python model server: a ``kserve.Model`` on the V2 route with binary tensors.
+- KServe's Python model server: a ``kserve.Model`` on the V2 route with binary tensors
+  (``kserve-grpc``: the same model server's gRPC port, the same ``ModelInfer`` message).
 
 All use the same ONNX Runtime version and threads (intra-op = every CPU, inter-op 1,
 sequential). One asyncio load generator keeps ``concurrency`` HTTP/1.1 keep-alive connections
-busy, each sending one 10-frame uint8 clip at a time; each server answers float32 frames, and
+busy (gRPC rows: ``concurrency`` channels, each its own HTTP/2 connection, sending the serialized
+message as bytes so that the client's protobuf work is not timed), each sending one 10-frame
+uint8 clip at a time; each server answers float32 frames, and
 each answer is checked once against in-process ONNX Runtime. Rounds are interleaved (every
 server at every concurrency, then again, in a rotated order), so a noisy neighbour hits all
 alike; the table shows the median over rounds and the spread (max-min)/median of clips/s.
@@ -24,6 +28,7 @@ Peers live in their own virtual environment, never in the project's dependencies
 
     python benchmarks/serve_peers.py --peers-python /work/peers-venv/bin/python
     python benchmarks/serve_peers.py --seconds 3 --rounds 3 --only stlight bare   # no peers venv needed
+    python benchmarks/serve_peers.py --only stlight-v2 stlight-grpc kserve kserve-grpc   # the gRPC comparison
 
 The first lines of this file import only the standard library and numpy: the peers' venv runs
 this same file to start LitServe and KServe (``--serve NAME PORT``).
@@ -142,7 +147,7 @@ def serve_litserve(port: int, model: str) -> None:
     server.run(host="127.0.0.1", port=port, log_level="warning", generate_client_file=False)
 
 
-def serve_kserve(port: int, model: str) -> None:
+def serve_kserve(port: int, model: str, grpc_port: int | None = None) -> None:
     import kserve
     from kserve import InferOutput, InferRequest, InferResponse
 
@@ -161,10 +166,17 @@ def serve_kserve(port: int, model: str) -> None:
                 response_id=payload.id or "0", model_name=self.name, infer_outputs=[output], use_binary_outputs=True
             )
 
-    kserve.ModelServer(http_port=port, enable_grpc=False, workers=1, enable_latency_logging=False).start([STLightModel()])
+    grpc = {"enable_grpc": True, "grpc_port": grpc_port} if grpc_port else {"enable_grpc": False}
+    kserve.ModelServer(http_port=port, workers=1, enable_latency_logging=False, **grpc).start([STLightModel()])
 
 
-SERVERS = {"bare": serve_bare, "litserve": serve_litserve, "kserve": serve_kserve}
+def serve_kserve_grpc(port: int, model: str) -> None:
+    serve_kserve(port, model, grpc_port=int(os.environ["SERVE_PEERS_GRPC_PORT"]))
+
+
+SERVERS = {"bare": serve_bare, "litserve": serve_litserve, "kserve": serve_kserve, "kserve-grpc": serve_kserve_grpc}
+GRPC_KINDS = ("stlight-grpc", "kserve-grpc")
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 # ---------------------------------------------------------------------------------------
@@ -202,6 +214,23 @@ def request_bytes(kind: str, clip: np.ndarray, port: int) -> bytes:
         f"POST /v2/models/stlight/infer HTTP/1.1\r\n{head}Content-Type: application/octet-stream\r\n"
         f"Inference-Header-Content-Length: {len(header)}\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
+
+
+def grpc_request_bytes(clip: np.ndarray) -> bytes:
+    """One serialized ModelInferRequest: the clip as UINT8 raw_input_contents, as tritonclient sends it."""
+    from service.grpc.proto import open_inference_grpc_pb2 as pb
+
+    tensor = pb.ModelInferRequest.InferInputTensor(name="frames", datatype="UINT8", shape=[1, *clip.shape])
+    return pb.ModelInferRequest(model_name="stlight", inputs=[tensor], raw_input_contents=[clip.tobytes()]).SerializeToString()
+
+
+def grpc_answer_frames(data: bytes) -> np.ndarray:
+    from service.grpc.proto import open_inference_grpc_pb2 as pb
+
+    answer = pb.ModelInferResponse.FromString(data)
+    if not answer.raw_output_contents:
+        raise SystemExit(f"gRPC answer without raw_output_contents: {answer.outputs}")
+    return np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(list(answer.outputs[0].shape))[0]
 
 
 def answer_frames(kind: str, headers: dict[str, str], body: bytes) -> np.ndarray:
@@ -273,6 +302,53 @@ async def drive(port: int, payload: bytes, concurrency: int, seconds: float, war
     return cell
 
 
+async def drive_grpc(port: int, payload: bytes, concurrency: int, seconds: float, warmup: float) -> Cell:
+    import grpc
+
+    cell, began = Cell(), time.perf_counter()
+    measure_from, stop_at = began + warmup, began + warmup + seconds
+    # a channel per client: each its own connection, as each HTTP client has its own
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(concurrency)
+    ]
+
+    async def client(channel: grpc.aio.Channel) -> None:
+        call = channel.unary_unary(MODEL_INFER)  # bytes in, bytes out: no protobuf work in the timed loop
+        while (now := time.perf_counter()) < stop_at:
+            try:
+                await call(payload)
+                ok = True
+            except grpc.aio.AioRpcError:
+                ok = False
+            done = time.perf_counter()
+            if now >= measure_from:
+                if ok:
+                    cell.latencies.append(done - now)
+                else:
+                    cell.errors += 1
+
+    try:
+        await asyncio.gather(*(client(channel) for channel in channels))
+    finally:
+        await asyncio.gather(*(channel.close() for channel in channels))
+    cell.seconds = time.perf_counter() - measure_from
+    return cell
+
+
+async def check_grpc_answer(kind: str, port: int, payload: bytes, expected: np.ndarray) -> None:
+    import grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            data = await channel.unary_unary(MODEL_INFER)(payload, timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            raise SystemExit(f"{kind}: {exc.code().name}: {exc.details()}") from None
+    error = float(np.abs(grpc_answer_frames(data) - expected).max())
+    if error > 1e-4:
+        raise SystemExit(f"{kind}: answer differs from in-process ONNX Runtime by {error:.3g}")
+
+
 async def check_answer(kind: str, port: int, payload: bytes, expected: np.ndarray) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(payload)
@@ -302,12 +378,17 @@ class Running:
     port: int
     proc: subprocess.Popen
     log: Path
+    grpc_port: int = 0  # the gRPC rows' port (driven instead of ``port``, which answers the readiness probe)
+
+    @property
+    def driven_port(self) -> int:
+        return self.grpc_port or self.port
 
 
 def start(kind: str, model: str, peers_python: str, logs: Path) -> Running:
-    port = free_port()
+    port, grpc_port = free_port(), free_port() if kind in GRPC_KINDS else 0
     log = logs / f"{kind}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SERVE_PEERS_GRPC_PORT": str(grpc_port)}
     if kind.startswith("stlight"):
         env |= {"STLIGHT_DEVICE": "cpu"}
         if kind == "stlight-nospin":  # the default is "run"; this shows what spinning is worth
@@ -315,7 +396,20 @@ def start(kind: str, model: str, peers_python: str, logs: Path) -> Running:
         if kind == "stlight-1t":  # one intra-op thread: the other core left to HTTP and the client
             env["STLIGHT_INTRA_OP_THREADS"] = "1"
         named = f"stlight={model}"  # /v2/models/stlight/infer, the path the KServe peer answers on
-        argv = [sys.executable, "-m", "service.cli", "serve", "--model", named, "--port", str(port), "--log-level", "warning"]
+        # gRPC off but for the gRPC row (its default port, 8001, would collide with any other server)
+        argv = [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "serve",
+            "--model",
+            named,
+            "--port",
+            str(port),
+            "--grpc-port",
+            str(grpc_port),
+        ]
+        argv += ["--log-level", "warning"]
     else:
         python = sys.executable if kind == "bare" else peers_python
         argv = [python, __file__, "--serve", kind, str(port), model]
@@ -323,7 +417,7 @@ def start(kind: str, model: str, peers_python: str, logs: Path) -> Running:
     # server that polls (LitServe's worker) or spins does not take CPU from the one under load
     with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
-    return Running(kind, port, proc, log)
+    return Running(kind, port, proc, log, grpc_port)
 
 
 def pause(servers: list[Running], keep: Running | None) -> None:
@@ -337,6 +431,8 @@ def wait_ready(server: Running, timeout: float = 180) -> None:
         "stlight": "/readyz",
         "stlight-nospin": "/readyz",
         "stlight-1t": "/readyz",
+        "stlight-v2": "/readyz",
+        "stlight-grpc": "/readyz",
         "bare": "/ready",
         "litserve": "/health",
     }.get(server.kind, "/v2/models/stlight/ready")
@@ -408,8 +504,18 @@ def main() -> int:
     parser.add_argument(
         "--only",
         nargs="+",
-        default=["stlight", "stlight-nospin", "bare", "litserve", "kserve"],
-        choices=["stlight", "stlight-nospin", "stlight-1t", "stlight-v2", "bare", "litserve", "kserve"],
+        default=["stlight", "stlight-nospin", "stlight-v2", "stlight-grpc", "bare", "litserve", "kserve", "kserve-grpc"],
+        choices=[
+            "stlight",
+            "stlight-nospin",
+            "stlight-1t",
+            "stlight-v2",
+            "stlight-grpc",
+            "bare",
+            "litserve",
+            "kserve",
+            "kserve-grpc",
+        ],
         help="servers to run (default: all)",
     )
     parser.add_argument("--peers-python", default="/work/peers-venv/bin/python", help="python of the peers' venv")
@@ -418,7 +524,7 @@ def main() -> int:
     if args.serve:
         SERVERS[args.serve[0]](int(args.serve[1]), args.serve[2])
         return 0
-    needs_peers = {"litserve", "kserve"} & set(args.only)
+    needs_peers = {"litserve", "kserve", "kserve-grpc"} & set(args.only)
     if needs_peers and not Path(args.peers_python).exists():
         print(f"serve_peers: {args.peers_python} not found; create the peers' venv (see --help) or pass --only stlight bare")
         return 2
@@ -437,7 +543,10 @@ def main() -> int:
     try:
         for server in servers:
             wait_ready(server)
-            asyncio.run(check_answer(server.kind, server.port, request_bytes(server.kind, clip, server.port), expected))
+            if server.kind in GRPC_KINDS:
+                asyncio.run(check_grpc_answer(server.kind, server.grpc_port, grpc_request_bytes(clip), expected))
+            else:
+                asyncio.run(check_answer(server.kind, server.port, request_bytes(server.kind, clip, server.port), expected))
         print("all servers ready and answering correctly", flush=True)
         cells = len(servers) * len(args.concurrency) * args.rounds
         done = 0
@@ -447,9 +556,13 @@ def main() -> int:
             order = servers[round_ % len(servers) :] + servers[: round_ % len(servers)]
             for concurrency in args.concurrency:
                 for server in order:
-                    payload = request_bytes(server.kind, clip, server.port)
                     pause(servers, keep=server)
-                    cell = asyncio.run(drive(server.port, payload, concurrency, args.seconds, args.warmup))
+                    if server.kind in GRPC_KINDS:
+                        payload = grpc_request_bytes(clip)
+                        cell = asyncio.run(drive_grpc(server.grpc_port, payload, concurrency, args.seconds, args.warmup))
+                    else:
+                        payload = request_bytes(server.kind, clip, server.port)
+                        cell = asyncio.run(drive(server.port, payload, concurrency, args.seconds, args.warmup))
                     results.setdefault((server.kind, concurrency), []).append(cell)
                     done += 1
                     print(
@@ -506,6 +619,24 @@ def report(args, servers, results, baseline, idle) -> None:
                 f"| {server.kind} | {concurrency} | {p50:.2f} | {p99:.2f} | {rate:.1f} | ±{50 * noise:.0f}% | "
                 f"{rate / base_rate:.2f}x | {vs_bare} | {sum(c.errors for c in cells)} | {idle[server.kind]:.0f}% |"
             )
+    grpc_vs_http(args, results)
+
+
+def grpc_vs_http(args, results) -> None:
+    """Each gRPC row against the same server's OIP route over HTTP (binary tensors): the targets
+    are gRPC clips/s >= HTTP's at 8 and 32 clients, gRPC p50 <= 1.15x HTTP's at 1."""
+    pairs = [(g, h) for g, h in (("stlight-grpc", "stlight-v2"), ("kserve-grpc", "kserve")) if g in args.only and h in args.only]
+    if not pairs:
+        return
+    print()
+    print("| gRPC vs /v2 binary over HTTP | conc | clips/s gRPC / HTTP | p50 gRPC / HTTP |")
+    print("|---|---:|---:|---:|")
+    for grpc_kind, http_kind in pairs:
+        for concurrency in args.concurrency:
+            grpc_cells, http_cells = results[(grpc_kind, concurrency)], results[(http_kind, concurrency)]
+            rate = statistics.median(c.clips_per_s for c in grpc_cells) / statistics.median(c.clips_per_s for c in http_cells)
+            p50 = statistics.median(c.p(50) for c in grpc_cells) / statistics.median(c.p(50) for c in http_cells)
+            print(f"| {grpc_kind} / {http_kind} | {concurrency} | {rate:.2f}x | {p50:.2f}x |")
 
 
 if __name__ == "__main__":
