@@ -70,13 +70,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1
 USER stlight
 WORKDIR /home/stlight
-EXPOSE 8000
+# 8000: HTTP (/predict, /v2, /metrics...); 8001: the Open Inference Protocol over gRPC (h2c)
+EXPOSE 8000 8001
 # /readyz answers 200 once the model is loaded and warmed; urlopen raises (exit 1) otherwise.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
 # Exec form: stlight (uvicorn) is PID 1 and gets SIGTERM from `docker stop`, then drains and exits 0.
 STOPSIGNAL SIGTERM
-CMD ["stlight", "serve", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["stlight", "serve", "--host", "0.0.0.0", "--port", "8000", "--grpc-port", "8001"]
 
 # ---- the variant: the CUDA image tells the NVIDIA container runtime what it needs -------------
 FROM runtime AS runtime-cpu

@@ -72,7 +72,7 @@ def project() -> Iterator[dict[str, str]]:
     """A fresh project name and port. Afterwards a plain ``docker compose down`` must leave
     nothing of it behind, whatever the test started."""
     name = f"stlight-test-{uuid.uuid4().hex[:8]}"
-    env = {"COMPOSE_PROJECT_NAME": name, "STLIGHT_PORT": str(free_port())}
+    env = {"COMPOSE_PROJECT_NAME": name, "STLIGHT_PORT": str(free_port()), "STLIGHT_GRPC_PORT": str(free_port())}
     yield env
     down = compose("down", files=[], env={"COMPOSE_PROJECT_NAME": name}, check=False, timeout=180)
     left = leftovers(name)
@@ -127,7 +127,7 @@ def test_variants_render_as_documented() -> None:
         assert service["volumes"][0]["target"] == "/models" and service["volumes"][0]["read_only"]
         assert "/readyz" in " ".join(service["healthcheck"]["test"]) and service["restart"] == "unless-stopped"
     for service in (gpu["stlight"], cpu["stlight"], balanced["lb"]):
-        assert [(p["target"], p["published"]) for p in service["ports"]] == [(8000, "8000")]
+        assert [(p["target"], p["published"]) for p in service["ports"]] == [(8000, "8000"), (8001, "8001")]
     # balanced: the replicas publish nothing (the balancer does), several of them, read-only root
     assert "ports" not in balanced["stlight"] and balanced["stlight"]["scale"] == 3 and balanced["lb"]["scale"] == 1
     assert balanced["stlight"]["read_only"] is True and balanced["stlight"]["tmpfs"] == ["/tmp"]

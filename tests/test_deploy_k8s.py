@@ -1,8 +1,8 @@
 """The Kubernetes and KServe manifests, without a cluster: render them with ``kubectl kustomize``,
 validate every object against the Kubernetes schema (``kubernetes-validate``, strict: an unknown
 or misspelt field fails), and check them against the real server — its probes answer 200 on a
-``stlight serve`` started with the manifests' own command line and settings, the port is the
-image's ``EXPOSE``, the autoscaling metric is one that ``/metrics`` exports.
+``stlight serve`` started with the manifests' own command line and settings, the ports are the
+image's ``EXPOSE`` (HTTP, then gRPC), the autoscaling metric is one that ``/metrics`` exports.
 
 Skipped when no ``kubectl`` is installed (``.ci/run`` installs Debian's ``kubernetes-client``).
 """
@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from serving import Server
+from serving import Server, free_port
 
 from service.settings import DEFAULT_MODEL, ServeSettings
 
@@ -62,6 +62,11 @@ def image_port() -> int:
     return int(port)
 
 
+def image_grpc_port() -> int:
+    (port,) = re.findall(r"^EXPOSE \d+ (\d+)$", dockerfile(), re.M)
+    return int(port)
+
+
 def image_uid() -> int:
     (uid,) = re.findall(r"useradd .*--uid (\d+)", dockerfile())
     return int(uid)
@@ -99,11 +104,20 @@ class LiveServer:
     """``stlight serve`` with a manifest's arguments and STLIGHT_* settings on loopback; what it
     answers at a path, and the metric names its /metrics exports."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self, server: Server, grpc_port: int) -> None:
+        self.server, self.grpc_port = server, grpc_port
 
     def status(self, path: str) -> int:
         return httpx.get(self.server.url + path, timeout=10).status_code
+
+    def grpc_health(self, service: str) -> str:
+        """What grpc.health.v1 Check answers for ``service`` (a Kubernetes gRPC probe's question)."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
 
     def metric_names(self) -> set[str]:
         text = httpx.get(self.server.url + "/metrics", timeout=10).text
@@ -115,8 +129,8 @@ class LiveServer:
 def serve_like(tmp: Path, argv: list[str], env: dict[str, str], mounts: dict[str, Path]) -> Iterator[LiveServer]:
     """Start ``stlight serve`` as a container would (``argv`` after ``stlight serve``, ``env``),
     with the container's mount paths mapped onto local folders and --host/--port on loopback."""
-    args = list(argv)
-    for name, value in (("--host", "127.0.0.1"), ("--port", "0")):
+    args, grpc_port = list(argv), free_port()
+    for name, value in (("--host", "127.0.0.1"), ("--port", "0"), ("--grpc-port", str(grpc_port))):
         if name in args:
             args[args.index(name) + 1] = value
     rewrite = {inside: str(outside) for inside, outside in mounts.items()}
@@ -134,7 +148,7 @@ def serve_like(tmp: Path, argv: list[str], env: dict[str, str], mounts: dict[str
     except BaseException:
         server.stop()
         raise
-    yield LiveServer(server)
+    yield LiveServer(server, grpc_port if "--grpc-port" in args else 0)
     assert server.stop() == 0, server.text()  # and it stops cleanly on SIGTERM
 
 
@@ -217,11 +231,14 @@ def test_probes_answer_on_the_real_server(variant: tuple[str, list[Obj]], live: 
 def test_port_is_the_images(variant: tuple[str, list[Obj]]) -> None:
     _, objects = variant
     container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert [p["containerPort"] for p in container["ports"]] == [image_port()]
+    assert [p["containerPort"] for p in container["ports"]] == [image_port(), image_grpc_port()]
     assert int(flag(container["command"], "--port")) == image_port() and flag(container["command"], "--host") == "0.0.0.0"
+    assert int(flag(container["command"], "--grpc-port")) == image_grpc_port()
     service = one(objects, "Service")
-    (port,) = service["spec"]["ports"]
-    assert port_number(container, port["targetPort"]) == image_port()
+    http, grpc = service["spec"]["ports"]
+    assert port_number(container, http["targetPort"]) == image_port()
+    # gRPC is HTTP/2 without TLS: appProtocol tells meshes and gateways to balance it call by call
+    assert port_number(container, grpc["targetPort"]) == image_grpc_port() and grpc["appProtocol"] == "kubernetes.io/h2c"
     pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
     for selector in (service["spec"]["selector"], one(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]):
         assert selector.items() <= pod_labels.items()
@@ -336,12 +353,13 @@ def test_kserve_objects(kserve: list[Obj]) -> None:
     runtime, isvc = one(kserve, "ServingRuntime"), one(kserve, "InferenceService")
     assert runtime["apiVersion"] == "serving.kserve.io/v1alpha1" and isvc["apiVersion"] == "serving.kserve.io/v1beta1"
     model = isvc["spec"]["predictor"]["model"]
-    assert model["protocolVersion"] == "v2" and "v2" in runtime["spec"]["protocolVersions"]
+    assert model["protocolVersion"] == "v2" and {"v2", "grpc-v2"} <= set(runtime["spec"]["protocolVersions"])
     assert model["runtime"] == runtime["metadata"]["name"]
     assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
     container = runtime_container(kserve)
     assert container["name"] == "kserve-container"  # the container KServe wires storage and routing to
     assert flag(container["command"], "--model-repository") == "/mnt/models"  # where KServe puts storageUri
+    assert int(flag(container["command"], "--grpc-port")) == image_grpc_port()
     # The CRDs' schemas are not in kubernetes-validate: validate the pod parts (container, the
     # predictor's resource override) as the core Pod they become.
     pod = {
@@ -376,3 +394,27 @@ def test_kserve_container_is_locked_down(kserve: list[Obj]) -> None:
     assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
     (tmp,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
     assert tmp["name"] in {v["name"] for v in one(kserve, "ServingRuntime")["spec"]["volumes"]}
+
+
+def test_kserve_grpc_variant_routes_to_the_grpc_port_and_its_probes_answer(kserve_live: LiveServer) -> None:
+    """deploy/kserve/grpc: the predictor on grpc-v2, Knative's one port the server's gRPC port
+    named h2c, and gRPC health probes there that the real server answers SERVING."""
+    objects = render(KSERVE / "grpc")
+    assert sorted(obj["kind"] for obj in objects) == ["InferenceService", "ServingRuntime"]
+    model = one(objects, "InferenceService")["spec"]["predictor"]["model"]
+    assert (
+        model["protocolVersion"] == "grpc-v2"
+        and model["protocolVersion"] in one(objects, "ServingRuntime")["spec"]["protocolVersions"]
+    )
+    assert model["ports"] == [{"name": "h2c", "containerPort": image_grpc_port(), "protocol": "TCP"}]
+    container = runtime_container(objects) | {k: v for k, v in model.items() if k in ("ports", "readinessProbe", "livenessProbe")}
+    for version in K8S_VERSIONS:  # the predictor's container as the core Pod it becomes
+        kubernetes_validate.validate(
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [container]}},
+            version,
+            strict=True,
+        )
+    for kind in ("readinessProbe", "livenessProbe"):
+        probe = model[kind]["grpc"]
+        assert probe["port"] == image_grpc_port(), kind
+        assert kserve_live.grpc_health(probe.get("service", "")) == "SERVING", kind
