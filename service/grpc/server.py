@@ -140,7 +140,11 @@ class GrpcServer:
         if self._refresher is not None:
             self._refresher.cancel()
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.settings.drain_timeout_s)
+        grace = self.settings.drain_timeout_s
+        stopping = asyncio.ensure_future(self.server.stop(grace))
+        await asyncio.sleep(0)  # its first step tells gRPC's core to refuse new calls
+        log.info("gRPC: new calls refused; those in flight have %g s to finish", grace)
+        await stopping
         log.info("gRPC stopped")
 
     async def stop(self) -> None:
