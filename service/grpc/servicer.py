@@ -54,7 +54,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return served
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self._served(request.name, request.version).state == "ready")
+        """Not ready (no error) for any model or version that cannot serve now, known or not, as
+        Triton answers: the question is whether to send requests, and the answer is no."""
+        try:
+            served = self._served(request.name, request.version)
+        except Problem as problem:
+            if problem.status == 400:
+                raise
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=served.state == "ready")
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> pb.ModelMetadataResponse:
         engine = self._served(request.name, request.version).engine
