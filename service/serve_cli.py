@@ -26,11 +26,12 @@ _FLAGS = (
 def add_serve(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "serve",
-        help="serve an ONNX model over HTTP (FastAPI + ONNX Runtime, dynamic batching)",
+        help="serve an ONNX model over HTTP and gRPC (FastAPI + ONNX Runtime, dynamic batching)",
         description=(
             "Serve exported STLight ONNX models: POST /predict, GET /healthz, /readyz, /v1/model, /v1/models, /metrics, /docs, "
             "and the Open Inference Protocol (KServe V2, what tritonclient speaks) under /v2, with Triton's binary tensor, "
-            "model repository (load/unload while serving) and model configuration extensions. "
+            "model repository (load/unload while serving) and model configuration extensions; the same protocol over gRPC "
+            "(tritonclient.grpc) on --grpc-port, with gRPC health checking and reflection. "
             "Every flag can also be set as an environment variable STLIGHT_<FLAG> (e.g. STLIGHT_MAX_BATCH_SIZE=16); "
             "a flag given on the command line wins. Further settings only as variables: STLIGHT_QUEUE_SIZE (256), "
             "STLIGHT_REQUEST_TIMEOUT_S (30), STLIGHT_INTRA_OP_THREADS (0 = all CPUs), STLIGHT_INTER_OP_THREADS (1), "
