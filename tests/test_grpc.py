@@ -513,7 +513,8 @@ def test_keys_one_batch_for_both_protocols_full_queue_deadline_cancel_and_drain(
             srv.proc.send_signal(signal.SIGTERM)
             wait_until(lambda: "gRPC: new calls refused" in srv.text(), "the drain begun")
             error = rpc_error(lambda: stub.ModelInfer(raw, metadata=tuple(bearer.items()), timeout=5))
-            assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+            # refused: UNAVAILABLE, or CANCELLED when the call raced gRPC core's shutdown on an open connection
+            assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), error
             assert not in_flight.done(), "the check came too late to show anything"
             assert list(in_flight.result(timeout=60).outputs[0].shape) == list(blocker.shape)
         triton.close()
