@@ -23,7 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import __version__, codecs, horizon, v2, video, web
+from service import __version__, codecs, v2, video, web
 from service.batching import ClientGone
 from service.engine import Engine
 from service.metrics import ServiceMetrics
@@ -342,8 +342,7 @@ def create_app(
         async with models.lease(model) as served:  # held until the prediction is made
             request.state.model = served.name
             annotate(model=served.name)  # for the access log line
-            engine, batcher = served.engine, served.batcher
-            assert batcher is not None
+            engine = served.engine
             request_type = codecs.media_type(request.headers.get("content-type"))
             if request_type not in codecs.REQUEST_TYPES:
                 got = f"Content-Type {request_type!r}" if request_type else "no Content-Type"
@@ -362,11 +361,7 @@ def create_app(
             annotate(batch=len(clips.frames))
             codecs.check_answerable(answer_type, engine.spec.channels, len(clips.frames), clips.batched)
 
-            async def step(window: Any) -> Any:  # each rollout step queues through the batcher like any request
-                return await batcher.predict(window, lambda: v2.client_gone(request))  # (B, T', C, H, W)
-
-            frames = horizon_frames or engine.spec.out_frames
-            prediction = await horizon.rollout_async(step, clips.frames, frames, engine.spec.out_frames)  # (B, N, C, H, W)
+            prediction = await served.predict(clips.frames, horizon_frames, lambda: v2.client_gone(request))  # (B, N, C, H, W)
         if answer_type == codecs.NPY and prediction.nbytes <= INLINE_BYTES:
             body = codecs.encode(answer_type, clips, prediction, include_input=include_input)
         else:  # JSON, images and large arrays take longer than a thread hop

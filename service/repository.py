@@ -23,12 +23,15 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
+from service import horizon
 from service.batching import Batcher
 from service.engine import CPU, Engine, EngineError
 from service.metrics import ModelMetrics, ServiceMetrics
@@ -207,6 +210,25 @@ class Served:
     async def warmed(self) -> None:
         if self._warm is not None:
             await asyncio.gather(self._warm, return_exceptions=True)
+
+    async def predict(
+        self,
+        clips: np.ndarray,
+        frames: int | None = None,
+        client_gone: Callable[[], Coroutine[Any, Any, object]] | None = None,
+    ) -> np.ndarray:
+        """(B, T, C, H, W) -> (B, frames, C, H, W) (default T'): the one inference path of every
+        protocol (/predict, /v2, gRPC), so that their clips share the batches. Each rollout step
+        queues through this version's batcher like any request; ``client_gone`` completing
+        drops the clip (HTTP); a cancelled caller's task drops it too (gRPC)."""
+        batcher = self.batcher
+        assert batcher is not None
+
+        async def step(window: np.ndarray) -> np.ndarray:  # (B, T', C, H, W)
+            return await batcher.predict(window, client_gone)
+
+        out_frames = self.engine.spec.out_frames
+        return await horizon.rollout_async(step, clips, frames or out_frames, out_frames)
 
     def check_ready(self) -> None:
         if self.state != "ready":

@@ -14,10 +14,9 @@ import asyncio
 import json
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from service import __version__, horizon, oip
+from service import __version__, oip
 from service.problems import Problem
 from service.repository import Repository, Served
 from service.request_id import annotate
@@ -234,8 +233,7 @@ async def model_config(request: Request, name: str, version: str | None = None) 
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
     async with repository(request).lease(name, version) as served:
         request.state.model = served.name
-        engine, batcher = served.engine, served.batcher
-        assert batcher is not None
+        engine = served.engine
         body = oip.decompress(await request.body(), request.headers.get("content-encoding"), served.settings.max_body_bytes)
         tensors = oip.Tensors(engine.input_name, engine.output_name, engine.spec)
         parsed = await asyncio.to_thread(
@@ -243,12 +241,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         )
         annotate(model=served.name, batch=len(parsed.clips.frames))  # for the access log line
 
-        async def step(window: np.ndarray) -> np.ndarray:  # each rollout step queues through the batcher
-            assert batcher is not None
-            return await batcher.predict(window, lambda: client_gone(request))  # (B, T', C, H, W)
-
-        frames = parsed.horizon or engine.spec.out_frames
-        prediction = await horizon.rollout_async(step, parsed.clips.frames, frames, engine.spec.out_frames)
+        prediction = await served.predict(parsed.clips.frames, parsed.horizon, lambda: client_gone(request))
         content, headers = await asyncio.to_thread(
             oip.encode_response, served.name, served.version, parsed, prediction, engine.output_name
         )

@@ -11,9 +11,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import numpy as np
 
-from service import __version__, horizon, oip, v2
+from service import __version__, oip, v2
 from service.grpc import tensors
 from service.grpc.proto import open_inference_grpc_pb2 as pb
 from service.grpc.proto import open_inference_grpc_pb2_grpc as pb_grpc
@@ -98,19 +97,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise Problem(400, "invalid-model-name", "the request names no model (model_name is empty)")
         async with self.repository.lease(request.model_name, request.model_version or None) as served:
             annotate(model=served.name)
-            engine, batcher = served.engine, served.batcher
-            assert batcher is not None
+            engine = served.engine
             parsed = tensors.decode_request(
                 request, oip.Tensors(engine.input_name, engine.output_name, engine.spec), served.settings.max_horizon
             )
             annotate(batch=len(parsed.clips.frames))
 
-            async def step(window: np.ndarray) -> np.ndarray:  # each rollout step queues through the batcher
-                assert batcher is not None
-                return await batcher.predict(window)
-
-            frames = parsed.horizon or engine.spec.out_frames
-            prediction = await horizon.rollout_async(step, parsed.clips.frames, frames, engine.spec.out_frames)
+            # the path /predict and /v2 take: one batch holds clips of every protocol; a call cancelled
+            # (client gone, deadline passed) cancels this task, which drops a clip still queued
+            prediction = await served.predict(parsed.clips.frames, parsed.horizon)
         answer = (served.name, served.version, parsed, prediction, engine.output_name)
         if parsed.binary_output:  # one copy of the bytes; a list of floats is worth a thread hop
             return tensors.encode_response(*answer)
