@@ -10,7 +10,9 @@ validation. Uses the serving image that tests/test_docker.py builds (same tag, c
 
 from __future__ import annotations
 
+import http.client
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -26,7 +28,7 @@ import onnxruntime as ort
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from serving import free_port
-from test_docker import REPO, default_model, docker, image, mnist_digits, moving_digit_clip, pytestmark, wait_ready
+from test_docker import REPO, default_model, docker, image, logs, mnist_digits, moving_digit_clip, pytestmark, state, wait_ready
 
 from service.card import ModelCard
 from service.client import Client
@@ -165,7 +167,10 @@ def test_cpu_variant_serves_and_is_undone_by_plain_down(image: str, project: dic
 def replica_predictions(cid: str) -> float:
     """``/predict`` requests the replica answered 200, from its own /metrics."""
     script = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000/metrics').read().decode())"
-    text = docker("exec", cid, "python", "-c", script).stdout
+    done = docker("exec", cid, "python", "-c", script, check=False)
+    if done.returncode != 0:
+        pytest.fail(f"replica {cid[:12]} did not answer /metrics ({state(cid)}):\n{done.stderr[-500:]}\n{logs(cid)}")
+    text = done.stdout
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)
@@ -203,9 +208,56 @@ def wait_for(condition, timeout_s: float, what: str) -> None:  # type: ignore[no
         time.sleep(0.25)
 
 
-def test_balanced_replicas_lose_no_clip_when_one_dies(
+def balancer_stats(lb: str) -> dict[str, dict[str, str]]:
+    """HAProxy's statistics of the backend, from its Runtime API: server name (and BACKEND) -> row."""
+    script = (
+        "import socket; s = socket.socket(socket.AF_UNIX); s.connect('/tmp/haproxy.sock'); "
+        "s.sendall(b'show stat\\n'); print(b''.join(iter(lambda: s.recv(65536), b'')).decode())"
+    )
+    lines = docker("exec", lb, "python3", "-c", script).stdout.splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    rows = (dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line)
+    return {row["svname"]: row for row in rows if row.get("pxname") == "replicas"}
+
+
+def balancer_replays(lb: str) -> int:
+    """Requests the backend re-sent: its retries and redispatches."""
+    backend = balancer_stats(lb)["BACKEND"]
+    return int(backend["wretr"] or 0) + int(backend["wredis"] or 0)
+
+
+def checked_ready(lb: str) -> dict[str, bool]:
+    """Replica address -> UP *and* its last /readyz check passed. (HAProxy 2.6 counts a replica
+    that DNS has just given it as UP before its first check.)"""
+    return {
+        row["addr"].split(":")[0]: row["status"] == "UP" and row.get("check_status") == "L7OK"
+        for name, row in balancer_stats(lb).items()
+        if name != "BACKEND" and row.get("addr")
+    }
+
+
+def in_flight_on(lb: str, address: str) -> int:
+    """Requests HAProxy has in flight on the replica at ``address`` (its current sessions)."""
+    return sum(int(row["scur"] or 0) for row in balancer_stats(lb).values() if row.get("addr", "").split(":")[0] == address)
+
+
+def plain_request(
+    connection: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[bytes, http.client.HTTPMessage]:
+    """One request with the standard library's client: no retry of any kind. The answer, or an error."""
+    connection.request("POST", path, body=body, headers=headers)
+    response = connection.getresponse()
+    data = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"{response.status}: {data[:200]!r}")
+    return data, response.headers
+
+
+def test_balanced_replicas_lose_no_request_of_any_client_when_one_dies(
     image: str, lb_image: str, project: dict[str, str], default_model: Path, mnist_dir: Path, request: pytest.FixtureRequest
 ) -> None:
+    """A replica killed under load: the balancer replays what it lost on another one, so clients
+    that never retry (http.client, and the project's Client with retries=0) lose nothing."""
     files = VARIANTS["balanced"]
     env = project | {
         "STLIGHT_IMAGE": image,
@@ -213,13 +265,15 @@ def test_balanced_replicas_lose_no_clip_when_one_dies(
         "STLIGHT_REPLICAS": str(REPLICAS),
         "STLIGHT_INTRA_OP_THREADS": "1",  # three replicas share this host's CPUs
     }
-    url = f"http://127.0.0.1:{project['STLIGHT_PORT']}"
+    port = int(project["STLIGHT_PORT"])
+    url = f"http://127.0.0.1:{port}"
     compose("up", "-d", "--no-build", files=files, env=env)
     replicas = compose("ps", "-q", "stlight", files=files, env=env).stdout.split()
     (lb,) = compose("ps", "-q", "lb", files=files, env=env).stdout.split()
     assert len(replicas) == REPLICAS
     addresses = {cid: container_address(cid) for cid in replicas}
-    wait_for(lambda: balancer_servers(lb) == dict.fromkeys(addresses.values(), "UP"), 120, "HAProxy sees every replica ready")
+    everyone = dict.fromkeys(addresses.values(), True)
+    wait_for(lambda: checked_ready(lb) == everyone, 120, "HAProxy sees every replica ready")
     assert httpx.get(f"{url}/lb-healthz", timeout=5).status_code == 200
 
     # real digits, and what the model answers for them in this process
@@ -229,40 +283,78 @@ def test_balanced_replicas_lose_no_clip_when_one_dies(
     clips = np.stack([moving_digit_clip(d, card.in_frames, card.channels, card.height, card.width) for d in digits])
     (want,) = session.run(None, {session.get_inputs()[0].name: clips})
 
-    # load: 4 threads, each one clip per request through the balancer, with the project's Client
-    total, threads = 240, 4
+    # the load: 4 threads of plain http.client (/predict with npy and /v2 infer with a raw binary
+    # tensor, alternately) and 2 threads of Client(retries=0), one clip per request, from before
+    # the kill until AFTER_KILL more requests have been answered after it
+    plain_threads, client_threads, before_kill, after_kill = 4, 2, 100, 150
     results: dict[int, np.ndarray] = {}
     errors: list[str] = []
-    done_count = threading.Semaphore(0)
-    client = Client(url, retries=8, backoff_s=0.1, max_backoff_s=1.0, timeout=30)
+    numbers, stop = itertools.count(), threading.Event()
+    client = Client(url, retries=0, timeout=60)
+    request.addfinalizer(client.close)
 
-    def worker(first: int) -> None:
-        for i in range(first, total, threads):
+    def plain() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while not stop.is_set():
+            i = next(numbers)
+            clip = clips[i % len(clips)]
+            try:
+                if i % 2:
+                    buffer = io.BytesIO()
+                    np.save(buffer, clip)
+                    data, _ = plain_request(connection, "/predict", buffer.getvalue(), {"Content-Type": "application/x-npy"})
+                    results[i] = np.load(io.BytesIO(data))
+                else:  # Triton's raw binary request: one FP32 clip; the answer's tensor follows its JSON
+                    raw = {"Inference-Header-Content-Length": "0", "Content-Type": "application/octet-stream"}
+                    data, headers = plain_request(connection, "/v2/models/default/infer", clip.astype("<f4").tobytes(), raw)
+                    length = int(headers["Inference-Header-Content-Length"])
+                    results[i] = np.frombuffer(data[length:], "<f4").reshape(want[0].shape)
+            except Exception as exc:  # a lost request: recorded, reported below; a fresh connection
+                errors.append(f"plain request {i}: {type(exc).__name__}: {exc}")
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.close()
+
+    def with_client() -> None:
+        while not stop.is_set():
+            i = next(numbers)
             try:
                 results[i] = client.predict(clips[i % len(clips)])
-            except Exception as exc:  # a lost clip: recorded, reported below
-                errors.append(f"request {i}: {type(exc).__name__}: {exc}")
-            done_count.release()
+            except Exception as exc:
+                errors.append(f"Client request {i}: {type(exc).__name__}: {exc}")
 
-    pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
-    request.addfinalizer(client.close)
+    def answered() -> int:
+        return len(results) + len(errors)
+
+    pool = [threading.Thread(target=plain) for _ in range(plain_threads)]
+    pool += [threading.Thread(target=with_client) for _ in range(client_threads)]
     for thread in pool:
         thread.start()
     try:
-        for _ in range(total // 3):  # a third of the load through all replicas
-            done_count.acquire(timeout=60)
+        wait_for(lambda: answered() >= before_kill, 120, f"{before_kill} answers through all replicas")
         served_before = {cid: replica_predictions(cid) for cid in replicas}
         assert all(count > 0 for count in served_before.values()), f"not every replica served: {served_before}"
+        # The replica freezes, then dies: the requests it holds when it dies are certain to be
+        # in flight (a plain kill at a random instant may find none on a model this fast).
         victim = replicas[1]
-        docker("kill", victim)  # mid-load: requests in flight on it break
+        docker("pause", victim)
+        wait_for(lambda: in_flight_on(lb, addresses[victim]) >= 1, 20, "requests in flight on the frozen replica")
+        docker("kill", victim)  # its connections close without an answer
+        at_kill = answered()
+        wait_for(lambda: answered() >= at_kill + after_kill, 120, f"{after_kill} answers after the kill")
     finally:
+        stop.set()
         for thread in pool:
             thread.join(timeout=300)
 
-    assert not errors, f"{len(errors)} clips lost:\n" + "\n".join(errors[:10])
-    assert sorted(results) == list(range(total))
+    sent = answered()
+    assert not errors, f"{len(errors)} of {sent} requests lost:\n" + "\n".join(errors[:10])
+    assert sorted(results) == list(range(sent))
     for i, got in results.items():
         np.testing.assert_allclose(got, want[i % len(clips)], rtol=0, atol=1e-5)
+    assert not client.retried, f"the Client retried: {dict(client.retried)}"
+    replayed = balancer_replays(lb)
+    assert replayed >= 1, f"the requests in flight on the killed replica were not replayed ({replayed})"
 
     # the balancer took the dead replica out and sends it nothing: plain requests, no retries
     survivors = [cid for cid in replicas if cid != victim]
@@ -278,4 +370,4 @@ def test_balanced_replicas_lose_no_clip_when_one_dies(
         ]
     assert statuses == [200] * 30
     assert sum(replica_predictions(cid) for cid in survivors) - before == 30  # all of them on the survivors
-    print(f"client retries during the kill: {dict(client.retried)}")
+    print(f"{sent} requests, {sent - at_kill} after the kill; the balancer replayed {replayed}")
