@@ -1,11 +1,11 @@
 """Checkpoints that carry their config, so anything can rebuild the exact model from a file.
 
 Checkpoints are files people download from others, so they are read with
-``torch.load(weights_only=True)``: tensors, numbers, strings and containers of them, never
-pickled code. Everything training saves is of those types (numpy's RNG state too, as tensors:
-see ``model/train.py``). A file that holds anything else is refused naming what it held;
-``trust=True`` (the CLIs' ``--trust-checkpoint``) unpickles it fully, which runs whatever code it
-holds.
+``torch.load(weights_only=True)``: tensors, numbers, strings and containers of them (and numpy
+arrays, for checkpoints of 0.2.0), never pickled code. Everything training saves is of those
+types (numpy's RNG state too, as tensors: see ``model/train.py``). A file that holds anything
+else is refused naming what it held; ``trust=True`` (the CLIs' ``--trust-checkpoint``) unpickles
+it fully, which runs whatever code it holds.
 """
 
 from __future__ import annotations

@@ -199,13 +199,16 @@ def _not_a(media_type: str, source: bytes | bytearray | str | Path, exc: Excepti
             head = file.read(64)
         said = f"its suffix {Path(source).suffix.lower()} says"
     looks, hint = _looks_like(head), ""
-    if looks in FORMAT_NAMES and looks != media_type:
+    if looks in FORMAT_NAMES and looks != media_type and {looks, media_type} != _MATROSKA:
         hint = f"; it looks like {FORMAT_NAMES[looks]}: send it as {looks}"
     elif looks and looks not in FORMAT_NAMES:
         hint = f"; got text starting {looks!r}"
     elif media_type == "video/mp4":
         hint = " (an MP4 cut short loses its index, which MP4 writes at the end)"
     return VideoError(400, "undecodable-video", f"not a readable {name} video ({_reason(exc)}); expected {name}, as {said}{hint}")
+
+
+_MATROSKA = {"video/webm", "video/x-matroska"}  # one FFmpeg demuxer reads both
 
 
 def _looks_like(head: bytes) -> str | None:
