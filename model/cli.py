@@ -176,10 +176,11 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--dataset",
         choices=DATASETS,
-        default="mmnist",
+        default=None,
         help="mmnist: Moving MNIST made on the fly; npz: your clips (N, T+T', C, H, W) in a .npz/.npy; "
         "taxibj: OpenSTL's dataset.npz; frames: a folder of clip folders of images; videos: a folder of video files "
-        "(.mp4, .webm, .avi, .mkv, .gif, ...) cut into windows of T+T' frames, split by file (default: mmnist)",
+        "(.mp4, .webm, .avi, .mkv, .gif, ...) cut into windows of T+T' frames, split by file (default: from --data-path "
+        "when given - npz for a .npz/.npy of clips, taxibj for a .npz with X_train..Y_test -, else mmnist)",
     )
     group.add_argument(
         "--data-dir",
@@ -336,7 +337,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from model.data import DataError
+    from model.data import DataError, infer_dataset
     from model.distributed import ranks_from_env
     from model.plan import TrainRequest, plan_run
     from model.train import Runtime, SetupError, train
@@ -351,13 +352,21 @@ def run_train(args: argparse.Namespace) -> int:
             raise UserError("--trust-checkpoint applies to --resume (the checkpoint it reads); add --resume or drop it")
         if ranks.main:
             print(trust_warning(out / "last.pt"), file=sys.stderr)
+    flags = {name: getattr(args, name) for name in _REQUEST_FLAGS}
+    if flags["dataset"] is None and args.data_path is not None and not args.resume:  # a resumed run keeps its own
+        try:
+            flags["dataset"] = infer_dataset(args.data_path)
+        except DataError as exc:
+            raise UserError(str(exc)) from None
+        if ranks.main:
+            print(f"dataset {flags['dataset']} (from --data-path {args.data_path}; --dataset sets another)")
     request = TrainRequest(
         out=out,
         resume=args.resume,
         trust_checkpoint=args.trust_checkpoint,
         overrides=config_overrides(args),
         processes=ranks.world,
-        **{name: getattr(args, name) for name in _REQUEST_FLAGS},
+        **flags,
     )
     runtime = Runtime(
         out=out,
@@ -452,7 +461,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from model.checkpoint import CheckpointError, build_model, read_checkpoint
-    from model.data import DataError, DataSpec, build_test_dataset, clip_count
+    from model.data import DataError, DataSpec, build_test_dataset, clip_count, infer_dataset
     from model.train import evaluate, resolve_device
 
     if args.trust_checkpoint:
@@ -464,9 +473,11 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     except ValueError as exc:
         raise UserError(f"cannot load {args.checkpoint}: {exc}") from None
-    name = args.dataset or payload.get("dataset") or "mmnist"
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     try:
+        # a file given without --dataset says what it is; else the data the checkpoint trained on
+        inferred = infer_dataset(args.data_path) if args.dataset is None and args.data_path is not None else None
+        name = args.dataset or inferred or payload.get("dataset") or "mmnist"
         device = resolve_device(args.device)
         trained = payload.get("data") or {}  # videos: the run's stride and resize unless given
         spec = DataSpec(

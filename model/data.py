@@ -20,6 +20,7 @@ import functools
 import gzip
 import shutil
 import urllib.request
+import zipfile
 from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ MNIST_MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/" + MNIST_TRAIN_FILE,
 )
 MMNIST_TEST_FILE = "mnist_test_seq.npy"
+TAXIBJ_ARRAYS = ("X_train", "Y_train", "X_test", "Y_test")  # OpenSTL's dataset.npz
 VAL_SEED = 20_240_000  # the Moving MNIST validation clips: the same every run, on every machine
 
 
@@ -353,6 +355,29 @@ def load_mmnist_test_seq(path: str | Path, config: STLightConfig) -> ClipArray:
     return ClipArray(clips, config.in_frames, config.out_frames)
 
 
+def infer_dataset(data_path: str | Path) -> str:
+    """The dataset kind of a ``--data-path`` file, for a command given no ``--dataset``:
+    ``mnist_test_seq.npy`` is Moving MNIST's test set, a ``.npz`` holding ``X_train, Y_train,
+    X_test, Y_test`` is TaxiBJ, any other ``.npz`` or ``.npy`` is the user's clips (``npz``)."""
+    path = Path(data_path)
+    suffix = path.suffix.lower()
+    if path.name == MMNIST_TEST_FILE:
+        return "mmnist"
+    if suffix == ".npz" and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                names = set(archive.files)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataError(f"--data-path {path} is not a readable .npz archive: {exc}") from None
+        return "taxibj" if set(TAXIBJ_ARRAYS) <= names else "npz"
+    if suffix in (".npz", ".npy"):
+        return "npz"  # a missing file: the npz loader says so
+    raise DataError(
+        f"cannot tell the dataset of --data-path {path} from its name (expected a .npz or .npy of clips); "
+        "add --dataset (npz, taxibj or mmnist; a folder of frames or videos is --dataset frames/videos --data-dir DIR)"
+    )
+
+
 def load_taxibj(path: str | Path, config: STLightConfig) -> tuple[ClipArray, ClipArray]:
     """OpenSTL's TaxiBJ ``dataset.npz``: ``X_*`` inputs and ``Y_*`` targets in [-1, 1] -> [0, 1]."""
     path = Path(path)
@@ -363,7 +388,7 @@ def load_taxibj(path: str | Path, config: STLightConfig) -> tuple[ClipArray, Cli
             f"TaxiBJ file {path} does not exist; expected OpenSTL's dataset.npz with X_train, Y_train, X_test, Y_test"
         )
     with np.load(path, allow_pickle=False) as archive:
-        missing = [k for k in ("X_train", "Y_train", "X_test", "Y_test") if k not in archive]
+        missing = [k for k in TAXIBJ_ARRAYS if k not in archive]
         if missing:
             raise DataError(f"{path}: missing {', '.join(missing)}; expected X_train, Y_train, X_test, Y_test")
         splits = []

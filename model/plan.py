@@ -30,12 +30,13 @@ def flag(name: str) -> str:
 
 @dataclass(frozen=True)
 class TrainRequest:
-    """What the user asked for. ``None``: the dataset's default, or with ``resume`` the run's own value."""
+    """What the user asked for. ``None``: the dataset's default (``mmnist`` for the dataset), or with
+    ``resume`` the run's own value."""
 
     out: Path
     resume: bool = False
     trust_checkpoint: bool = False  # unpickle last.pt fully (it may run code): --trust-checkpoint
-    dataset: str = "mmnist"
+    dataset: str | None = None
     preset: str | None = None
     overrides: dict[str, int] = field(default_factory=dict)  # STLightConfig fields the user set
     data_dir: str | None = None
@@ -92,7 +93,7 @@ def plan_run(request: TrainRequest) -> Plan:
 
 def _data_spec(request: TrainRequest, saved: dict[str, Any] | None = None) -> DataSpec:
     """The request's data; a resumed run keeps its saved spec and takes only new paths (data may move)."""
-    base = dict(saved or {"name": request.dataset})
+    base = dict(saved or {"name": request.dataset or "mmnist"})
     for key in ("data_dir", "data_path", "val_path"):
         value = getattr(request, key)
         if value is not None:
@@ -132,12 +133,13 @@ def _fit_to_data(name: str, overrides: dict[str, int], spec: DataSpec) -> tuple[
 
 
 def _new_run(request: TrainRequest) -> Plan:
-    name = request.preset or DEFAULT_PRESET[request.dataset]
+    dataset = request.dataset or "mmnist"
+    name = request.preset or DEFAULT_PRESET[dataset]
     spec = _data_spec(request)
     overrides, fitted = _fit_to_data(name, request.overrides, spec)
     config = _config(name, overrides)
     datasets = build_datasets(spec, config)
-    defaults = TABLE2[request.dataset]
+    defaults = TABLE2[dataset]
     batch_size = request.batch_size or defaults["batch_size"]
     steps_per_epoch = clip_count(datasets[0]) // (batch_size * request.processes)
     if steps_per_epoch == 0:
@@ -147,7 +149,7 @@ def _new_run(request: TrainRequest) -> Plan:
             "lower --batch-size"
         )
     settings = RunSettings(
-        dataset=request.dataset,
+        dataset=dataset,
         preset=name,
         lr=request.lr or defaults["lr"],
         schedule=request.schedule or defaults["schedule"],
@@ -169,7 +171,7 @@ def _resumed(request: TrainRequest, payload: dict[str, Any]) -> tuple[RunSetting
     saved = payload["run"]
     config = STLightConfig.from_dict(payload["config"])
     clashes = []
-    if request.dataset != saved["dataset"] and request.dataset != "mmnist":
+    if request.dataset is not None and request.dataset != saved["dataset"]:
         clashes.append(f"--dataset {request.dataset} (run: {saved['dataset']})")
     if request.preset is not None and request.preset != saved["preset"]:
         clashes.append(f"--preset {request.preset} (run: {saved['preset']})")

@@ -28,6 +28,7 @@ from model.data import (
     build_test_dataset,
     data_shape,
     download_mnist,
+    infer_dataset,
     load_mnist_digits,
     moving_mnist_clip,
     random_trajectory,
@@ -240,6 +241,21 @@ def test_frame_folders_refuse_short_clips_and_mixed_sizes(tmp_path: Path, digits
     _write_clip(tmp_path / "b" / "clip1", np.zeros((6, 48, 64), np.uint8))
     with pytest.raises(DataError, match="is 64x48"):
         build_test_dataset(DataSpec("frames", data_dir=str(tmp_path / "b")), TINY)
+
+
+def test_data_path_alone_says_which_dataset_it_is(tmp_path: Path) -> None:
+    np.savez(tmp_path / "clips.npz", clips=np.zeros((2, 6, 1, 64, 64), np.uint8))
+    taxibj = {k: np.zeros((2, 4, 2, 32, 32), np.float32) for k in ("X_train", "Y_train", "X_test", "Y_test")}
+    np.savez(tmp_path / "dataset.npz", **taxibj)
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not a zip")
+    assert infer_dataset(tmp_path / "clips.npz") == "npz"
+    assert infer_dataset(tmp_path / "dataset.npz") == "taxibj"
+    assert infer_dataset(tmp_path / "mine.npy") == infer_dataset(tmp_path / "missing.npz") == "npz"
+    assert infer_dataset(tmp_path / "mnist_test_seq.npy") == "mmnist"
+    with pytest.raises(DataError, match=r"not a readable \.npz"):
+        infer_dataset(tmp_path / "broken.npz")
+    with pytest.raises(DataError, match="add --dataset"):
+        infer_dataset(tmp_path / "walk.mp4")
 
 
 # ---------------------------------------------------------------------------------------

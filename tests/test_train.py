@@ -111,9 +111,7 @@ def test_eval_reproduces_the_validation_metrics(
     val = MovingMNIST(load_mnist_digits(mnist_dir, download=False), 64, 4, 1, seed=VAL_SEED)
     clips = np.stack([torch.cat(val[i]).numpy() for i in range(len(val))])  # (64, 5, 1, 64, 64)
     np.savez(tmp_path / "mine.npz", clips=np.round(clips * 255).astype(np.uint8))
-    assert (
-        main(["eval", str(learned_run / "best.pt"), "--dataset", "npz", "--data-path", str(tmp_path / "mine.npz"), "--json"]) == 0
-    )
+    assert main(["eval", str(learned_run / "best.pt"), "--data-path", str(tmp_path / "mine.npz"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["mse"] == pytest.approx(validated["mse"], rel=1e-5)
 
 
@@ -124,7 +122,7 @@ def test_split_run_resumes_to_identical_weights(dataset: str, mnist_dir: Path, t
     else:
         rng = np.random.default_rng(0)
         np.savez(tmp_path / "clips.npz", clips=rng.integers(0, 256, (30, 5, 1, 64, 64), dtype=np.uint8))
-        data = ["--dataset", "npz", "--data-path", str(tmp_path / "clips.npz"), "--val-fraction", "0.2"]
+        data = ["--data-path", str(tmp_path / "clips.npz"), "--val-fraction", "0.2"]  # npz: told by the file
     run = [*data, "--batch-size", "8", "--max-steps", "7", "--val-clips", "8"]  # 3 steps per epoch
     assert train(*run, "--out", str(tmp_path / "whole")) == 0
     assert train(*run, "--stop-after", "4", "--out", str(tmp_path / "split")) == 0  # stops mid-epoch
@@ -134,6 +132,7 @@ def test_split_run_resumes_to_identical_weights(dataset: str, mnist_dir: Path, t
     whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
     split = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
     assert split["step"] == whole["step"] == 7
+    assert whole["dataset"] == split["dataset"] == dataset
     for name, tensor in whole["model"].items():
         assert torch.equal(tensor, split["model"][name]), name
     assert whole["scheduler"]["last_epoch"] == split["scheduler"]["last_epoch"]
@@ -156,6 +155,7 @@ def test_cli_mistakes_give_messages(capsys: pytest.CaptureFixture[str], tmp_path
     out = str(tmp_path / "run")
     expect_error(capsys, ["train", "--out", out, "--resume"], "does not exist; start the run without --resume")
     expect_error(capsys, ["train", "--dataset", "npz", "--out", out], "--dataset npz needs --data-path")
+    expect_error(capsys, ["train", "--data-path", str(tmp_path / "clip.mp4"), "--out", out], "add --dataset")
     np.save(tmp_path / "flat.npy", np.zeros((4, 64, 64), np.uint8))
     expect_error(capsys, ["train", "--dataset", "npz", "--data-path", str(tmp_path / "flat.npy"), "--out", out], "got rank 3")
     np.save(tmp_path / "nan.npy", np.full((4, 20, 1, 64, 64), np.nan, np.float32))
