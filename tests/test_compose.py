@@ -181,19 +181,59 @@ def replica_predictions(cid: str) -> float:
     )
 
 
-def balancer_servers(lb: str) -> dict[str, str]:
-    """HAProxy's view, from its Runtime API: replica address -> UP / DOWN / MAINT."""
+def balancer_servers(lb: str, backend: str = "replicas") -> dict[str, str]:
+    """HAProxy's view of a backend, from its Runtime API: replica address -> UP / DOWN / MAINT."""
     script = (
         "import socket; s = socket.socket(socket.AF_UNIX); s.connect('/tmp/haproxy.sock'); "
-        "s.sendall(b'show servers state replicas\\n'); print(b''.join(iter(lambda: s.recv(65536), b'')).decode())"
+        f"s.sendall(b'show servers state {backend}\\n'); print(b''.join(iter(lambda: s.recv(65536), b'')).decode())"
     )
     states = {}
     for line in docker("exec", lb, "python3", "-c", script).stdout.splitlines():
         fields = line.split()  # be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state ...
-        if len(fields) > 6 and fields[1] == "replicas" and fields[4] not in ("0.0.0.0", "-"):
+        if len(fields) > 6 and fields[1] == backend and fields[4] not in ("0.0.0.0", "-"):
             operational, admin = int(fields[5]), int(fields[6])
             states[fields[4]] = "MAINT" if admin else ("UP" if operational == 2 else "DOWN")
     return states
+
+
+def replica_grpc_calls(cid: str) -> float:
+    """gRPC ModelInfer calls the replica answered OK, from its own /metrics."""
+    script = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000/metrics').read().decode())"
+    text = docker("exec", cid, "python", "-c", script).stdout
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "stlight_requests_total"
+        and sample.labels.get("protocol") == "grpc"
+        and sample.labels.get("route", "").endswith("/ModelInfer")
+        and sample.labels["status"] == "OK"
+    )
+
+
+def grpc_calls_spread_over_replicas(target: str, replicas: list[str]) -> None:
+    """One tritonclient.grpc client (one HTTP/2 connection) through HAProxy's gRPC port: its calls
+    reach every replica (HAProxy balances calls, not connections)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is in the dev extra")
+    wait_for(lambda: _grpc_ready(grpcclient, target), 60, "gRPC through the balancer")
+    client = grpcclient.InferenceServerClient(target)
+    tensor = grpcclient.InferInput("frames", [1, 10, 1, 64, 64], "UINT8")
+    tensor.set_data_from_numpy(np.zeros((1, 10, 1, 64, 64), np.uint8))
+    with ThreadPoolExecutor(8) as pool:
+        shapes = list(pool.map(lambda _: client.infer("default", [tensor]).as_numpy("predicted").shape, range(48)))
+    client.close()
+    assert shapes == [(1, 10, 1, 64, 64)] * 48
+    calls = [replica_grpc_calls(cid) for cid in replicas]
+    assert sum(calls) == 48 and all(calls), f"gRPC calls per replica: {calls}"
+
+
+def _grpc_ready(grpcclient, target: str) -> bool:
+    try:
+        return grpcclient.InferenceServerClient(target).is_server_ready()
+    except Exception:
+        return False
 
 
 def container_address(cid: str) -> str:
@@ -275,6 +315,10 @@ def test_balanced_replicas_lose_no_request_of_any_client_when_one_dies(
     everyone = dict.fromkeys(addresses.values(), True)
     wait_for(lambda: checked_ready(lb) == everyone, 120, "HAProxy sees every replica ready")
     assert httpx.get(f"{url}/lb-healthz", timeout=5).status_code == 200
+    wait_for(
+        lambda: balancer_servers(lb, "grpc_replicas") == dict.fromkeys(addresses.values(), "UP"), 60, "HAProxy's gRPC backend"
+    )
+    grpc_calls_spread_over_replicas(f"127.0.0.1:{project['STLIGHT_GRPC_PORT']}", replicas)
 
     # real digits, and what the model answers for them in this process
     session = ort.InferenceSession(str(default_model), providers=["CPUExecutionProvider"])

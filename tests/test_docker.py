@@ -95,7 +95,9 @@ def wait_ready(cid: str, base_url: str, timeout_s: float = READY_TIMEOUT_S) -> d
 
 def start(image: str, *run_args: str) -> tuple[str, str]:
     """``docker run -d`` with port 8000 published on a free loopback port; (container id, url)."""
-    cid = docker("run", "-d", "--health-interval", "1s", "-p", "127.0.0.1::8000", *run_args, image).stdout.strip()
+    cid = docker(
+        "run", "-d", "--health-interval", "1s", "-p", "127.0.0.1::8000", "-p", "127.0.0.1::8001", *run_args, image
+    ).stdout.strip()
     host_port = docker("port", cid, "8000/tcp").stdout.split()[0]  # "127.0.0.1:49153"
     return cid, f"http://{host_port}"
 
@@ -173,6 +175,23 @@ def test_predicts_like_onnxruntime_in_process(served: tuple[str, str, dict], def
     np.testing.assert_allclose(got, want[0], rtol=0, atol=1e-5)
     info = httpx.get(f"{url}/v1/model", timeout=5).json()
     assert info["provider"] == ready["provider"] == "CPUExecutionProvider"  # no GPU on the test host
+
+
+def test_image_serves_grpc_on_its_exposed_port(served: tuple[str, str, dict], default_model: Path, mnist_dir: Path) -> None:
+    """The image's CMD listens for gRPC on 8001 (EXPOSE): health SERVING, and tritonclient.grpc
+    gets the answer in-process ONNX Runtime gives."""
+    grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is in the dev extra")
+    cid, _, _ = served
+    target = docker("port", cid, "8001/tcp").stdout.split()[0]
+    client = grpcclient.InferenceServerClient(target)
+    assert client.is_server_ready() and client.is_model_ready("default")
+    clip = moving_digit_clip(mnist_digits(mnist_dir, 1)[0], 10, 1, 64, 64)[None]  # (1, T, C, H, W) float32
+    tensor = grpcclient.InferInput("frames", list(clip.shape), "FP32")
+    tensor.set_data_from_numpy(clip)
+    got = client.infer("default", [tensor]).as_numpy("predicted")
+    session = ort.InferenceSession(str(default_model), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(got, session.run(None, {"frames": clip})[0], rtol=0, atol=1e-5)
+    client.close()
 
 
 def test_container_is_not_root_and_has_no_torch(served: tuple[str, str, dict]) -> None:
