@@ -23,7 +23,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +64,19 @@ def parse_model_spec(spec: str) -> tuple[str, Path]:
     if not valid_name(path.stem):
         raise EngineError(f"--model {spec}: {path.stem!r} is not a usable model name ({NAME_RULE}); name it with NAME={spec}")
     return path.stem, path
+
+
+def refuse_load_overrides(parameters: Iterable[str]) -> None:
+    """A load request's parameters (REST and gRPC): a config or files sent with it are refused;
+    the repository folder is the one source of models."""
+    overrides = sorted(key for key in parameters if key == "config" or key.startswith("file:"))
+    if overrides:
+        raise Problem(
+            400,
+            "unsupported-parameter",
+            f"load parameters {overrides} (a config or files sent with the request) are not supported; "
+            "put the model in the repository folder and load it by name",
+        )
 
 
 def _version_key(version: str) -> tuple[int, str]:

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request, Response
 
 from service import __version__, oip
 from service.problems import Problem
-from service.repository import Repository, Served
+from service.repository import Repository, Served, refuse_load_overrides
 from service.request_id import annotate
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
@@ -293,15 +293,7 @@ async def repository_index(request: Request) -> list[dict[str, str]]:
     },
 )
 async def load_model(request: Request, name: str) -> Response:
-    parameters = (await _json_body(request, "load")).get("parameters", {})
-    overrides = sorted(key for key in parameters if key == "config" or key.startswith("file:"))
-    if overrides:
-        raise Problem(
-            400,
-            "unsupported-parameter",
-            f"load parameters {overrides} (a config or files sent with the request) are not supported; "
-            "put the model in the repository folder and load it by name",
-        )
+    refuse_load_overrides((await _json_body(request, "load")).get("parameters", {}))
     await repository(request).load(name)
     return Response(status_code=200)
 

@@ -164,8 +164,9 @@ def test_cpu_variant_serves_and_is_undone_by_plain_down(image: str, project: dic
 # ---------------------------------------------------------------------------------------
 
 
-def replica_predictions(cid: str) -> float:
-    """``/predict`` requests the replica answered 200, from its own /metrics."""
+def replica_predictions(cid: str, route: str = "/predict", status: str = "200") -> float:
+    """Requests to ``route`` the replica answered with ``status`` (default: ``/predict`` 200), from
+    its own /metrics."""
     script = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000/metrics').read().decode())"
     done = docker("exec", cid, "python", "-c", script, check=False)
     if done.returncode != 0:
@@ -175,9 +176,7 @@ def replica_predictions(cid: str) -> float:
         sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == "stlight_requests_total"
-        and sample.labels.get("route") == "/predict"
-        and sample.labels["status"] == "200"
+        if sample.name == "stlight_requests_total" and sample.labels.get("route") == route and sample.labels["status"] == status
     )
 
 
@@ -196,21 +195,6 @@ def balancer_servers(lb: str, backend: str = "replicas") -> dict[str, str]:
     return states
 
 
-def replica_grpc_calls(cid: str) -> float:
-    """gRPC ModelInfer calls the replica answered OK, from its own /metrics."""
-    script = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000/metrics').read().decode())"
-    text = docker("exec", cid, "python", "-c", script).stdout
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "stlight_requests_total"
-        and sample.labels.get("protocol") == "grpc"
-        and sample.labels.get("route", "").endswith("/ModelInfer")
-        and sample.labels["status"] == "OK"
-    )
-
-
 def grpc_calls_spread_over_replicas(target: str, replicas: list[str]) -> None:
     """One tritonclient.grpc client (one HTTP/2 connection) through HAProxy's gRPC port: its calls
     reach every replica (HAProxy balances calls, not connections)."""
@@ -225,7 +209,7 @@ def grpc_calls_spread_over_replicas(target: str, replicas: list[str]) -> None:
         shapes = list(pool.map(lambda _: client.infer("default", [tensor]).as_numpy("predicted").shape, range(48)))
     client.close()
     assert shapes == [(1, 10, 1, 64, 64)] * 48
-    calls = [replica_grpc_calls(cid) for cid in replicas]
+    calls = [replica_predictions(cid, "/inference.GRPCInferenceService/ModelInfer", "OK") for cid in replicas]
     assert sum(calls) == 48 and all(calls), f"gRPC calls per replica: {calls}"
 
 

@@ -77,13 +77,6 @@ def test_proto_holds_the_official_text_and_imports_beside_tritonclient() -> None
 
 
 @pytest.fixture(scope="module")
-def digits(mnist_dir: Path) -> np.ndarray:
-    from model.data import read_idx_images
-
-    return read_idx_images(next(mnist_dir.glob("*-images-idx3-ubyte*")))  # (N, 28, 28) uint8
-
-
-@pytest.fixture(scope="module")
 def second_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny preset with other weights (seed 1): a second, different model."""
     from export import export_preset

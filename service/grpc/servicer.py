@@ -17,7 +17,7 @@ from service.grpc import tensors
 from service.grpc.proto import open_inference_grpc_pb2 as pb
 from service.grpc.proto import open_inference_grpc_pb2_grpc as pb_grpc
 from service.problems import Problem
-from service.repository import Repository, Served
+from service.repository import Repository, Served, refuse_load_overrides
 from service.request_id import annotate
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -119,14 +119,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
-        overrides = sorted(key for key in request.parameters if key == "config" or key.startswith("file:"))
-        if overrides:
-            raise Problem(
-                400,
-                "unsupported-parameter",
-                f"load parameters {overrides} (a config or files sent with the request) are not supported; "
-                "put the model in the repository folder and load it by name",
-            )
+        refuse_load_overrides(request.parameters)
         await self.repository.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
