@@ -219,8 +219,8 @@ def phase_cuda(ctx: Context, box: Box) -> str:
     """ONNX Runtime's and torch's CUDA, or CudaUnavailable naming why not."""
     import onnxruntime as ort
 
-    from service.engine import CUDA, Engine, EngineError
-    from service.settings import DEFAULT_MODEL
+    from service.core.assets import DEFAULT_MODEL
+    from service.inference.engine import CUDA, Engine, EngineError
 
     info = ctx.report.data["versions"]
     info.update(versions(ctx.device))
@@ -296,7 +296,7 @@ def phase_export(ctx: Context, box: Box) -> str:
 def phase_engines(ctx: Context, box: Box) -> str:
     import torch
 
-    from service.engine import Engine, bucket_sizes
+    from service.inference.engine import Engine, bucket_sizes
 
     assert ctx.onnx_path is not None
     args, cuda = ctx.args, ctx.device == "cuda"
@@ -366,7 +366,7 @@ def phase_serve(ctx: Context, box: Box) -> str:
     import httpx
     from common import start_server
 
-    from service.engine import bucket_sizes
+    from service.inference.engine import bucket_sizes
 
     assert ctx.onnx_path is not None and ctx.pool is not None
     args, cuda = ctx.args, ctx.device == "cuda"

@@ -39,7 +39,7 @@ def busy(seconds: float) -> None:
 def measure(model: str, policy: str, runs: int) -> dict[str, float]:
     import numpy as np
 
-    from service.engine import Engine
+    from service.inference.engine import Engine
 
     engine = Engine(model, "cpu", len(os.sched_getaffinity(0)), 1, spinning=policy)  # type: ignore[arg-type]
     x = np.random.default_rng(0).random((1, *engine.spec.input_shape), dtype=np.float32)

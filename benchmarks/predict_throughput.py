@@ -27,9 +27,9 @@ sys.path.insert(0, str(REPO))
 
 import common  # noqa: E402
 
+from service.batch import discover, predict_files  # noqa: E402
 from service.client import Client, LocalClient  # noqa: E402
-from service.predict import discover, predict_files  # noqa: E402
-from service.settings import DEFAULT_MODEL  # noqa: E402
+from service.core.assets import DEFAULT_MODEL  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -61,7 +61,7 @@ def percentile_ms(latencies: list[float], q: float) -> float:
 
 def in_process(model: Path, clip: np.ndarray, batch: int, runs: int, device: str) -> dict[str, float | str]:
     """Sequential session.run of ``batch`` clips, the engine's session options."""
-    from service.engine import Engine
+    from service.inference.engine import Engine
 
     engine = Engine(model, device, len(os.sched_getaffinity(0)), 1)
     clips = np.repeat(clip[None].astype(np.float32) / 255, batch, axis=0)  # (batch, T, C, H, W)

@@ -46,7 +46,7 @@ import onnxruntime as ort
 from PIL import Image
 from tqdm import tqdm
 
-from service import video
+from service.core import video
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "service" / "assets" / "default.onnx"

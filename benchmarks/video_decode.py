@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from common import median_ms
 
-from service import codecs, video
 from service.client import LocalClient
-from service.settings import DEFAULT_MODEL
+from service.codecs import media
+from service.core import video
+from service.core.assets import DEFAULT_MODEL
 
 
 def bouncing(frames: int, size: int, channels: int) -> np.ndarray:
@@ -57,7 +58,7 @@ def main() -> None:
             (
                 f"decode last T of {need} frames, {container}, {spec.width}x{spec.height}",
                 median_ms(
-                    lambda data=data, kind=video.CONTAINER_TYPES[container]: codecs.decode_video(data, spec, media_type=kind),
+                    lambda data=data, kind=video.CONTAINER_TYPES[container]: media.decode_video(data, spec, media_type=kind),
                     args.repeats,
                 ),
             )
@@ -66,7 +67,7 @@ def main() -> None:
     rows.append(
         (
             f"decode + resize=crop, mp4, {4 * spec.width}x{4 * spec.height}",
-            median_ms(lambda: codecs.decode_video(big, spec, media_type="video/mp4", resize="crop"), args.repeats),
+            median_ms(lambda: media.decode_video(big, spec, media_type="video/mp4", resize="crop"), args.repeats),
         )
     )
     shown = clip  # input then prediction: T + T' frames
@@ -85,7 +86,7 @@ def main() -> None:
             )
         )
 
-    def by_hand(steps: int) -> None:  # the same runs without service.horizon: its overhead is the difference
+    def by_hand(steps: int) -> None:  # the same runs without service.core.horizon: its overhead is the difference
         window = inputs
         for _ in range(steps):
             window = np.concatenate([window, client.engine.run(window)], axis=1)[:, -spec.in_frames :]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from model.cli import CONFIG_FIELDS, add_config_args, add_trust_arg, config_from_args, trust_warning
-from service.errors import UserError
+from service.core.errors import UserError
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
@@ -89,7 +89,7 @@ def _source(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from export.onnx_export import random_model
     from model.config import preset
     from service import __version__
-    from service.card import ModelCard
+    from service.core.card import ModelCard
 
     card = ModelCard.from_config(
         config.to_dict(), preset=args.preset if config == preset(args.preset) else "", version=__version__

@@ -28,8 +28,8 @@ from model.data import VAL_SEED, MovingMNIST, load_mnist_digits
 from model.metrics import MetricAccumulator
 from model.stlight import count_macs, count_params
 from model.train import save_strip
-from service.frames import to_uint8
-from service.hashing import file_sha256
+from service.core.frames import to_uint8
+from service.core.hashing import file_sha256
 
 ASSETS = Path(__file__).resolve().parents[1] / "service" / "assets"
 EXAMPLE_SEED = 7_000_000  # example clips: not the training stream and not the validation clips

@@ -29,7 +29,7 @@ from torch import nn
 from model.config import STLightConfig, preset
 from model.stlight import STLight
 from service import __version__
-from service.card import ModelCard
+from service.core.card import ModelCard
 
 INPUT_NAME = "frames"
 OUTPUT_NAME = "predicted"
@@ -188,7 +188,7 @@ def load_for_export(ckpt_path: str | Path, *, trust: bool = False) -> tuple[STLi
     """Model (eval mode), config and card from a checkpoint (``trust``: unpickled fully, which
     runs any code it holds); ``ValueError`` on a bad file."""
     from model.checkpoint import build_model, read_checkpoint
-    from service.hashing import file_sha256
+    from service.core.hashing import file_sha256
 
     payload = read_checkpoint(ckpt_path, trust=trust)
     net, config = build_model(payload, ckpt_path)

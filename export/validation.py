@@ -31,8 +31,8 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from model.config import STLightConfig
-from service.card import ModelCard
-from service.runtime import cuda_provider_options
+from service.core.card import ModelCard
+from service.core.runtime import cuda_provider_options
 
 # max abs error, whole model and per op: fp32 kernels agree to ~1e-6 here, a wrong op is off by far more
 FP32_TOLERANCE = 1e-4
@@ -174,7 +174,7 @@ def check_provider(provider: str) -> None:
         return
     import onnxruntime as ort
 
-    from service.runtime import preload_cuda_libraries
+    from service.core.runtime import preload_cuda_libraries
 
     name = PROVIDERS[provider]
     if name not in ort.get_available_providers():

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from model.config import DATASETS, PRESETS, STLightConfig, configure
-from service.errors import UserError
+from service.core.errors import UserError
 
 N = TypeVar("N", int, float)
 

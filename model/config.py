@@ -1,7 +1,7 @@
 """STLight's configuration and named presets. Pure Python (no torch), so the CLI can list
 presets and the service can read a model card's config without PyTorch installed.
 
-The clip shape (T, T', C, H, W) is :class:`service.card.ClipSpec`'s; the config adds the
+The clip shape (T, T', C, H, W) is :class:`service.core.card.ClipSpec`'s; the config adds the
 network's own fields to it, so a config is accepted wherever a clip shape is."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from service.card import ClipSpec
+from service.core.card import ClipSpec
 
 # ---------------------------------------------------------------------------------------
 # config

@@ -31,9 +31,9 @@ import torch
 from torch.utils.data import Dataset
 
 from model.config import DATASETS, STLightConfig
-from service.frames import IMAGE_FORMATS, IMAGE_MODES, image_pixels, load_npy
-from service.frames import IMAGE_SUFFIXES as STILL_IMAGE_SUFFIXES
-from service.hashing import file_digest
+from service.core.frames import IMAGE_FORMATS, IMAGE_MODES, image_pixels, load_npy
+from service.core.frames import IMAGE_SUFFIXES as STILL_IMAGE_SUFFIXES
+from service.core.hashing import file_digest
 
 IMAGE_SUFFIXES = (*STILL_IMAGE_SUFFIXES, ".gif")  # a training frame may be a still GIF
 
@@ -545,7 +545,7 @@ def data_shape(spec: DataSpec) -> dict[str, int] | None:
 
 
 def _resize(spec: DataSpec) -> Any:
-    from service.video import RESIZE_MODES
+    from service.core.video import RESIZE_MODES
 
     if spec.resize not in RESIZE_MODES:
         raise DataError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {spec.resize!r}")

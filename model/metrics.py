@@ -1,7 +1,7 @@
 """OpenSTL's video prediction metrics (the paper's tables use them), on numpy arrays
 ``(N, T, C, H, W)`` with values in [0, 1].
 
-- MSE / MAE / PSNR: defined once in :mod:`service.scores` (numpy only, so ``stlight predict``
+- MSE / MAE / PSNR: defined once in :mod:`service.core.scores` (numpy only, so ``stlight predict``
   scores with the same code in the serving install) and re-exported here.
 - SSIM: per frame, skimage's ``structural_similarity`` defaults (7×7 uniform window, K1 0.01,
   K2 0.03, sample covariance), channels averaged, averaged over all frames. OpenSTL passes float
@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy.ndimage import uniform_filter
 
-from service.scores import check_pair, frame_absolute_error, frame_psnr, frame_squared_error, mae, mse, psnr
+from service.core.scores import check_pair, frame_absolute_error, frame_psnr, frame_squared_error, mae, mse, psnr
 
 __all__ = ["MetricAccumulator", "compute_metrics", "frame_psnr", "frame_ssim", "mae", "mse", "per_frame_mse", "psnr", "ssim"]
 

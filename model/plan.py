@@ -3,7 +3,7 @@ everything :func:`model.train.train` needs — settings, config, data spec and d
 the dataset's defaults (the paper's Table 2) filled in, the config fitted to the data where the
 user left it open, and a resumed run held to the settings stored in its checkpoint.
 
-User mistakes raise :class:`~service.errors.UserError`; bad data raises
+User mistakes raise :class:`~service.core.errors.UserError`; bad data raises
 :class:`~model.data.DataError` from the data module."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from model.config import STLightConfig, configure, preset
 from model.data import DataSpec, build_datasets, clip_count, data_shape
 from model.train import DEFAULT_PRESET, TABLE2, RunSettings, load_resume
-from service.errors import UserError
+from service.core.errors import UserError
 
 # RunSettings fields a user may set; --resume takes them from the checkpoint and refuses other values
 RUN_FIELDS = ("lr", "schedule", "final_div_factor", "batch_size", "seed", "clips_per_epoch", "val_clips", "val_fraction")

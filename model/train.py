@@ -35,7 +35,7 @@ from model.data import DataError, DataSpec, build_datasets, clip_count
 from model.distributed import Ranks, ranks_from_env
 from model.metrics import MetricAccumulator
 from model.stlight import STLight, count_params
-from service.frames import to_uint8
+from service.core.frames import to_uint8
 
 # Table 2 of the paper (App. E); npz gets middle-of-the-road values (documented in the README).
 TABLE2: dict[str, dict[str, Any]] = {

@@ -1,6 +1,6 @@
 """``--dataset videos``: every video file under a folder, cut into windows of T+T' frames.
 
-Frames are decoded by :mod:`service.video` (the same decoding as ``stlight serve`` and
+Frames are decoded by :mod:`service.core.video` (the same decoding as ``stlight serve`` and
 ``stlight predict``, so a model trains on what it will be served) once, when the dataset is
 built, and held as uint8: an epoch indexes into memory instead of decoding every file again.
 Files are split into training and validation as whole files, never window by window, so no
@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import Dataset
 
 from model.config import STLightConfig
-from service import video
+from service.core import video
+from service.core.errors import InputError
 
 # no per-file frame limit here (the service's bounds a request; training data is the user's own)
 UNLIMITED_FRAMES = 2**62
@@ -82,7 +83,7 @@ class VideoWindows(Dataset):
                     resize=resize,
                     max_frames=UNLIMITED_FRAMES,
                 )
-            except video.VideoError as exc:
+            except InputError as exc:
                 raise DataError(f"{path}: {exc.detail}") from None
             frames = decoded.frames
             if len(frames) < need:
@@ -128,7 +129,7 @@ def probe_shape(root: str | Path, resize: video.Resize) -> dict[str, int]:
     first = video_files(root)[0]
     try:
         found = video.probe(first)
-    except video.VideoError as exc:
+    except InputError as exc:
         raise DataError(f"{first}: {exc.detail}") from None
     shape = {"frames": found.frames or UNLIMITED_FRAMES}
     if resize == "none":

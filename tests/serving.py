@@ -34,7 +34,7 @@ class _NoTorch(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, _NoTorch())
 """
 # ``python -c CLI serve ...`` is ``stlight serve ...`` without torch
-CLI = NO_TORCH + "from service.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+CLI = NO_TORCH + "from service.cli.stlight import main\nsys.exit(main(sys.argv[1:]))\n"
 
 
 def free_port() -> int:

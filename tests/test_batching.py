@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.batching import Batcher, ClientGone, DeviceLost, OutOfMemory
-from service.metrics import ServiceMetrics
-from service.problems import Problem
+from service.core.errors import ServeError
+from service.inference.batching import Batcher, ClientGone, DeviceLost, OutOfMemory
+from service.inference.metrics import ServiceMetrics
+from service.server.problems import status_of
 
 CLIP = (2, 1, 3, 3)  # (T, C, H, W): small, the policy does not care
 
@@ -155,10 +156,10 @@ def test_a_full_queue_answers_503_with_retry_after() -> None:
         blocker = await busy(batcher, run)
         queued = [asyncio.create_task(batcher.predict(clips(1, i))) for i in range(2)]
         await until(lambda: batcher.queue.qsize() == 2)
-        with pytest.raises(Problem) as refused:
+        with pytest.raises(ServeError) as refused:
             await batcher.predict(clips(1, 9))
-        assert refused.value.status == 503 and refused.value.kind == "queue-full"
-        assert int(refused.value.headers["Retry-After"]) >= 1
+        assert status_of(refused.value) == 503 and refused.value.kind == "queue-full"
+        assert refused.value.retry_after_s >= 1
         run.gate.set()
         await asyncio.gather(blocker, *queued)  # the two that got places are answered
         assert sample(metrics, "stlight_dropped_requests_total", reason="queue_full") == 1
@@ -172,10 +173,10 @@ def test_a_request_past_its_timeout_gets_504_and_never_runs() -> None:
 
     async def test(batcher: Batcher, metrics: ServiceMetrics) -> None:
         blocker = await busy(batcher, run)
-        with pytest.raises(Problem) as late:
+        with pytest.raises(ServeError) as late:
             await batcher.predict(clips(1, 1))  # waits behind the gated run until its time is up
-        assert late.value.status == 504 and "request_timeout_s" in late.value.detail
-        with pytest.raises(Problem):
+        assert status_of(late.value) == 504 and "request_timeout_s" in late.value.detail
+        with pytest.raises(ServeError):
             await blocker  # the running one timed out too; its rows are discarded
         run.gate.set()
         answer = await batcher.predict(clips(2, 2))  # still serving
@@ -240,10 +241,10 @@ def test_out_of_memory_retries_in_halves_then_answers_503_with_retry_after() -> 
         np.testing.assert_array_equal(await batcher.predict(x), x * 2 + 1)  # 4 fails, 2 + 2 fit
         assert run.sizes == [4, 2, 2]
         limit["clips"] = 0
-        with pytest.raises(Problem) as oom:
+        with pytest.raises(ServeError) as oom:
             await batcher.predict(clips(2, 1))
-        assert oom.value.status == 503 and oom.value.kind == "out-of-memory" and "fewer clips" in oom.value.detail
-        assert int(oom.value.headers["Retry-After"]) >= 1
+        assert status_of(oom.value) == 503 and oom.value.kind == "out-of-memory" and "fewer clips" in oom.value.detail
+        assert oom.value.retry_after_s >= 1
         limit["clips"] = 8
         assert (await batcher.predict(clips(1, 2))).shape == (1, *CLIP)  # not fatal: still serving
         assert not batcher.fatal
@@ -266,9 +267,9 @@ def test_a_lost_device_fails_everyone_once_and_refuses_new_work() -> None:
         run.gate.set()
         results = await asyncio.gather(blocker, *queued, return_exceptions=True)
         for result in results:
-            assert isinstance(result, Problem) and result.status == 503 and result.kind == "device-failed", result
-            assert "illegal memory access" in result.detail and result.headers["Retry-After"]
-        with pytest.raises(Problem) as refused:
+            assert isinstance(result, ServeError) and status_of(result) == 503 and result.kind == "device-failed", result
+            assert "illegal memory access" in result.detail and result.retry_after_s
+        with pytest.raises(ServeError) as refused:
             await batcher.predict(clips(1, 9))
         assert refused.value.kind == "device-failed"
         assert run.sizes == [1]  # nothing ran after the failure
@@ -289,9 +290,9 @@ def test_stop_answers_queued_requests_503() -> None:
         await until(lambda: batcher.queue.qsize() == 1)
         threading.Timer(0.05, run.gate.set).start()
         await batcher.stop()
-        with pytest.raises(Problem) as stopped:
+        with pytest.raises(ServeError) as stopped:
             await queued
-        assert stopped.value.status == 503 and stopped.value.kind == "shutting-down"
+        assert status_of(stopped.value) == 503 and stopped.value.kind == "shutting-down"
         blocker.cancel()
 
     asyncio.run(main())

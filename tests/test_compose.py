@@ -30,8 +30,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving import free_port
 from test_docker import REPO, default_model, docker, image, logs, mnist_digits, moving_digit_clip, pytestmark, state, wait_ready
 
-from service.card import ModelCard
 from service.client import Client
+from service.core.card import ModelCard
 
 __all__ = ["default_model", "image", "pytestmark"]  # fixtures and skip marks shared with test_docker.py
 

@@ -23,7 +23,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from serving import Server, free_port
 
-from service.settings import DEFAULT_MODEL, ServeSettings
+from service.core.assets import DEFAULT_MODEL
+from service.server.settings import ServeSettings
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

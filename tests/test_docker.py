@@ -28,7 +28,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.card import ModelCard
+from service.core.card import ModelCard
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "service" / "assets" / "default.onnx"

@@ -19,10 +19,11 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, RuntimeException
 from serving import Server, npy_bytes
 from starlette.testclient import TestClient
 
-from service.app import create_app
-from service.engine import CUDA, Engine, EngineError, bucket_sizes
-from service.runtime import DeviceLost, OutOfMemory, classify_run_error, cuda_provider_options
-from service.settings import DEFAULT_MODEL, ServeSettings
+from service.core.assets import DEFAULT_MODEL
+from service.core.runtime import DeviceLost, OutOfMemory, classify_run_error, cuda_provider_options
+from service.inference.engine import CUDA, Engine, EngineError, bucket_sizes
+from service.server.app import create_app
+from service.server.settings import ServeSettings
 
 NPY = "application/x-npy"
 

@@ -21,9 +21,9 @@ from export import Check, ValidationReport, export_preset, random_model, validat
 from export.validation import FP16_RELATIVE, FP32_TOLERANCE, moving_blobs
 from model import preset, save_checkpoint
 from service import __version__
-from service.card import ModelCard
-from service.cli import main
-from service.hashing import file_sha256
+from service.cli.stlight import main
+from service.core.card import ModelCard
+from service.core.hashing import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 MID = preset("tiny").replace(dim=128, depth=4, patch_size=2, out_frames=20)  # mid-size, 10 -> 20 frames
@@ -286,7 +286,8 @@ def test_cli_entry_point_missing_checkpoint_and_no_torch_at_import(tmp_path: Pat
     )
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
     code = (
-        "import sys, export, export.cli; from service.cli import build_parser; build_parser(); assert 'torch' not in sys.modules"
+        "import sys, export, export.cli; from service.cli.stlight import build_parser\n"
+        "build_parser(); assert 'torch' not in sys.modules"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60).returncode == 0
 

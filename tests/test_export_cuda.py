@@ -12,7 +12,7 @@ import pytest
 
 from export import validation
 from export.validation import ProviderUnavailable, check_provider
-from service.cli import main
+from service.cli.stlight import main
 
 
 @pytest.fixture(scope="module")

@@ -322,7 +322,7 @@ def _serves(host: Path, tmp_path: Path, env: dict[str, str]) -> None:
     as in-process ONNX Runtime does."""
     import onnxruntime as ort
 
-    from service.settings import DEFAULT_MODEL
+    from service.core.assets import DEFAULT_MODEL
 
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:

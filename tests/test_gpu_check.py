@@ -16,8 +16,8 @@ import onnxruntime as ort
 import pytest
 from serving import REPO
 
-from service.engine import CUDA, Engine, EngineError
-from service.settings import DEFAULT_MODEL
+from service.core.assets import DEFAULT_MODEL
+from service.inference.engine import CUDA, Engine, EngineError
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 

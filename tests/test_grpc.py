@@ -24,7 +24,7 @@ import onnxruntime as ort
 import pytest
 from serving import REPO, Server, load_npy, moving_digits, npy_bytes
 
-from service import horizon
+from service.core import horizon
 from service.grpc.proto import open_inference_grpc_pb2 as pb
 from service.grpc.proto import open_inference_grpc_pb2_grpc as pb_grpc
 

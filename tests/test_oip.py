@@ -21,7 +21,7 @@ import onnxruntime as ort
 import pytest
 from serving import Server, moving_digits, run_cli
 
-from service.frames import to_uint8
+from service.core.frames import to_uint8
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is in the dev extra")
 from tritonclient.utils import InferenceServerException  # noqa: E402

@@ -352,8 +352,8 @@ def test_soak_script_runs_clean_for_a_few_seconds(tmp_path: Path) -> None:
 
 
 def test_sanitise_and_key_parsing() -> None:
-    from service.request_id import sanitise
-    from service.security import KeyStore, is_loopback, is_public, parse_keys
+    from service.server.request_id import sanitise
+    from service.server.security import KeyStore, is_loopback, is_public, parse_keys
 
     assert sanitise("abc-DEF_1.2:3/4+5=6@7~") == "abc-DEF_1.2:3/4+5=6@7~"
     assert sanitise("a\r\nb c") == "abc" and len(sanitise("y" * 500)) == 128
@@ -371,7 +371,7 @@ def test_sanitise_and_key_parsing() -> None:
 
 
 def test_empty_key_file_closes_the_service(tmp_path: Path) -> None:
-    from service.security import KeyStore
+    from service.server.security import KeyStore
 
     path = tmp_path / "keys"
     path.write_text("# nobody yet\n")
@@ -380,7 +380,7 @@ def test_empty_key_file_closes_the_service(tmp_path: Path) -> None:
 
 
 def test_open_service_on_other_hosts_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
-    from service.security import KeyStore, warn_if_open
+    from service.server.security import KeyStore, warn_if_open
 
     with caplog.at_level(logging.WARNING, logger="stlight.security"):
         warn_if_open("127.0.0.1", KeyStore())
@@ -394,9 +394,9 @@ def test_a_500_carries_the_request_id_in_answer_and_error_log(tiny_onnx: Path, c
     """No route of the real server fails on purpose, so a failing one is added to an in-process app."""
     import asyncio
 
-    from service.app import create_app
-    from service.request_id import RequestIdFilter
-    from service.settings import ServeSettings
+    from service.server.app import create_app
+    from service.server.request_id import RequestIdFilter
+    from service.server.settings import ServeSettings
 
     app = create_app(ServeSettings(model=tiny_onnx, device="cpu", warmup_runs=0, grpc_port=0))
 
@@ -431,7 +431,7 @@ def test_a_500_carries_the_request_id_in_answer_and_error_log(tiny_onnx: Path, c
 
 
 def test_text_format_keeps_todays_line_and_adds_the_request_id() -> None:
-    from service.logging_setup import JsonFormatter, TextFormatter
+    from service.server.logging_setup import JsonFormatter, TextFormatter
 
     record = logging.LogRecord("stlight.access", logging.INFO, __file__, 1, "POST %r 200", ("/predict",), None)
     record.request_id, record.model, record.batch = "r-1", "tiny", 4

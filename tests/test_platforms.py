@@ -9,7 +9,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from service.engine import Engine, EngineError
+from service.inference.engine import Engine, EngineError
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "service" / "assets" / "default.onnx"
 # what onnxruntime 1.31's macOS arm64 wheel reports

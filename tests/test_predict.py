@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 from serving import Server, free_port, run_cli
 
-from service.cli import build_parser, main
+from service.cli.stlight import build_parser, main
 from service.client import Client, LocalClient, ServiceError, ServiceUnreachable
-from service.frames import to_uint8
+from service.core.frames import to_uint8
 
 T, T_OUT = 10, 10  # the tiny preset: 10 -> 10 frames of 1 x 64 x 64
 
@@ -330,7 +330,7 @@ def test_png_and_gif_outputs_open_with_pillow(clips: np.ndarray, tiny_onnx: Path
 
 def test_streamed_score_sums_equal_whole_set_metrics() -> None:
     from model import metrics
-    from service.scores import ScoreSums
+    from service.core.scores import ScoreSums
 
     rng = np.random.default_rng(0)
     true = rng.random((3, 4, 2, 8, 8))
@@ -425,7 +425,7 @@ def test_every_flag_has_help() -> None:
 
 def test_large_inputs_stream_through_memory_maps(inputs, reference, tiny_onnx: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     """Arrays over MEMMAP_BYTES are read and written through memory maps (here: every array)."""
-    from service.predict import readers
+    from service.batch import readers
 
     monkeypatch.setattr(readers, "MEMMAP_BYTES", 1)
     root, expected = inputs
@@ -445,9 +445,9 @@ def test_large_inputs_stream_through_memory_maps(inputs, reference, tiny_onnx: P
 
 
 def test_no_model_and_no_shipped_default_says_what_to_pass(tmp_path: Path, capsys, monkeypatch) -> None:
-    import service.settings
+    import service.core.assets
 
-    monkeypatch.setattr(service.settings, "DEFAULT_MODEL", tmp_path / "missing.onnx")
+    monkeypatch.setattr(service.core.assets, "DEFAULT_MODEL", tmp_path / "missing.onnx")
     np.save(tmp_path / "x.npy", np.zeros((T, 1, 64, 64), np.uint8))
     code, _, err = stlight(capsys, str(tmp_path / "x.npy"), "--out", str(tmp_path / "out"))
     assert code == 2 and "no default model is shipped" in err and "--model" in err, err

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from service.engine import EngineError
-from service.metrics import ServiceMetrics
-from service.problems import Problem
-from service.repository import Repository, find_versions, parse_model_spec, scan, valid_name
-from service.settings import ServeSettings
+from service.core.errors import ServeError
+from service.inference.engine import EngineError
+from service.inference.metrics import ServiceMetrics
+from service.inference.repository import Repository, find_versions, parse_model_spec, scan, valid_name
+from service.server.problems import status_of
+from service.server.settings import ServeSettings
 
 
 def test_model_specs_and_settings() -> None:
@@ -32,9 +33,9 @@ def test_model_specs_and_settings() -> None:
 @pytest.mark.parametrize("name", ["..", ".", "../etc", "a/b", "a\\b", "", ".hidden", "-x", "a b", "x" * 129, "caf\u00e9"])
 def test_names_that_could_leave_the_folder_are_refused(name: str, tmp_path: Path) -> None:
     assert not valid_name(name)
-    with pytest.raises(Problem) as refused:
+    with pytest.raises(ServeError) as refused:
         find_versions(tmp_path, name)
-    assert refused.value.status == 400
+    assert status_of(refused.value) == 400
 
 
 def test_scan_reports_each_bad_entry_by_name(tmp_path: Path, tiny_onnx: Path) -> None:
@@ -54,9 +55,9 @@ def test_scan_reports_each_bad_entry_by_name(tmp_path: Path, tiny_onnx: Path) ->
     assert found["triton"] == {v: tmp_path / "triton" / v / "model.onnx" for v in ("1", "2", "10")}
     assert "keep one of them" in str(found["both"]) and "holds no version" in str(found["empty"])
     assert set(found) == {"flat", "triton", "both", "empty"}
-    with pytest.raises(Problem) as missing:
+    with pytest.raises(ServeError) as missing:
         find_versions(tmp_path, "nope")
-    assert missing.value.status == 404 and "nope.onnx" in missing.value.detail
+    assert status_of(missing.value) == 404 and "nope.onnx" in missing.value.detail
 
 
 def test_a_repository_serves_what_loads_and_names_what_does_not(tmp_path: Path, tiny_onnx: Path) -> None:
@@ -64,18 +65,22 @@ def test_a_repository_serves_what_loads_and_names_what_does_not(tmp_path: Path, 
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
     (tmp_path / "deep" / "7").mkdir(parents=True)
     shutil.copy(tiny_onnx, tmp_path / "deep" / "7" / "model.onnx")
-    repository = Repository(ServeSettings(model_repository=tmp_path, device="cpu"), ServiceMetrics())
+    repository = Repository(ServeSettings(model_repository=tmp_path, device="cpu").model_options(), ServiceMetrics())
     assert sorted((s.name, s.version) for s in repository._pending) == [("deep", "7"), ("good", "1")]
     assert "cannot load" in repository.failed["bad"] and "bad.onnx" in repository.failed["bad"]
     assert repository.default == "deep"  # the first by name
     rows = {row["name"]: row for row in repository.index()}
     assert rows["bad"]["state"] == "UNAVAILABLE" and rows["good"]["state"] == "UNAVAILABLE"  # nothing started yet
 
-    named = Repository(ServeSettings(model=f"mine={tiny_onnx}", model_repository=tmp_path, device="cpu"), ServiceMetrics())
+    named = Repository(
+        ServeSettings(model=f"mine={tiny_onnx}", model_repository=tmp_path, device="cpu").model_options(), ServiceMetrics()
+    )
     assert named.default == "mine"  # a --model comes first
     with pytest.raises(EngineError, match="share a name"):
-        Repository(ServeSettings(model=f"good={tiny_onnx}", model_repository=tmp_path, device="cpu"), ServiceMetrics())
+        Repository(
+            ServeSettings(model=f"good={tiny_onnx}", model_repository=tmp_path, device="cpu").model_options(), ServiceMetrics()
+        )
     with pytest.raises(EngineError, match="not a folder"):
-        Repository(ServeSettings(model_repository=tmp_path / "good.onnx", device="cpu"), ServiceMetrics())
+        Repository(ServeSettings(model_repository=tmp_path / "good.onnx", device="cpu").model_options(), ServiceMetrics())
     with pytest.raises(EngineError, match="cannot load"):  # a --model file must load
-        Repository(ServeSettings(model=str(tmp_path / "bad.onnx"), device="cpu"), ServiceMetrics())
+        Repository(ServeSettings(model=str(tmp_path / "bad.onnx"), device="cpu").model_options(), ServiceMetrics())

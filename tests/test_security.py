@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 from serving import Server, running
 
-from service import codecs, video
+from service.codecs import negotiation
+from service.core import video
 
 T = 10  # the tiny preset: 10 frames of 1 x 64 x 64 in
 PROBLEM = "application/problem+json"
@@ -69,7 +70,7 @@ def cwd(folder: Path) -> Iterator[None]:
 
 
 def test_the_scripts_are_real_attacks_on_a_probing_demuxer(planted: Path) -> None:
-    """The control: FFmpeg left to probe (as service/video.py did) decodes the planted files from
+    """The control: FFmpeg left to probe (as service/video.py did before 0.3) decodes the planted files from
     these very bytes, so a refusal below is the guard's doing, not a broken script's."""
     with cwd(planted):
         for name in LEAKING:
@@ -81,7 +82,7 @@ def test_the_scripts_are_real_attacks_on_a_probing_demuxer(planted: Path) -> Non
 @pytest.mark.parametrize(("demuxer", "name"), [("concat", "concat, cwd"), ("concat", "concat, a video"), ("hls", "hls, cwd")])
 def test_even_a_demuxer_that_opens_files_opens_none_under_the_locked_down_options(planted: Path, demuxer: str, name: str) -> None:
     """The second wall, should a demuxer that reads other files ever be chosen: with no protocol
-    allowed, the concat and HLS demuxers (forced here; never chosen by service/video.py) read nothing."""
+    allowed, the concat and HLS demuxers (forced here; never chosen by service/core/video.py) read nothing."""
     with cwd(planted):
         with av.open(io.BytesIO(SCRIPTS[name]), format=demuxer) as container:  # unguarded: the attack works
             assert next(container.decode(video=0)).width == 64
@@ -112,8 +113,8 @@ def assert_refused(response: httpx.Response, what: str) -> None:
 
 def test_scripts_and_playlists_as_video_bodies_are_refused_for_every_type_and_accept(server: Server) -> None:
     for name, script in SCRIPTS.items():
-        for media_type in codecs.VIDEO_TYPES:
-            for accept in codecs.RESPONSE_TYPES:
+        for media_type in negotiation.VIDEO_TYPES:
+            for accept in negotiation.RESPONSE_TYPES:
                 response = httpx.post(
                     server.url + "/predict",
                     content=script,
@@ -125,7 +126,7 @@ def test_scripts_and_playlists_as_video_bodies_are_refused_for_every_type_and_ac
             response = httpx.post(
                 server.url + "/predict",
                 files={"video": (f"clip{suffix}", script, media_type)},
-                headers={"Accept": codecs.NPY},
+                headers={"Accept": negotiation.NPY},
                 timeout=60,
             )
             assert_refused(response, f"{name} as a multipart {media_type} part")
@@ -151,7 +152,7 @@ def plant_scripts(folder: Path, script: bytes) -> list[Path]:
 def test_stlight_predict_refuses_a_script_named_like_a_video(
     name: str, tiny_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from service.cli import main
+    from service.cli.stlight import main
 
     paths = plant_scripts(tmp_path / "in", SCRIPTS[name])
     out = tmp_path / "out"
@@ -167,7 +168,7 @@ def test_stlight_predict_refuses_a_script_named_like_a_video(
 
 
 def test_stlight_train_refuses_a_folder_of_scripts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from service.cli import main
+    from service.cli.stlight import main
 
     plant_scripts(tmp_path / "videos", SCRIPTS["concat, cwd"])
     out = tmp_path / "run"
@@ -204,7 +205,7 @@ def train_argv(mnist_dir: Path, out: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
     """A real training run's folder: last.pt and best.pt."""
-    from service.cli import main
+    from service.cli.stlight import main
 
     out = tmp_path_factory.mktemp("run")
     assert main(train_argv(mnist_dir, out)) == 0
@@ -234,7 +235,7 @@ def test_training_checkpoints_load_with_weights_only_and_nothing_allowed_besides
 def test_a_checkpoint_that_runs_a_command_is_refused_by_every_command_that_reads_one(
     learned: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], mnist_dir: Path
 ) -> None:
-    from service.cli import main
+    from service.cli.stlight import main
 
     evil, mark = booby_trapped(learned, tmp_path / "run")
     for argv in (
@@ -254,7 +255,7 @@ def test_trust_checkpoint_unpickles_with_a_warning(
     learned: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], mnist_dir: Path
 ) -> None:
     """The control: the booby trap is live (trusted, it runs), and trusting says so first."""
-    from service.cli import main
+    from service.cli.stlight import main
 
     evil, mark = booby_trapped(learned, tmp_path / "run")
     code = main(["eval", str(evil), "--trust-checkpoint", "--data-dir", str(mnist_dir), "--val-clips", "4", "--json"])
@@ -269,7 +270,7 @@ def test_a_0_2_0_checkpoint_loads_without_trust_and_resumes_exactly(learned: Pat
     import numpy as np
     import torch
 
-    from service.cli import main
+    from service.cli.stlight import main
 
     out = tmp_path / "split"
     assert main([*train_argv(mnist_dir, out), "--stop-after", "1"]) == 0
@@ -310,11 +311,11 @@ def test_saving_refuses_what_loading_would_refuse(tmp_path: Path) -> None:
 
 
 def test_the_external_data_walk_knows_every_field_that_can_hold_a_tensor() -> None:
-    """service/external_data.py reads protobuf without the onnx package: its field numbers must
+    """service/inference/external_data.py reads protobuf without the onnx package: its field numbers must
     be onnx.proto's, and it must descend into every field of a message type that can hold a tensor."""
     import onnx
 
-    from service.external_data import SCHEMA
+    from service.inference.external_data import SCHEMA
 
     for kind, holds in SCHEMA.items():
         descriptor = getattr(onnx, kind).DESCRIPTOR
@@ -379,16 +380,16 @@ def test_a_repository_model_whose_external_data_escapes_is_refused_and_the_other
         for name in ("good", "inside"):  # the control: a model with its data in its own folder is served, exactly
             assert index[name]["state"] == "READY", index[name]
             response = httpx.post(
-                srv.url + "/predict", params={"model": name}, content=npy(clip), headers={"Content-Type": codecs.NPY}
+                srv.url + "/predict", params={"model": name}, content=npy(clip), headers={"Content-Type": negotiation.NPY}
             )
             assert response.status_code == 200, response.text
             np.testing.assert_allclose(np.load(io.BytesIO(response.content)), want, atol=1e-5)
         for name, why in ESCAPES.items():
             row = index[name]
-            # refused by service/external_data.py, before ONNX Runtime opened anything
+            # refused by service/inference/external_data.py, before ONNX Runtime opened anything
             assert row["state"] == "UNAVAILABLE" and "keeps its data in" in row["reason"] and why in row["reason"], row
             response = httpx.post(
-                srv.url + "/predict", params={"model": name}, content=npy(clip), headers={"Content-Type": codecs.NPY}
+                srv.url + "/predict", params={"model": name}, content=npy(clip), headers={"Content-Type": negotiation.NPY}
             )
             assert response.status_code >= 400 and response.headers["content-type"] == PROBLEM, response.text
             load = httpx.post(srv.url + f"/v2/repository/models/{name}/load", json={})
@@ -440,7 +441,7 @@ def test_an_eps_frame_never_reaches_ghostscript(tiny_onnx: Path, fake_gs: tuple[
     frames = [("frames", ("f0.png", EPS, "image/png"))]
     frames += [("frames", (f"f{i}.png", png.getvalue(), "image/png")) for i in range(1, T)]
     with running(tmp_path / "server.log", "--model", str(tiny_onnx), "--device", "cpu", env=env) as srv:
-        response = httpx.post(srv.url + "/predict", files=frames, headers={"Accept": codecs.NPY}, timeout=60)
+        response = httpx.post(srv.url + "/predict", files=frames, headers={"Accept": negotiation.NPY}, timeout=60)
     assert response.status_code == 400 and response.headers["content-type"] == PROBLEM, response.text
     assert "PNG" in response.json()["detail"], response.text  # names the formats it reads
     assert not mark.exists(), "the server ran gs on an uploaded frame"

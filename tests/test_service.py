@@ -27,7 +27,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from serving import NO_TORCH, REPO, Server, load_npy, moving_digits, npy_bytes, run_cli, running
 
-from service.frames import to_uint8
+from service.core.frames import to_uint8
 
 NPY, JSON, ZIP, GIF, PROBLEM = "application/x-npy", "application/json", "application/zip", "image/gif", "application/problem+json"
 
@@ -581,16 +581,16 @@ def test_no_model_and_no_shipped_default_says_pass_model(
 ) -> None:
     import shutil
 
-    import service.repository
-    from service.engine import EngineError
-    from service.metrics import ServiceMetrics
-    from service.settings import ServeSettings
+    import service.inference.repository
+    from service.inference.engine import EngineError
+    from service.inference.metrics import ServiceMetrics
+    from service.server.settings import ServeSettings
 
-    monkeypatch.setattr(service.repository, "DEFAULT_MODEL", tmp_path / "default.onnx")
+    monkeypatch.setattr(service.inference.repository, "DEFAULT_MODEL", tmp_path / "default.onnx")
     with pytest.raises(EngineError, match="pass --model"):
-        service.repository.Repository(ServeSettings(device="cpu"), ServiceMetrics())
+        service.inference.repository.Repository(ServeSettings(device="cpu").model_options(), ServiceMetrics())
     shutil.copy(tiny_onnx, tmp_path / "default.onnx")
-    repository = service.repository.Repository(ServeSettings(device="cpu"), ServiceMetrics())
+    repository = service.inference.repository.Repository(ServeSettings(device="cpu").model_options(), ServiceMetrics())
     assert repository.default == "default" and repository.explicit == {"default": tmp_path / "default.onnx"}
 
 
@@ -599,14 +599,14 @@ def test_service_imports_and_serve_help_work_without_torch(tiny_onnx: Path) -> N
         NO_TORCH
         + f"""
 import contextlib, io
-from service.cli import main
-import service.app, service.batching, service.client, service.codecs, service.engine
-import service.problems, service.serve_cli, service.settings
+from service.cli.stlight import main
+import service.server.app, service.inference.batching, service.client, service.codecs.media, service.inference.engine
+import service.server.problems, service.cli.serve, service.server.settings
 out = io.StringIO()
 with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
     main(["serve", "--help"])
 assert "--max-batch-size" in out.getvalue() and "STLIGHT_" in out.getvalue()
-app = service.app.create_app(service.settings.ServeSettings(model={str(tiny_onnx)!r}, grpc_port=0))
+app = service.server.app.create_app(service.server.settings.ServeSettings(model={str(tiny_onnx)!r}, grpc_port=0))
 assert "torch" not in sys.modules
 print("ok")
 """

@@ -1,4 +1,4 @@
-"""service.codecs in-process: content negotiation, RGB and 2-channel models (the served tiny
+"""service.codecs.arrays in-process: content negotiation, RGB and 2-channel models (the served tiny
 model is grey; these cover the shapes it cannot), round trips of every encoding."""
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import pytest
 from PIL import Image
 from serving import npy_bytes
 
-from service import codecs
-from service.card import ClipSpec
-from service.problems import Problem
+from service.codecs import arrays, media, negotiation
+from service.core import frames
+from service.core.card import ClipSpec
+from service.core.errors import ServeError
+from service.server.problems import status_of
 
 RGB = ClipSpec(in_frames=4, out_frames=3, channels=3, height=28, width=28)
 TWO = ClipSpec(in_frames=4, out_frames=4, channels=2, height=28, width=28)
@@ -33,25 +35,25 @@ def rgb_clip(mnist_dir) -> np.ndarray:
 @pytest.mark.parametrize(
     ("accept", "request_type", "answer"),
     [
-        (None, codecs.NPY, codecs.NPY),
-        ("", codecs.JSON, codecs.JSON),
-        ("*/*", codecs.MULTIPART, codecs.ZIP),
-        ("image/*", codecs.NPY, codecs.GIF),
-        ("application/*", codecs.MULTIPART, codecs.ZIP),
-        ("application/*", codecs.JSON, codecs.JSON),
-        ("text/html, application/json;q=0.5, application/x-npy;q=0.9", codecs.JSON, codecs.NPY),
-        ("image/gif;q=0, application/zip", codecs.NPY, codecs.ZIP),
-        ("Application/JSON", codecs.NPY, codecs.JSON),
+        (None, negotiation.NPY, negotiation.NPY),
+        ("", negotiation.JSON, negotiation.JSON),
+        ("*/*", negotiation.MULTIPART, negotiation.ZIP),
+        ("image/*", negotiation.NPY, negotiation.GIF),
+        ("application/*", negotiation.MULTIPART, negotiation.ZIP),
+        ("application/*", negotiation.JSON, negotiation.JSON),
+        ("text/html, application/json;q=0.5, application/x-npy;q=0.9", negotiation.JSON, negotiation.NPY),
+        ("image/gif;q=0, application/zip", negotiation.NPY, negotiation.ZIP),
+        ("Application/JSON", negotiation.NPY, negotiation.JSON),
     ],
 )
 def test_accept_negotiation(accept: str | None, request_type: str, answer: str) -> None:
-    assert codecs.choose_answer_type(accept, request_type) == answer
+    assert negotiation.choose_answer_type(accept, request_type) == answer
 
 
 def test_accept_without_a_match_is_406() -> None:
-    with pytest.raises(Problem) as caught:
-        codecs.choose_answer_type("text/html, image/gif;q=0", codecs.NPY)
-    assert caught.value.status == 406 and "image/gif" in caught.value.detail
+    with pytest.raises(ServeError) as caught:
+        negotiation.choose_answer_type("text/html, image/gif;q=0", negotiation.NPY)
+    assert status_of(caught.value) == 406 and "image/gif" in caught.value.detail
 
 
 def test_rgb_images_in_zip_and_gif_out(rgb_clip: np.ndarray) -> None:
@@ -60,18 +62,18 @@ def test_rgb_images_in_zip_and_gif_out(rgb_clip: np.ndarray) -> None:
         buffer = io.BytesIO()
         Image.fromarray(frame.transpose(1, 2, 0), "RGB").save(buffer, format="PNG")
         files.append((f"{t}.png", buffer.getvalue()))
-    clips = codecs.decode_images(files, RGB)
+    clips = media.decode_images(files, RGB)
     assert clips.frames.shape == (1, 4, 3, 28, 28) and not clips.batched
-    np.testing.assert_array_equal(codecs.to_uint8(clips.frames[0]), rgb_clip)
+    np.testing.assert_array_equal(frames.to_uint8(clips.frames[0]), rgb_clip)
 
     prediction = clips.frames[:, :3] * 0.5  # (1, T'=3, 3, 28, 28): any float frames
-    with zipfile.ZipFile(io.BytesIO(codecs.encode(codecs.ZIP, clips, prediction))) as archive:
+    with zipfile.ZipFile(io.BytesIO(media.encode(negotiation.ZIP, clips, prediction))) as archive:
         assert archive.namelist() == ["frame_000.png", "frame_001.png", "frame_002.png"]
         for t, name in enumerate(archive.namelist()):
             image = Image.open(io.BytesIO(archive.read(name)))
             assert image.mode == "RGB"
-            np.testing.assert_array_equal(np.asarray(image).transpose(2, 0, 1), codecs.to_uint8(prediction[0, t]))
-    gif = Image.open(io.BytesIO(codecs.encode(codecs.GIF, clips, prediction)))
+            np.testing.assert_array_equal(np.asarray(image).transpose(2, 0, 1), frames.to_uint8(prediction[0, t]))
+    gif = Image.open(io.BytesIO(media.encode(negotiation.GIF, clips, prediction)))
     assert gif.n_frames == 4 + 3 and gif.info["loop"] == 0
 
 
@@ -81,28 +83,28 @@ def test_grey_images_for_an_rgb_model_are_converted(rgb_clip: np.ndarray) -> Non
         buffer = io.BytesIO()
         Image.fromarray(frame).save(buffer, format="PNG")
         files.append(("", buffer.getvalue()))
-    frames = codecs.decode_images(files, RGB).frames  # (1, T, 3, H, W): grey copied to R, G and B
+    frames = media.decode_images(files, RGB).frames  # (1, T, 3, H, W): grey copied to R, G and B
     np.testing.assert_array_equal(frames[0, :, 0], frames[0, :, 2])
 
 
 def test_two_channel_models_take_arrays_not_images() -> None:
     clip = np.random.default_rng(0).random((4, 2, 28, 28), dtype=np.float32)
-    decoded = codecs.decode_json(json.dumps({"frames": clip.tolist()}).encode(), TWO)
+    decoded = arrays.decode_json(json.dumps({"frames": clip.tolist()}).encode(), TWO)
     np.testing.assert_array_equal(decoded.frames[0], clip)
-    with pytest.raises(Problem) as caught:
-        codecs.decode_images([("a.png", b"")] * 4, TWO)
-    assert caught.value.status == 415 and "2-channel" in caught.value.detail
-    for answer in (codecs.ZIP, codecs.GIF):
-        with pytest.raises(Problem) as caught:
-            codecs.check_answerable(answer, 2, 1, False)
-        assert caught.value.status == 406 and "application/x-npy" in caught.value.detail
+    with pytest.raises(ServeError) as caught:
+        media.decode_images([("a.png", b"")] * 4, TWO)
+    assert status_of(caught.value) == 415 and "2-channel" in caught.value.detail
+    for answer in (negotiation.ZIP, negotiation.GIF):
+        with pytest.raises(ServeError) as caught:
+            negotiation.check_answerable(answer, 2, 1, False)
+        assert status_of(caught.value) == 406 and "application/x-npy" in caught.value.detail
 
 
 def test_npy_and_json_answers_round_trip_exactly() -> None:
     prediction = np.random.default_rng(1).random((2, 3, 1, 8, 8), dtype=np.float32)
-    batched = codecs.Clips(prediction, batched=True)
-    np.testing.assert_array_equal(np.load(io.BytesIO(codecs.encode(codecs.NPY, batched, prediction))), prediction)
-    document = json.loads(codecs.encode(codecs.JSON, codecs.Clips(prediction[:1], batched=False), prediction[:1]))
+    batched = arrays.Clips(prediction, batched=True)
+    np.testing.assert_array_equal(np.load(io.BytesIO(media.encode(negotiation.NPY, batched, prediction))), prediction)
+    document = json.loads(media.encode(negotiation.JSON, arrays.Clips(prediction[:1], batched=False), prediction[:1]))
     assert document["shape"] == [3, 1, 8, 8]
     np.testing.assert_array_equal(np.array(document["frames"], np.float32), prediction[0])
 
@@ -114,8 +116,8 @@ def test_npy_and_json_answers_round_trip_exactly() -> None:
 SPEC = ClipSpec(in_frames=4, out_frames=4, channels=1, height=28, width=28)
 
 
-def _problem(call, *args) -> Problem:
-    with pytest.raises(Problem) as caught:
+def _problem(call, *args) -> ServeError:
+    with pytest.raises(ServeError) as caught:
         call(*args)
     return caught.value
 
@@ -134,23 +136,23 @@ def _problem(call, *args) -> Problem:
 )
 def test_forged_npy_shapes_are_400_with_exact_sizes(shape: str, needle: str) -> None:
     body = npy_bytes(np.zeros((4, 1, 28, 28), np.uint8)).replace(b"(4, 1, 28, 28)", shape.encode(), 1)
-    problem = _problem(codecs.decode_npy, body, SPEC)
-    assert problem.status == 400 and needle in problem.detail, problem.detail
+    problem = _problem(arrays.decode_npy, body, SPEC)
+    assert status_of(problem) == 400 and needle in problem.detail, problem.detail
 
 
 def test_big_endian_floats_are_the_same_numbers(rgb_clip: np.ndarray) -> None:
     clip = (rgb_clip[:, :1] / 255.0).astype(np.float32)  # (4, 1, 28, 28) real digits
     for dtype in (">f2", ">f4", ">f8"):
-        decoded = codecs.decode_npy(npy_bytes(clip.astype(dtype)), SPEC).frames
+        decoded = arrays.decode_npy(npy_bytes(clip.astype(dtype)), SPEC).frames
         np.testing.assert_array_equal(decoded[0], clip.astype(dtype).astype(np.float32), err_msg=dtype)
 
 
 def test_json_giant_integers_and_non_numbers_say_what_came() -> None:
-    giant = _problem(codecs.decode_json, b'{"frames": [' + b"9" * 5000 + b"]}", SPEC)  # json's ValueError must become a 400
-    assert giant.status == 400 and "4300 digits" in giant.detail
-    for frames, got in (([[1, 2**70]], "beyond 64 bits"), ([None], "null"), (["a", 1], "strings"), ([True], "true/false")):
-        problem = _problem(codecs.decode_json, json.dumps({"frames": frames}).encode(), SPEC)
-        assert problem.status == 422 and got in problem.detail and "numbers" in problem.detail, problem.detail
+    giant = _problem(arrays.decode_json, b'{"frames": [' + b"9" * 5000 + b"]}", SPEC)  # json's ValueError must become a 400
+    assert status_of(giant) == 400 and "4300 digits" in giant.detail
+    for values, got in (([[1, 2**70]], "beyond 64 bits"), ([None], "null"), (["a", 1], "strings"), ([True], "true/false")):
+        problem = _problem(arrays.decode_json, json.dumps({"frames": values}).encode(), SPEC)
+        assert status_of(problem) == 422 and got in problem.detail and "numbers" in problem.detail, problem.detail
 
 
 def _encoded(images: list[Image.Image], fmt: str = "PNG", **options) -> bytes:
@@ -163,9 +165,9 @@ def test_16_bit_images_are_scaled_not_clipped(rgb_clip: np.ndarray) -> None:
     digits = rgb_clip[:, 0].astype(np.uint16) * 257  # (4, 28, 28): 0-255 -> 0-65535
     files = [("", _encoded([Image.fromarray(frame)])) for frame in digits]
     assert Image.open(io.BytesIO(files[0][1])).mode.startswith("I;16")
-    frames = codecs.decode_images(files, SPEC).frames  # Pillow's convert("L") would clip all of 1-65535 to 255
+    frames = media.decode_images(files, SPEC).frames  # Pillow's convert("L") would clip all of 1-65535 to 255
     np.testing.assert_allclose(frames[0, :, 0], rgb_clip[:, 0] / 255.0, atol=1e-6)
-    rgb = codecs.decode_images(files, RGB).frames  # (1, 4, 3, 28, 28): grey copied to R, G and B
+    rgb = media.decode_images(files, RGB).frames  # (1, 4, 3, 28, 28): grey copied to R, G and B
     np.testing.assert_array_equal(rgb[0, :, 2], frames[0, :, 0])
 
 
@@ -173,18 +175,18 @@ def test_animated_and_32_bit_frames_are_422(rgb_clip: np.ndarray) -> None:
     still = _encoded([Image.fromarray(rgb_clip[0, 0])])
     stills = [Image.fromarray(frame) for frame in rgb_clip[:, 0]]
     for fmt in ("GIF", "PNG"):  # an animated GIF / APNG in one part: only its first frame would be used
-        problem = _problem(codecs.decode_images, [("", still)] * 3 + [("anim", _encoded(stills, fmt))], SPEC)
-        assert problem.status == 422 and "frame 3" in problem.detail and "animation of 4 frames" in problem.detail, (
+        problem = _problem(media.decode_images, [("", still)] * 3 + [("anim", _encoded(stills, fmt))], SPEC)
+        assert status_of(problem) == 422 and "frame 3" in problem.detail and "animation of 4 frames" in problem.detail, (
             fmt,
             problem.detail,
         )
     for mode in ("I", "F"):  # no fixed pixel range
         image = Image.fromarray(rgb_clip[0, 0]).convert(mode)
-        problem = _problem(codecs.decode_images, [("", _encoded([image], "TIFF"))] * 4, SPEC)
-        assert problem.status == 422 and f"mode {mode}" in problem.detail and "8- or 16-bit" in problem.detail, problem.detail
+        problem = _problem(media.decode_images, [("", _encoded([image], "TIFF"))] * 4, SPEC)
+        assert status_of(problem) == 422 and f"mode {mode}" in problem.detail and "8- or 16-bit" in problem.detail, problem.detail
 
 
 @pytest.mark.parametrize("accept", ["application/json;q=abc", "application/json;q=nan", "application/json;q=2", "*/*;q=-1"])
 def test_accept_with_an_invalid_q_is_400_naming_it(accept: str) -> None:
-    problem = _problem(codecs.choose_answer_type, accept, codecs.NPY)
-    assert problem.status == 400 and accept.split(";")[1] in problem.detail and "0 to 1" in problem.detail
+    problem = _problem(negotiation.choose_answer_type, accept, negotiation.NPY)
+    assert status_of(problem) == 400 and accept.split(";")[1] in problem.detail and "0 to 1" in problem.detail

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from model.data import VAL_SEED, MovingMNIST, load_mnist_digits
-from service.cli import main
+from service.cli.stlight import main
 
 # a small model predicting 1 frame from 4: learns visibly in ~150 CPU steps
 SMALL = [

@@ -18,7 +18,7 @@ from model.config import preset
 from model.distributed import Ranks, ranks_from_env
 from model.stlight import STLight
 from model.train import EpochBatches, rng_of_rank, seed_everything
-from service.cli import main
+from service.cli.stlight import main
 
 STLIGHT = Path(sys.executable).with_name("stlight")
 # a small model predicting 1 frame from 4; 24 clips per epoch = 3 global batches of 8

@@ -36,7 +36,7 @@ FORMATS = {
 
 
 # ---------------------------------------------------------------------------------------
-# helpers: PyAV straight, not service.video
+# helpers: PyAV straight, not service.core.video
 # ---------------------------------------------------------------------------------------
 
 
@@ -119,7 +119,9 @@ def post(server: Server, body: bytes, media_type: str, accept: str = NPY, **para
 
 
 def test_video_module_imports_neither_onnxruntime_nor_fastapi_nor_torch() -> None:
-    code = NO_TORCH + "import service.video\nprint(sorted(m for m in ('onnxruntime', 'fastapi', 'torch') if m in sys.modules))"
+    code = (
+        NO_TORCH + "import service.core.video\nprint(sorted(m for m in ('onnxruntime', 'fastapi', 'torch') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
@@ -290,7 +292,7 @@ def test_clients_send_videos_and_horizons(
 def test_stlight_predict_reads_each_format_and_writes_npy_and_mp4(
     tiny_onnx: Path, videos: dict[str, bytes], reference, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from service.cli import main
+    from service.cli.stlight import main
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -313,7 +315,7 @@ def test_stlight_predict_windows_through_a_server_and_horizon_locally(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from service.cli import main
+    from service.cli.stlight import main
 
     path = tmp_path / "clip.webm"
     path.write_bytes(videos["webm"])
@@ -399,7 +401,7 @@ def test_train_on_videos_resumes_to_identical_weights_and_evaluates(
 ) -> None:
     import torch
 
-    from service.cli import main
+    from service.cli.stlight import main
 
     run = [*SMALL, "--dataset", "videos", "--data-dir", str(video_dir), "--stride", "4", "--val-fraction", "0.4"]
     run += ["--batch-size", "4", "--max-steps", "6", "--no-progress"]  # 15 training windows: 3 steps per epoch
@@ -420,7 +422,7 @@ def test_train_on_videos_resumes_to_identical_weights_and_evaluates(
 
 
 def test_train_on_wrong_size_colour_videos_says_resize(clips: np.ndarray, tmp_path: Path, capsys) -> None:
-    from service.cli import main
+    from service.cli.stlight import main
 
     colour = np.stack([np.stack([np.kron(f, np.ones((1, 2), np.uint8))[:48]] * 3, axis=-1) for f in clips[0]])
     for name in ("x.mp4", "y.mp4"):
@@ -439,7 +441,8 @@ def test_train_on_wrong_size_colour_videos_says_resize(clips: np.ndarray, tmp_pa
 
 
 def test_rollout_windows_and_the_oip_horizon_parameter() -> None:
-    from service import horizon
+    from service.core import horizon
+    from service.core.errors import LimitExceeded, Unprocessable
 
     seen: list[np.ndarray] = []
 
@@ -455,7 +458,7 @@ def test_rollout_windows_and_the_oip_horizon_parameter() -> None:
     assert horizon.from_parameters({}) is None
     assert horizon.from_parameters({"horizon": 25, "binary_data_output": True}) == 25
     for bad in (0, -3, 2.5, "25", True):
-        with pytest.raises(horizon.HorizonError, match="integer >= 1"):
+        with pytest.raises(Unprocessable, match="integer >= 1"):
             horizon.from_parameters({"horizon": bad})
-    with pytest.raises(horizon.HorizonError, match="limit of 60"):
+    with pytest.raises(LimitExceeded, match="limit of 60"):
         horizon.from_parameters({"horizon": 61}, max_horizon=60)

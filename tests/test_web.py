@@ -27,7 +27,7 @@ from browser import chromium, foreign, full_page_png, requested_urls, resize, un
 from PIL import Image
 from serving import REPO, Server, npy_bytes, running
 
-from service.frames import to_uint8
+from service.core.frames import to_uint8
 
 try:
     from selenium.webdriver.common.keys import Keys
@@ -381,7 +381,7 @@ def test_video_upload_resize_and_mp4_download(server: Server, browser: Any, tmp_
         pytest.skip("this server takes no video bodies")
     import av
 
-    from service.video import encode_video
+    from service.core.video import encode_video
 
     clip = np.load(EXAMPLES / "clip0.npy")  # (10, 1, 64, 64)
     path = tmp_path / "digits.mp4"

@@ -3,7 +3,7 @@
 
 - :class:`RequestInterceptor`: the caller's ``x-request-id`` metadata (sanitised) or a new id, in
   the context variable that every log line reads (:mod:`service.request_id`) and back in the
-  trailing metadata; an error (:class:`~service.problems.Problem`) becomes its status code
+  trailing metadata; an error (a typed error of :mod:`service.core.errors`) becomes its status code
   (:mod:`service.grpc.status`) with the REST message; one access log line and the
   ``stlight_requests_total`` / ``stlight_request_duration_seconds`` samples (``protocol="grpc"``).
 - :class:`ApiKeyInterceptor`: the REST key store; ``authorization: Bearer KEY`` or ``x-api-key: KEY``
@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
-from service import request_id
+from service.core.errors import ServeError, Unauthenticated
 from service.grpc import status
-from service.metrics import ServiceMetrics
-from service.problems import Problem
-from service.security import KeyStore
+from service.inference.metrics import ServiceMetrics
+from service.server import request_id
+from service.server.security import KeyStore
 
 log = logging.getLogger("stlight.grpc")
 
@@ -92,7 +92,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         )
 
         async def refuse(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            raise Problem(401, "unauthorized", detail)
+            raise Unauthenticated("unauthorized", detail)
 
         if handler.unary_unary is None:  # every RPC that needs a key is unary; a stream is refused all the same
             return grpc.stream_stream_rpc_method_handler(refuse)
@@ -121,8 +121,8 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             context.set_trailing_metadata(trailing)
             try:
                 return await behavior(request, context)
-            except Problem as problem:
-                code, details, extra = status.from_problem(problem)
+            except ServeError as error:
+                code, details, extra = status.from_error(error)
                 await context.abort(code, details, trailing + extra)
             except asyncio.CancelledError:  # the client went away, or its deadline passed
                 remaining = context.time_remaining()

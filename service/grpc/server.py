@@ -29,10 +29,10 @@ from service.grpc.interceptors import ApiKeyInterceptor, RequestInterceptor
 from service.grpc.proto import open_inference_grpc_pb2 as pb
 from service.grpc.proto import open_inference_grpc_pb2_grpc as pb_grpc
 from service.grpc.servicer import PUBLIC_METHODS, SERVICE_NAME, InferenceServicer
-from service.metrics import ServiceMetrics
-from service.repository import Repository
-from service.security import KeyStore
-from service.settings import ServeSettings
+from service.inference.metrics import ServiceMetrics
+from service.inference.repository import Repository
+from service.server.security import KeyStore
+from service.server.settings import ServeSettings
 
 log = logging.getLogger("stlight.grpc")
 
@@ -103,7 +103,9 @@ class GrpcServer:
                 ("grpc.max_send_message_length", -1),
             ),
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(repository, failed), self.server)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(repository, failed, settings.max_horizon), self.server
+        )
         self.health = Health(lambda: repository.not_ready() is None, lambda: not failed())
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         services = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)

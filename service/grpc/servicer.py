@@ -1,7 +1,7 @@
 """``inference.GRPCInferenceService``: the Open Inference Protocol's RPCs, and the model configuration
 and repository RPCs of Triton that ``tritonclient.grpc`` calls, over the same repository and data
 plane as the REST routes (:mod:`service.v2`). Each RPC answers what its REST route answers; an error
-is a :class:`~service.problems.Problem` that :mod:`service.grpc.interceptors` turns into a status.
+is a typed error (:mod:`service.core.errors`) that :mod:`service.grpc.interceptors` turns into a status.
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from service import __version__, oip, v2
+from service import __version__
+from service.codecs import oip
+from service.core.errors import InputError, NotFound, Unavailable
 from service.grpc import tensors
 from service.grpc.proto import open_inference_grpc_pb2 as pb
 from service.grpc.proto import open_inference_grpc_pb2_grpc as pb_grpc
-from service.problems import Problem
-from service.repository import Repository, Served, refuse_load_overrides
-from service.request_id import annotate
+from service.inference.repository import Repository, Served, refuse_load_overrides
+from service.server.request_id import annotate
+from service.server.routes import v2
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # RPCs that answer without an API key, as /v2/health/* does over HTTP
@@ -29,10 +31,11 @@ if TYPE_CHECKING:  # generic in grpc's type stubs only
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """``repository``: the served models; ``failed``: why the process cannot serve any more, or ''."""
+    """``repository``: the served models; ``failed``: why the process cannot serve any more, or '';
+    ``max_horizon``: the most frames one request may ask for."""
 
-    def __init__(self, repository: Repository, failed: Callable[[], str]) -> None:
-        self.repository, self.failed = repository, failed
+    def __init__(self, repository: Repository, failed: Callable[[], str], max_horizon: int) -> None:
+        self.repository, self.failed, self.max_horizon = repository, failed, max_horizon
 
     # server ------------------------------------------------------------------------------
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
@@ -47,7 +50,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # one model ---------------------------------------------------------------------------
     def _served(self, name: str, version: str) -> Served:
         if not name:
-            raise Problem(400, "invalid-model-name", "the request names no model (name is empty)")
+            raise InputError("invalid-model-name", "the request names no model (name is empty)")
         served = self.repository.get(name, version or None)
         annotate(model=served.name)  # the metrics' model label and the access log: only names that are served
         return served
@@ -57,9 +60,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         Triton answers: the question is whether to send requests, and the answer is no."""
         try:
             served = self._served(request.name, request.version)
-        except Problem as problem:
-            if problem.status == 400:
-                raise
+        except (NotFound, Unavailable):
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=served.state == "ready")
 
@@ -76,30 +77,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
         served = self._served(request.name, request.version)
-        engine, settings = served.engine, served.settings
+        engine, options = served.engine, served.options
         config = pb.ModelConfig(
             name=request.name,
             platform=v2.PLATFORM,
             backend="onnxruntime",
             version_policy=pb.ModelVersionPolicy(all=pb.ModelVersionPolicy.All()),
-            max_batch_size=settings.max_batch_size,
+            max_batch_size=options.max_batch_size,
             input=[pb.ModelInput(name=engine.input_name, data_type=pb.TYPE_FP32, dims=engine.spec.input_shape)],
             output=[pb.ModelOutput(name=engine.output_name, data_type=pb.TYPE_FP32, dims=engine.spec.output_shape)],
             dynamic_batching=pb.ModelDynamicBatching(
-                max_queue_delay_microseconds=round(settings.max_delay_ms * 1000),
-                default_queue_policy=pb.ModelQueuePolicy(max_queue_size=settings.queue_size),
+                max_queue_delay_microseconds=round(options.max_delay_ms * 1000),
+                default_queue_policy=pb.ModelQueuePolicy(max_queue_size=options.queue_size),
             ),
         )
         return pb.ModelConfigResponse(config=config)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
         if not request.model_name:
-            raise Problem(400, "invalid-model-name", "the request names no model (model_name is empty)")
+            raise InputError("invalid-model-name", "the request names no model (model_name is empty)")
         async with self.repository.lease(request.model_name, request.model_version or None) as served:
             annotate(model=served.name)
             engine = served.engine
             parsed = tensors.decode_request(
-                request, oip.Tensors(engine.input_name, engine.output_name, engine.spec), served.settings.max_horizon
+                request, oip.Tensors(engine.input_name, engine.output_name, engine.spec), self.max_horizon
             )
             annotate(batch=len(parsed.clips.frames))
 

@@ -1,5 +1,6 @@
-"""Errors as gRPC status codes: the REST answer's status (and kind) -> a ``grpc.StatusCode``, with the
-same message as details, and the retry hint in trailing metadata.
+"""Errors as gRPC status codes: a typed error of :mod:`service.core.errors` (its class, and for a
+few its kind) -> a ``grpc.StatusCode``, with the same message as the REST answer as details, and
+the retry hint in trailing metadata.
 
 A refusal with a ``Retry-After`` (a full queue, a model being loaded or unloaded, a lost device)
 carries ``retry-after`` (seconds, as over HTTP) and ``grpc-retry-pushback-ms``: the server
@@ -11,25 +12,28 @@ from __future__ import annotations
 
 import grpc
 
-from service.problems import Problem
+from service.core.errors import (
+    DeadlineExceeded,
+    InputError,
+    NotFound,
+    ServeError,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+)
 
 Metadata = tuple[tuple[str, str], ...]
 
-# the codes grpc-gateway and Google's API design guide pair with these HTTP statuses
-BY_STATUS: dict[int, grpc.StatusCode] = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    409: grpc.StatusCode.ABORTED,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    415: grpc.StatusCode.INVALID_ARGUMENT,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    499: grpc.StatusCode.CANCELLED,
-    501: grpc.StatusCode.UNIMPLEMENTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+# the codes grpc-gateway and Google's API design guide pair with the HTTP statuses of these
+# classes (server/problems.py); the nearest class listed wins. Every InputError (400, 406, 415,
+# 422) is INVALID_ARGUMENT, a body over the limit (413) RESOURCE_EXHAUSTED.
+BY_CLASS: dict[type[ServeError], grpc.StatusCode] = {
+    InputError: grpc.StatusCode.INVALID_ARGUMENT,
+    TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 # kinds whose gRPC code is not their HTTP status's: a model of the repository that is unloaded is
 # UNAVAILABLE, as Triton answers for a model with no version loaded (HTTP: 404; NOT_FOUND stays
@@ -57,25 +61,24 @@ HTTP_EQUIVALENT: dict[grpc.StatusCode, int] = {
 }
 
 
-def code_for(status: int) -> grpc.StatusCode:
-    """The gRPC code of an HTTP error status (any other 4xx: INVALID_ARGUMENT, 5xx: INTERNAL)."""
-    if status in BY_STATUS:
-        return BY_STATUS[status]
-    return grpc.StatusCode.INVALID_ARGUMENT if 400 <= status < 500 else grpc.StatusCode.INTERNAL
+def code_for(error: ServeError) -> grpc.StatusCode:
+    """The gRPC code of a typed error: by kind where it differs, else by its nearest class."""
+    if error.kind in BY_KIND:
+        return BY_KIND[error.kind]
+    return next((BY_CLASS[cls] for cls in type(error).__mro__ if cls in BY_CLASS), grpc.StatusCode.INTERNAL)
 
 
-def retry_metadata(headers: dict[str, str]) -> Metadata:
-    """``retry-after`` and ``grpc-retry-pushback-ms`` from an answer's ``Retry-After`` header."""
-    wait = next((value for name, value in headers.items() if name.lower() == "retry-after"), None)
-    if wait is None or not wait.isdigit():
+def retry_metadata(error: ServeError) -> Metadata:
+    """``retry-after`` and ``grpc-retry-pushback-ms`` from an ``Unavailable``'s retry time."""
+    wait = getattr(error, "retry_after_s", None)
+    if wait is None:
         return ()
-    return (("retry-after", wait), ("grpc-retry-pushback-ms", str(int(wait) * 1000)))
+    return (("retry-after", str(wait)), ("grpc-retry-pushback-ms", str(int(wait) * 1000)))
 
 
-def from_problem(problem: Problem) -> tuple[grpc.StatusCode, str, Metadata]:
-    """The status, details and trailing metadata that answer ``problem`` over gRPC."""
-    code = BY_KIND.get(problem.kind) or code_for(problem.status)
-    return code, problem.detail, retry_metadata(problem.headers)
+def from_error(error: ServeError) -> tuple[grpc.StatusCode, str, Metadata]:
+    """The status, details and trailing metadata that answer ``error`` over gRPC."""
+    return code_for(error), error.detail, retry_metadata(error)
 
 
 def http_status(code: grpc.StatusCode) -> int:

@@ -5,7 +5,7 @@ Values come either as ``raw_input_contents`` (little-endian bytes, what tritoncl
 the ``InferTensorContents`` field of their datatype; the answer mirrors the request (raw bytes for
 raw bytes, ``fp32_contents`` for contents). The checks are the REST route's
 (:mod:`service.oip`): the same datatypes, and the same rank, frame, channel, size and value
-checks through :func:`service.codecs.check_array`, so both protocols refuse a mistake with the
+checks through :func:`service.codecs.arrays.check_array`, so both protocols refuse a mistake with the
 same message; the status codes follow from :mod:`service.grpc.status`.
 """
 
@@ -16,17 +16,18 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from service import codecs, horizon, oip
+from service.codecs import arrays, oip
+from service.core import horizon
+from service.core.errors import InputError, Unprocessable
 from service.grpc.proto import open_inference_grpc_pb2 as pb
-from service.problems import Problem
 
 # the InferTensorContents field of each accepted datatype; FP16 has none (the protocol sends
 # 16-bit floats as raw bytes only)
 CONTENTS_FIELD = {"UINT8": "uint_contents", "FP32": "fp32_contents", "FP64": "fp64_contents"}
 
 
-def _bad(detail: str, kind: str = "invalid-inference-request") -> Problem:
-    return Problem(400, kind, detail)
+def _bad(detail: str, kind: str = "invalid-inference-request") -> InputError:
+    return InputError(kind, detail)
 
 
 def parameters(values: Mapping[str, pb.InferParameter]) -> dict[str, object]:
@@ -39,11 +40,8 @@ def parameters(values: Mapping[str, pb.InferParameter]) -> dict[str, object]:
 
 
 def decode_request(request: pb.ModelInferRequest, tensors: oip.Tensors, max_horizon: int) -> oip.InferRequest:
-    """Parse and check an inference request; every mistake raises a 4xx :class:`Problem`."""
-    try:
-        frames = horizon.from_parameters(parameters(request.parameters), max_horizon)
-    except horizon.HorizonError as exc:
-        raise Problem(422, "horizon-too-far" if "limit" in str(exc) else "invalid-horizon", str(exc)) from None
+    """Parse and check an inference request; every mistake raises an :class:`~service.core.errors.InputError`."""
+    frames = horizon.from_parameters(parameters(request.parameters), max_horizon)
     names = [item.name for item in request.inputs]
     if names != [tensors.input_name]:
         raise _bad(f"the model has one input, {tensors.input_name!r}; the request has {len(names)}: {names}", "unknown-input")
@@ -58,12 +56,12 @@ def decode_request(request: pb.ModelInferRequest, tensors: oip.Tensors, max_hori
     return oip.InferRequest(request.id or None, clips, binary_output=bool(raw), horizon=frames)
 
 
-def _decode_input(item: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, tensors: oip.Tensors) -> codecs.Clips:
+def _decode_input(item: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, tensors: oip.Tensors) -> arrays.Clips:
     label = f"input {item.name!r}"
     datatype, shape = item.datatype, list(item.shape)
     if datatype not in oip.ACCEPTED:
         known = "" if datatype in oip.DATATYPES else " (not an OIP datatype)"
-        raise Problem(422, "wrong-dtype", f"{label}: datatype {datatype!r}{known} is not accepted; send {oip.ACCEPTED_TEXT}")
+        raise Unprocessable("wrong-dtype", f"{label}: datatype {datatype!r}{known} is not accepted; send {oip.ACCEPTED_TEXT}")
     if any(n < 0 for n in shape):
         raise _bad(f"{label}: the shape must be non-negative integers, got {shape}")
     dtype, count = oip.DATATYPES[datatype], math.prod(shape)
@@ -76,7 +74,7 @@ def _decode_input(item: pb.ModelInferRequest.InferInputTensor, raw: bytes | None
         if len(raw) != need:
             size = f"{count:,} × {dtype.itemsize} = {need:,}"
             raise _bad(f"{label}: raw_input_contents[0] holds {len(raw):,} bytes; the shape needs {size}")
-        return codecs.check_array(np.frombuffer(raw, dtype).reshape(shape), tensors.spec, label)
+        return arrays.check_array(np.frombuffer(raw, dtype).reshape(shape), tensors.spec, label)
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
         raise _bad(f"{label}: {datatype} values travel in raw_input_contents (InferTensorContents has no field for them)")
@@ -90,11 +88,11 @@ def _decode_input(item: pb.ModelInferRequest.InferInputTensor, raw: bytes | None
     if datatype == "UINT8":  # carried as uint32
         wide = np.fromiter(values, np.uint32, count)
         if count and wide.max() > 255:
-            raise Problem(422, "out-of-range", f"{label} contents.{field} must be integers in 0-255")
+            raise Unprocessable("out-of-range", f"{label} contents.{field} must be integers in 0-255")
         array = wide.astype(np.uint8)
     else:
         array = np.fromiter(values, dtype, count)
-    return codecs.check_array(array.reshape(shape), tensors.spec, label)
+    return arrays.check_array(array.reshape(shape), tensors.spec, label)
 
 
 def encode_response(

@@ -1,0 +1,7 @@
+"""``python -m service.cli ARGS`` is ``stlight ARGS``."""
+
+import sys
+
+from service.cli.stlight import main
+
+sys.exit(main())

@@ -1,0 +1,86 @@
+"""Longer horizons by rollout: predict N frames with a model that predicts T' at a time.
+
+Each step feeds the model the last T frames of (input + predictions so far), exactly as if a
+caller fed the predictions back by hand; predictions are fed back unclipped, as the model
+produced them. Errors compound: every step after the first works from predicted, not observed,
+frames. N <= T' is one run, of which the first N frames are returned.
+
+numpy only; the same plan serves the service (async, every step through the batcher), the
+local client and ``stlight predict`` (sync).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from service.core.errors import LimitExceeded, Unprocessable
+from service.core.limits import MAX_HORIZON
+
+
+def check_limit(horizon: int, max_horizon: int, name: str = "horizon") -> int:
+    """``horizon``, unless it is beyond the server's limit: :class:`LimitExceeded`
+    (``horizon-too-far``), whichever protocol asked (``name`` says how it was asked)."""
+    if horizon > max_horizon:
+        raise LimitExceeded(
+            "horizon-too-far",
+            f"{name}={horizon} is beyond this server's limit of {max_horizon} frames (STLIGHT_MAX_HORIZON)",
+        )
+    return horizon
+
+
+def from_parameters(parameters: Mapping[str, Any], max_horizon: int = MAX_HORIZON) -> int | None:
+    """The ``horizon`` of an Open Inference Protocol request's ``parameters`` object (REST:
+    ``"parameters": {"horizon": 25}``), or None when absent. The /v2 infer route rolls out with
+    :func:`rollout_async` when it is set, exactly as ``/predict?horizon=`` does."""
+    if "horizon" not in parameters:
+        return None
+    value = parameters["horizon"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise Unprocessable("invalid-horizon", f"parameters.horizon must be an integer >= 1 (frames to predict), got {value!r}")
+    return check_limit(value, max_horizon, "parameters.horizon")
+
+
+def steps(horizon: int, out_frames: int) -> int:
+    """Model runs needed for ``horizon`` frames."""
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    return math.ceil(horizon / out_frames)
+
+
+def next_window(window: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """(B, T, ...) and (B, T', ...) -> the last T frames of both, the next step's input."""
+    in_frames = window.shape[1]
+    return np.concatenate([window, prediction], axis=1)[:, -in_frames:]  # (B, T, C, H, W)
+
+
+def rollout(predict: Callable[[np.ndarray], np.ndarray], clips: np.ndarray, horizon: int, out_frames: int) -> np.ndarray:
+    """(B, T, C, H, W) -> (B, horizon, C, H, W), ``predict`` mapping (B, T, ...) -> (B, T', ...)."""
+    window, outputs, runs = clips, [], steps(horizon, out_frames)
+    for step in range(runs):
+        prediction = predict(window)
+        outputs.append(prediction)
+        if step + 1 < runs:  # the one-run case (every plain request) copies nothing
+            window = next_window(window, prediction)
+    return _joined(outputs, horizon)
+
+
+async def rollout_async(
+    predict: Callable[[np.ndarray], Awaitable[np.ndarray]], clips: np.ndarray, horizon: int, out_frames: int
+) -> np.ndarray:
+    """:func:`rollout` with an awaitable ``predict`` (the service's batcher)."""
+    window, outputs, runs = clips, [], steps(horizon, out_frames)
+    for step in range(runs):
+        prediction = await predict(window)
+        outputs.append(prediction)
+        if step + 1 < runs:
+            window = next_window(window, prediction)
+    return _joined(outputs, horizon)
+
+
+def _joined(outputs: list[np.ndarray], horizon: int) -> np.ndarray:
+    """The predictions of every step, (B, horizon, C, H, W); a view when there was one step."""
+    return (outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=1))[:, :horizon]

@@ -1,0 +1,32 @@
+"""How the inference layer runs models, as plain values: the server's settings build one
+:class:`ModelOptions` (``ServeSettings.model_options()``); nothing here imports ONNX Runtime, so
+reading the options costs nothing at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Device = Literal["auto", "cuda", "cpu"]
+Spinning = Literal["off", "run", "on"]  # ONNX Runtime's pool threads: see service.inference.engine
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Where a server's models come from and how each version is run and batched: built once
+    from the server's settings (``ServeSettings.model_options()``), which hold every default."""
+
+    models: tuple[str, ...]  # --model [NAME=]PATH; empty: the repository's, else the shipped default
+    model_repository: Path | None
+    device: Device
+    intra_op_threads: int  # resolved: >= 1
+    inter_op_threads: int
+    tf32: bool
+    cuda_graphs: bool
+    ort_spinning: Spinning
+    max_batch_size: int
+    max_delay_ms: float
+    queue_size: int
+    request_timeout_s: float
+    warmup_runs: int
