@@ -70,7 +70,7 @@ def cwd(folder: Path) -> Iterator[None]:
 
 
 def test_the_scripts_are_real_attacks_on_a_probing_demuxer(planted: Path) -> None:
-    """The control: FFmpeg left to probe (as service/video.py did before 0.3) decodes the planted files from
+    """The control: FFmpeg left to probe (as the video module did before the guard) decodes the planted files from
     these very bytes, so a refusal below is the guard's doing, not a broken script's."""
     with cwd(planted):
         for name in LEAKING:
