@@ -399,7 +399,7 @@ def test_a_repository_model_whose_external_data_escapes_is_refused_and_the_other
 def test_stlight_predict_refuses_a_model_whose_external_data_escapes(
     escaping_repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from service.cli import main
+    from service.cli.stlight import main
 
     np.save(tmp_path / "clip.npy", np.zeros((T, 1, 64, 64), np.float32))
     for name in ESCAPES:
@@ -450,7 +450,7 @@ def test_an_eps_frame_never_reaches_ghostscript(tiny_onnx: Path, fake_gs: tuple[
 def test_stlight_predict_and_train_never_hand_a_frame_to_ghostscript(
     tiny_onnx: Path, fake_gs: tuple[dict[str, str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.cli import main
+    from service.cli.stlight import main
 
     env, mark = fake_gs
     monkeypatch.setenv("PATH", env["PATH"])
