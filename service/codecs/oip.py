@@ -30,6 +30,9 @@ from service.core.frames import shape_text
 from service.core.limits import MAX_HORIZON
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# what the server metadata says of this server, over REST and gRPC alike
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
+PLATFORM = "onnxruntime_onnx"
 OCTET_STREAM = "application/octet-stream"
 # OIP datatypes -> numpy (little-endian on the wire); the ones check_array accepts are the
 # ACCEPTED ones, the others are named so that the refusal can say what came

@@ -20,7 +20,6 @@ from service.grpc.proto import open_inference_grpc_pb2 as pb
 from service.grpc.proto import open_inference_grpc_pb2_grpc as pb_grpc
 from service.inference.repository import Repository, Served, refuse_load_overrides
 from service.server.request_id import annotate
-from service.server.routes import v2
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # RPCs that answer without an API key, as /v2/health/* does over HTTP
@@ -45,7 +44,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=not self.failed() and self.repository.not_ready() is None)
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="stlight", version=__version__, extensions=v2.EXTENSIONS)
+        return pb.ServerMetadataResponse(name="stlight", version=__version__, extensions=oip.EXTENSIONS)
 
     # one model ---------------------------------------------------------------------------
     def _served(self, name: str, version: str) -> Served:
@@ -70,7 +69,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelMetadataResponse(
             name=request.name,
             versions=self.repository.versions(request.name),
-            platform=v2.PLATFORM,
+            platform=oip.PLATFORM,
             inputs=[pb.ModelMetadataResponse.TensorMetadata(**inputs)],
             outputs=[pb.ModelMetadataResponse.TensorMetadata(**outputs)],
         )
@@ -80,7 +79,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         engine, options = served.engine, served.options
         config = pb.ModelConfig(
             name=request.name,
-            platform=v2.PLATFORM,
+            platform=oip.PLATFORM,
             backend="onnxruntime",
             version_policy=pb.ModelVersionPolicy(all=pb.ModelVersionPolicy.All()),
             max_batch_size=options.max_batch_size,

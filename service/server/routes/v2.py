@@ -24,9 +24,6 @@ from service.server.deps import client_gone
 from service.server.request_id import annotate
 from service.server.settings import ServeSettings
 
-EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
-PLATFORM = "onnxruntime_onnx"
-
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe V2)"])
 
 
@@ -130,7 +127,7 @@ INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.get("", summary="Server metadata: name, version, extensions")
 @router.get("/", include_in_schema=False)
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "stlight", "version": __version__, "extensions": EXTENSIONS}
+    return {"name": "stlight", "version": __version__, "extensions": oip.EXTENSIONS}
 
 
 def _flag_doc(key: str, description: str) -> dict[str, Any]:
@@ -178,7 +175,7 @@ async def model_metadata(request: Request, name: str, version: str | None = None
     engine = served.engine
     inputs, outputs = oip.Tensors(engine.input_name, engine.output_name, engine.spec).metadata()
     versions = repository(request).versions(name)
-    return {"name": name, "versions": versions, "platform": PLATFORM, "inputs": [inputs], "outputs": [outputs]}
+    return {"name": name, "versions": versions, "platform": oip.PLATFORM, "inputs": [inputs], "outputs": [outputs]}
 
 
 _MODEL_READY = {**MODEL_ERRORS, 200: {"description": '{"name": ..., "ready": true}: the model answers inference'}}
@@ -199,7 +196,7 @@ async def model_config(request: Request, name: str, version: str | None = None) 
     engine, options = served.engine, served.options
     return {
         "name": name,
-        "platform": PLATFORM,
+        "platform": oip.PLATFORM,
         "backend": "onnxruntime",
         "version_policy": {"all": {}},
         "max_batch_size": options.max_batch_size,
