@@ -32,6 +32,7 @@ from torch import nn
 
 from model.config import STLightConfig
 from service.core.card import ModelCard
+from service.core.errors import extra_hint
 from service.core.runtime import cuda_provider_options
 
 # max abs error, whole model and per op: fp32 kernels agree to ~1e-6 here, a wrong op is off by far more
@@ -206,7 +207,7 @@ def check_provider(provider: str) -> None:
     reason = error or _reason(captured) or "; ".join(preloaded) or f"ONNX Runtime fell back to {got or 'nothing'}"
     raise ProviderUnavailable(
         f"--device cuda: ONNX Runtime cannot use {name}: {' '.join(reason.split())}. Nothing was validated; "
-        "install the CUDA libraries (pip install 'stlight[cuda]') and an NVIDIA driver, or validate with --device cpu"
+        f"install the CUDA libraries ({extra_hint('cuda')}) and an NVIDIA driver, or validate with --device cpu"
     )
 
 

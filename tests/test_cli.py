@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
-from serving import run_cli
+import pytest
+from serving import REPO, run_cli
 
 
 def test_help_lists_commands_without_torch() -> None:
@@ -14,11 +16,39 @@ def test_help_lists_commands_without_torch() -> None:
     assert "summary" in result.stdout
 
 
-def test_torch_command_without_torch_names_the_extra() -> None:
+TRAIN_HINT = "pip install -e '.[train]' -c constraints.txt (in the stlight checkout)"
+
+# `stlight ARGS` with only these packages made to fail to import, as where they are not installed
+WITHOUT = """
+import importlib.abc, sys
+BLOCKED = set(sys.argv.pop(1).split(","))
+class _Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked in this process)", name=name)
+        return None
+sys.meta_path.insert(0, _Missing())
+from service.cli.stlight import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_torch_command_without_torch_names_the_extra_as_installed_from_the_checkout() -> None:
     result = run_cli("summary", "--preset", "tiny")
     assert result.returncode == 2
-    assert "pip install 'stlight[train]'" in result.stderr
+    assert "needs PyTorch (the train extra): " + TRAIN_HINT in result.stderr, result.stderr
+    assert "stlight[" not in result.stderr  # on no index: that spelling cannot resolve
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxscript"])
+def test_export_with_torch_but_without_the_exporter_names_what_is_missing(missing: str, tmp_path: Path) -> None:
+    blocked = "onnx,onnxscript" if missing == "onnx" else "onnxscript"
+    argv = [sys.executable, "-c", WITHOUT, blocked, "export", "--preset", "tiny", "--out", str(tmp_path / "m.onnx")]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 2, result.stderr
+    assert f"needs {missing} (the train extra): {TRAIN_HINT}; missing module '{missing}'" in result.stderr, result.stderr
+    assert "PyTorch" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_unknown_command_is_a_usage_error() -> None:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from service.cli.commands import COMMANDS
-from service.core.errors import TRAIN_EXTRA_HINT, TRAIN_EXTRA_MODULES, UserError
+from service.core.errors import TRAIN_EXTRA_MODULES, UserError, train_extra_hint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in TRAIN_EXTRA_MODULES:
-            print(f"stlight {args.command}: error: {TRAIN_EXTRA_HINT} (missing module {exc.name!r})", file=sys.stderr)
+            print(f"stlight {args.command}: error: {train_extra_hint(exc.name)}", file=sys.stderr)
             return 2
         raise
     except KeyboardInterrupt:

@@ -25,9 +25,22 @@ class UserError(Exception):
     """A mistake the user can fix; printed as one line, no traceback, exit status 2."""
 
 
-# what a torch command says where torch (or another `train` extra package) is missing
-TRAIN_EXTRA_HINT = "this command needs PyTorch: pip install 'stlight[train]'"
-TRAIN_EXTRA_MODULES = frozenset({"torch", "onnx", "onnxscript", "skimage"})
+def extra_hint(extra: str) -> str:
+    """How to add an optional extra. The project installs from its checkout (it is on no package
+    index, so ``pip install 'stlight[...]'`` cannot resolve), and constraints.txt keeps torch the
+    CPU build rather than pulling the multi-GB CUDA one."""
+    return f"pip install -e '.[{extra}]' -c constraints.txt (in the stlight checkout)"
+
+
+# the `train` extra's top-level modules -> the package a user would recognise
+TRAIN_EXTRA_PACKAGES = {"torch": "PyTorch", "onnx": "onnx", "onnxscript": "onnxscript", "skimage": "scikit-image"}
+TRAIN_EXTRA_MODULES = frozenset(TRAIN_EXTRA_PACKAGES)
+
+
+def train_extra_hint(module: str) -> str:
+    """What a torch command says where ``module`` (one of the `train` extra's) is missing."""
+    package = TRAIN_EXTRA_PACKAGES.get(module.split(".")[0], module)
+    return f"this command needs {package} (the train extra): {extra_hint('train')}; missing module {module!r}"
 
 
 class ServeError(Exception):

@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.core.card import ModelCard
+from service.core.errors import extra_hint
 from service.core.hashing import file_sha256
 from service.core.runtime import CPU, CUDA, classify_run_error, cuda_provider_options, preload_cuda_libraries
 from service.inference.external_data import ExternalDataError, NotOnnxError, check_external_data
@@ -145,7 +146,7 @@ class Engine:
             missing = f"; the library preload said: {preload_report[0]}" if preload_report else ""
             raise EngineError(
                 f"--device cuda: CUDAExecutionProvider did not load (ONNX Runtime fell back to {self.provider}){missing}; "
-                "check the NVIDIA driver, CUDA and cuDNN libraries (pip install 'stlight[cuda]'), or use --device auto/cpu"
+                f"check the NVIDIA driver, CUDA and cuDNN libraries ({extra_hint('cuda')}), or use --device auto/cpu"
             )
         if cuda_graphs and self.provider != CUDA:
             raise EngineError(
