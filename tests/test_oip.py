@@ -263,6 +263,12 @@ def test_errors_are_reported_by_tritonclient_with_their_message(client, server: 
     error = error_of(lambda: client.load_model("alpha", config="{}"))
     assert error.status() == "400" and "not supported" in error.message()
 
+    # BYTES is in the protocol's datatype table (refused here: no string tensors); FOO is in no table
+    for datatype, named in (("BYTES", False), ("FOO", True)):
+        tensor = {"name": "frames", "shape": [1], "datatype": datatype, "data": ["x"]}
+        answer = httpx.post(server.url + "/v2/models/alpha/infer", json={"inputs": [tensor]})
+        assert answer.status_code == 422 and ("not an OIP datatype" in answer.json()["error"]) == named, answer.text
+
     # data nested deeper than a clip can be, or ragged: what was expected, not numpy's words
     deep: object = 0.5
     for _ in range(100):

@@ -44,6 +44,8 @@ DATATYPES: dict[str, np.dtype[Any]] = {
         "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
     }.items()
 }  # fmt: skip
+# datatypes of the protocol's table (and Triton's BF16) that have no fixed-size numpy form here
+OTHER_DATATYPES = ("BYTES", "BF16")
 ACCEPTED = ("UINT8", "FP16", "FP32", "FP64")
 ACCEPTED_TEXT = "UINT8 (0-255) or FP32/FP16/FP64 (0-1)"
 
@@ -177,7 +179,7 @@ def _decode_input(item: dict[str, Any], binary: bytes, tensors: Tensors) -> Clip
     label = f"input {name!r}"
     datatype, shape = item.get("datatype"), item.get("shape")
     if datatype not in ACCEPTED:
-        known = "" if datatype in DATATYPES else " (not an OIP datatype)"
+        known = "" if datatype in DATATYPES or datatype in OTHER_DATATYPES else " (not an OIP datatype)"
         raise Unprocessable("wrong-dtype", f"{label}: datatype {datatype!r}{known} is not accepted; send {ACCEPTED_TEXT}")
     if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
         raise _bad(f'{label}: "shape" must be a list of non-negative integers, got {json.dumps(shape)[:80]}')
