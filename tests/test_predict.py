@@ -388,6 +388,9 @@ def test_has_targets_prints_openstl_metrics(clips: np.ndarray, reference, tiny_o
         (["--concurrency", "2"], "--concurrency applies to --url"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--url", "127.0.0.1:8000"], "must start with http://"),
+        (["--horizon", "1001"], "--horizon 1001 is beyond the limit of 1000 frames (the service's default too"),
+        (["--horizon", "30", "--max-horizon", "20"], "add --max-horizon 30 to go on"),
+        (["--url", "http://127.0.0.1:9", "--horizon", "5000"], "beyond the limit of 1000 frames"),
     ],
 )
 def test_usage_mistakes_are_one_line_errors(extra: list[str], needle: str, tiny_onnx: Path, tmp_path: Path, capsys) -> None:

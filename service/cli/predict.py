@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.core.errors import UserError
+from service.core.limits import MAX_HORIZON
 
 if TYPE_CHECKING:  # imported where used: building the parser must stay light
     from service.client import Client, LocalClient
@@ -105,6 +106,16 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
             "(errors compound); with --has-targets inputs then hold T + N frames"
         ),
     )
+    group.add_argument(
+        "--max-horizon",
+        type=int,
+        default=MAX_HORIZON,
+        metavar="N",
+        help=(
+            f"refuse a --horizon above N (default {MAX_HORIZON}, the service's STLIGHT_MAX_HORIZON default: every "
+            "T' frames is a full model run and every frame is kept in memory); raise it to predict further on purpose"
+        ),
+    )
     parser.add_argument(
         "--overwrite", action="store_true", help="predict inputs again even when their outputs exist (default: skip them)"
     )
@@ -176,6 +187,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--stride must be at least 1, got {args.stride}")
     if args.horizon is not None and args.horizon < 1:
         raise UserError(f"--horizon must be at least 1, got {args.horizon}")
+    if args.horizon is not None and args.horizon > args.max_horizon:
+        raise UserError(
+            f"--horizon {args.horizon} is beyond the limit of {args.max_horizon} frames (the service's default too: each "
+            f"T' frames is one model run per clip, and every frame is kept); add --max-horizon {args.horizon} to go on"
+        )
 
 
 def _local(args: argparse.Namespace) -> LocalClient:
