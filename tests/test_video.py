@@ -188,12 +188,45 @@ def test_truncated_and_non_video_bodies_are_400_problems(server: Server, videos:
         (b"\x93NUMPY not a video", "video/webm", "not a readable"),
         (videos["avi"][: len(videos["avi"]) * 2 // 3], "video/x-msvideo", "truncated"),
         (videos["webm"][: len(videos["webm"]) // 2], "video/webm", "truncated"),
+        (mp4[: mp4.rindex(b"moov") + 100], "video/mp4", "truncated or corrupt"),  # cut inside the index it writes last
     ]:
         response = post(server, body, media_type)
         assert response.status_code == 400, (media_type, response.text)
         assert response.headers["content-type"] == PROBLEM
         assert words in response.json()["detail"], response.json()
     assert post(server, b"", "video/mp4").status_code == 400
+
+
+def test_an_mp4_cut_anywhere_in_its_index_is_undecodable_and_an_audio_only_file_has_no_video(videos: dict[str, bytes]) -> None:
+    """MP4 writes its index (moov) last. Cut inside it, FFmpeg still opens the file and lists no
+    stream, a bare data stream or a video stream without its codec: each is the truncated video
+    it is (docs/video.md), never "no video stream", and never an exception of another type."""
+    from service.core import video
+    from service.core.errors import InputError
+
+    mp4 = videos["mp4"]
+    details = []
+    for cut in range(mp4.rindex(b"moov") - 4, len(mp4), 3):
+        try:
+            video.read_video(mp4[:cut], media_type="video/mp4", channels=1, height=64, width=64)
+        except InputError as exc:
+            assert exc.kind in ("undecodable-video", "truncated-video"), (cut, exc.kind, exc.detail)
+            details.append(exc.detail)
+    assert any("its container lists no stream" in d for d in details)
+    assert any("lists only data stream(s)" in d for d in details)
+    assert any("video stream has no codec parameters" in d for d in details)
+    assert all("MP4 cut short" in d for d in details if "lists" in d or "codec parameters" in d)
+
+    audio = io.BytesIO()
+    with av.open(audio, "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    with pytest.raises(InputError, match=r"holds no video stream \(streams: audio\)") as refused:
+        video.probe(audio.getvalue(), "video/mp4")
+    assert refused.value.kind == "no-video-stream"
 
 
 def test_wrong_size_colour_video_is_422_naming_both_sizes_and_resize_fit_serves_it(server: Server, clips: np.ndarray) -> None:

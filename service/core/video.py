@@ -230,10 +230,22 @@ def _reason(exc: Exception) -> str:
 
 
 def _stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
-    if not container.streams.video:
-        kinds: list[str] = sorted({s.type for s in container.streams}) or ["none"]
-        raise InputError("no-video-stream", f"the file holds no video stream (streams: {', '.join(kinds)})")
-    return container.streams.video[0]
+    """The first video stream. A file cut short can still open: an MP4 cut inside its index (which
+    MP4 writes at the end) lists no stream, a bare data stream, or a video stream without its
+    codec. Those are truncated videos; only a file with audio or subtitles and no video is a
+    file that holds no video."""
+    videos = container.streams.video
+    if videos and videos[0].codec_context is not None:
+        return videos[0]
+    kinds: list[str] = sorted({s.type for s in container.streams})
+    if videos or not {"audio", "subtitle"} & set(kinds):
+        hint = " (an MP4 cut short loses its index, which MP4 writes at the end)" if "mp4" in container.format.name else ""
+        if videos:
+            what = "its video stream has no codec parameters"
+        else:
+            what = f"its container lists only {', '.join(kinds)} stream(s)" if kinds else "its container lists no stream"
+        raise InputError("undecodable-video", f"the video is truncated or corrupt: {what}{hint}")
+    raise InputError("no-video-stream", f"the file holds no video stream (streams: {', '.join(kinds)})")
 
 
 def _fps(stream: av.video.stream.VideoStream) -> float:
