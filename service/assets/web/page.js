@@ -27,9 +27,10 @@ const state = {
 // ---------------------------------------------------------------------------------------
 
 class ApiError extends Error {
-  constructor(status, message) {
+  constructor(status, message, type) {
     super(message);
     this.status = status;
+    this.type = type || ""; // the problem's type URI, e.g. urn:stlight:problem:wrong-size
   }
 }
 
@@ -41,22 +42,26 @@ function authHeaders(extra) {
   return headers;
 }
 
-// An error answer as one line: the problem's detail (RFC 9457), the {"error"} of /v2 routes, or the text.
-async function errorText(response) {
-  const type = response.headers.get("content-type") || "";
+// An error answer as an ApiError of one line: the problem's detail (RFC 9457), the {"error"} of
+// /v2 routes, or the text; with the problem's type when there is one.
+async function apiError(response) {
+  const contentType = response.headers.get("content-type") || "";
   let text = "";
+  let problemType = "";
   try {
-    if (type.includes("json")) {
+    if (contentType.includes("json")) {
       const body = await response.json();
       text = body.detail || body.error || body.title || JSON.stringify(body);
       if (typeof text !== "string") text = JSON.stringify(text);
+      if (typeof body.type === "string") problemType = body.type;
     } else {
       text = (await response.text()).slice(0, 500);
     }
   } catch (err) {
     text = "";
   }
-  return `${response.status} ${response.statusText || ""}`.trim() + (text ? `: ${text}` : "");
+  const line = `${response.status} ${response.statusText || ""}`.trim() + (text ? `: ${text}` : "");
+  return new ApiError(response.status, line, problemType);
 }
 
 async function call(url, init) {
@@ -66,7 +71,7 @@ async function call(url, init) {
   } catch (err) {
     throw new ApiError(0, `could not reach the server (${err.message})`);
   }
-  if (!response.ok) throw new ApiError(response.status, await errorText(response));
+  if (!response.ok) throw await apiError(response);
   return response;
 }
 
@@ -522,6 +527,18 @@ function setStatus(text) {
   $("status").textContent = text;
 }
 
+// The API's wrong-size answer for a video says how to scale it through the API (?resize=) and the
+// CLI (--resize); on this page that choice is the resize control, so the message points there.
+function onThisPage(err) {
+  const field = $("resize-field");
+  const [said] = err.message.split(" Scale them");
+  if (!err.type.endsWith(":wrong-size") || field.hidden || !said.includes("video frames are")) return err.message;
+  const choices = [...$("resize").options].filter((o) => o.value !== "none").map((o) => `“${o.text}”`);
+  const label = field.querySelector("label").textContent.trim();
+  $("resize").focus();
+  return `${said} Choose ${choices.join(" or ")} in “${label}” above, then predict again.`;
+}
+
 function showError(text) {
   const box = $("error");
   box.textContent = text;
@@ -565,7 +582,7 @@ async function predict(event) {
   } catch (err) {
     clearResult();
     $("result").hidden = true; // a previous clip's result beside this error would read as this clip's
-    showError(err.message);
+    showError(err instanceof ApiError ? onThisPage(err) : err.message);
     setStatus("The server did not predict this clip.");
     if (err.status === 401 || err.status === 403) $("api-key").focus();
   } finally {
