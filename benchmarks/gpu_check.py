@@ -380,6 +380,8 @@ def phase_serve(ctx: Context, box: Box) -> str:
         "--max-batch-size",
         str(args.max_batch_size),
         "--no-access-log",
+        "--grpc-port",
+        "0",  # HTTP is what is measured; no fixed port to collide with
     ]
     try:
         ctx.server, url = start_server(serve_args, log, timeout_s=max(5.0, box.left() - 20))

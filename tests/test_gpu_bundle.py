@@ -122,15 +122,34 @@ def test_verify_checks_the_parts_and_prints_the_run_sequence(bundle: tuple[Path,
     out, manifest = bundle
     assert make_bundle.verify(out, REPO)["sha256"] == manifest["sha256"]
     calls = make_bundle.run_sequence(manifest, out, REPO).splitlines()
-    n = len(manifest["parts"])
-    assert len(calls) == n + 3 and calls[-1] == "give_back()"
-    assert calls[0].startswith(f'run(carry=["{out}/manifest.json", "{out}/bundle.tar.xz.001"], timeout_s=300')
-    assert calls[n - 1].count("bundle.tar.xz.") == 1 and "host_install.py install" in calls[n - 1]
-    assert 'check --out \\"$OUT/gpu-check\\"' in calls[n - 1]
+    assert calls[-1] == "give_back()" and calls[-3].startswith("# only if the check must run again")
+    uploads = [json.loads(re.search(r"carry=(\[.*?\])", call).group(1)) for call in calls[:-3]]
+    assert all(u[0] == f"{out}/manifest.json" and len(u) <= 8 for u in uploads)
+    assert [path for u in uploads for path in u[1:]] == [f"{out}/{p['name']}" for p in manifest["parts"]]
+    assert len(uploads) == 1 and "timeout_s=420" in calls[0]  # parts this small all ride in one upload
+    assert "host_install.py install" in calls[-4] and 'check --out \\"$OUT/gpu-check\\"' in calls[-4]
+    stale = manifest | {"requirements": ["onnxruntime-gpu>=1.20", "numpy>=1.24"]}
+    (out / "manifest.json").write_text(json.dumps(stale))
+    with pytest.raises(make_bundle.BundleError, match=r"requirements changed since the bundle was built \(new: .*fastapi"):
+        make_bundle.verify(out, REPO)
+    (out / "manifest.json").write_text(json.dumps(manifest))
     last = out / manifest["parts"][-1]["name"]
     last.write_bytes(last.read_bytes()[:-1] + b"?")
     with pytest.raises(make_bundle.BundleError, match="SHA-256 does not match"):
         make_bundle.verify(out, REPO)
+
+
+def test_short_parts_share_an_upload_and_a_part_too_large_for_the_tree_is_refused() -> None:
+    mib = 2**20
+    parts = [
+        {"name": f"bundle.tar.xz.00{i}", "size": size} for i, size in enumerate((57 * mib, 57 * mib, 57 * mib, mib // 10), 1)
+    ]
+    groups = make_bundle.uploads({"parts": parts}, 5 * mib, 4000)
+    assert [[p["name"][-1] for p in group] for group in groups] == [["1"], ["2"], ["3", "4"]]
+    small = [{"name": f"p{i}", "size": mib} for i in range(10)]
+    assert [len(g) for g in make_bundle.uploads({"parts": small}, 5 * mib, 4000)] == [7, 3]  # 8 carried paths at most
+    with pytest.raises(make_bundle.BundleError, match=r"exceed the 64 MiB one command carries"):
+        make_bundle.uploads({"parts": parts}, 8 * mib, 4000)
 
 
 def test_a_store_holding_another_bundle_starts_afresh(bundle: tuple[Path, dict], tmp_path: Path) -> None:
@@ -327,7 +346,7 @@ def _serves(host: Path, tmp_path: Path, env: dict[str, str]) -> None:
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [str(host / "bin" / "stlight"), "serve", "--device", "cpu", "--port", "0"],
+            [str(host / "bin" / "stlight"), "serve", "--device", "cpu", "--port", "0", "--grpc-port", "0"],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=tmp_path,

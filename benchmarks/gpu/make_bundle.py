@@ -55,6 +55,7 @@ DEFAULT_HOST_PACKAGES = Path(__file__).with_name("host-packages.txt")
 MIB = 1 << 20
 MAX_PART = 60 * MIB
 UPLOAD_LIMIT = 64 * MIB  # what one command may carry to the GPU host: the working tree included
+MAX_CARRY = 8  # git-ignored paths one command may name (the manifest is one)
 ARCHIVE = "bundle.tar.xz"
 FORMAT = "stlight-offline-bundle/1"  # host_install.py reads this one
 CHUNK = 32 * MIB  # raw bytes per independently compressed xz stream (8 MiB dictionary at preset 6)
@@ -481,7 +482,14 @@ def verify(out: Path, repo: Path) -> dict[str, Any]:
         manifest = json.loads((out / "manifest.json").read_text())
     except (OSError, ValueError) as exc:
         raise BundleError(f"no readable manifest in {out} ({exc}); build the bundle first") from None
-    tree = travelling_bytes(repo)
+    if "requirements" in manifest:
+        now, _ = project_requirements(manifest["runtime"], "[cuda,cudnn]" in manifest["requirements"][0])
+        added, gone = set(now) - set(manifest["requirements"]), set(manifest["requirements"]) - set(now)
+        if added or gone:
+            raise BundleError(
+                f"pyproject.toml's requirements changed since the bundle was built (new: {', '.join(sorted(added)) or '-'}; "
+                f"gone: {', '.join(sorted(gone)) or '-'}): build the bundle again"
+            )
     for part in manifest["parts"]:
         path = out / part["name"]
         if not path.is_file() or path.stat().st_size != part["size"]:
@@ -489,13 +497,26 @@ def verify(out: Path, repo: Path) -> dict[str, Any]:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if digest != part["sha256"]:
             raise BundleError(f"{path}: SHA-256 does not match the manifest; build the bundle again")
-        carried = part["size"] + (out / "manifest.json").stat().st_size
-        if tree + carried > UPLOAD_LIMIT:
+    uploads(manifest, travelling_bytes(repo), (out / "manifest.json").stat().st_size)  # raises if a part no longer fits
+    return manifest
+
+
+def uploads(manifest: dict[str, Any], tree: int, manifest_bytes: int) -> list[list[dict[str, Any]]]:
+    """The parts grouped into as few commands as fit: consecutive parts share one while they, the
+    manifest and the tree stay within one upload (a short last part rides with the one before)."""
+    room = UPLOAD_LIMIT - tree - manifest_bytes - MIB // 2
+    groups: list[list[dict[str, Any]]] = []
+    for part in manifest["parts"]:
+        if part["size"] > room:
             raise BundleError(
                 f"{part['name']} ({part['size'] / MIB:.1f} MiB) and the working tree with ../shared ({tree / MIB:.1f} MiB) "
                 f"exceed the {UPLOAD_LIMIT // MIB} MiB one command carries: build the bundle again (it sizes parts to the tree)"
             )
-    return manifest
+        if groups and sum(p["size"] for p in groups[-1]) + part["size"] <= room and len(groups[-1]) < MAX_CARRY - 1:
+            groups[-1].append(part)
+        else:
+            groups.append([part])
+    return groups
 
 
 def run_sequence(manifest: dict[str, Any], out: Path, repo: Path) -> str:
@@ -505,12 +526,13 @@ def run_sequence(manifest: dict[str, Any], out: Path, repo: Path) -> str:
     check = (
         'python3 benchmarks/gpu/host_install.py install && python3 benchmarks/gpu/host_install.py check --out "$OUT/gpu-check"'
     )
+    groups = uploads(manifest, travelling_bytes(repo), len(json.dumps(manifest, indent=1)) + 1)
     lines = []
-    last = len(manifest["parts"])
-    for i, part in enumerate(manifest["parts"], 1):
-        carry = json.dumps([f"{folder}/manifest.json", f"{folder}/{part['name']}"])
-        command = f"{receive} {folder}" if i < last else check.replace("install &&", f"install {folder} &&", 1)
-        timeout = 300 if i == 1 else 420 if i == last else 120
+    for i, group in enumerate(groups, 1):
+        carry = json.dumps([f"{folder}/manifest.json", *(f"{folder}/{p['name']}" for p in group)])
+        last = i == len(groups)
+        command = check.replace("install &&", f"install {folder} &&", 1) if last else f"{receive} {folder}"
+        timeout = 420 if last else 300 if i == 1 else 120
         lines.append(f"run(carry={carry}, timeout_s={timeout}, command={json.dumps(command)})")
     lines.append(
         f"# only if the check must run again, while the host is still warm:\nrun(timeout_s=300, command={json.dumps(check)})"
@@ -528,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         except BundleError as exc:
             print(f"make_bundle: {exc}", file=sys.stderr)
             return 1
-        print(f"{args.out}: {len(manifest['parts'])} parts as the manifest says, each fits one upload beside the tree")
+        print(f"{args.out}: {len(manifest['parts'])} parts as the manifest says; they go up in these commands:")
         print(run_sequence(manifest, args.out, REPO))
         return 0
     try:
@@ -542,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             meta: dict[str, Any] = {
                 "target": target.describe(),
+                "requirements": requirements,
                 "runtime": args.runtime,
                 "runtime_version": dict(bundled)[canonical(args.runtime)],
                 "left_to_host": [f"{n}=={v}" for n, v in left],
