@@ -405,7 +405,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=6,
         choices=range(10),
         metavar="0-9",
-        help="xz preset (default 6; 9 gains under 1%% on these wheels for twice the time)",
+        help="xz preset (default 6; 9 with its extreme flag gained under 1%% on ONNX Runtime's CUDA library)",
     )
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="processes compressing in parallel (default: every CPU)"
@@ -414,8 +414,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--verify",
         action="store_true",
-        help="check the bundle in --out against its manifest and that each part still fits one upload beside today's "
-        "working tree, then print the `run` sequence for the GPU host (build nothing)",
+        help="check the bundle in --out against its manifest, today's pyproject.toml and today's working tree (each part "
+        "must still fit one upload beside it), then print the `run` sequence for the GPU host (build nothing)",
     )
     return parser.parse_args(argv)
 
