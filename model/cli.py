@@ -11,10 +11,16 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from model.config import DATASETS, PRESETS, STLightConfig, configure
 from service.core.errors import UserError
+
+if TYPE_CHECKING:  # the parser is built without torch; handlers import what they use
+    from pathlib import Path
+
+    from model.distributed import Ranks
+    from model.plan import TrainRequest
 
 N = TypeVar("N", int, float)
 
@@ -130,6 +136,8 @@ _REQUEST_FLAGS = (
     "max_steps",
     "stride",
     "resize",
+    "held_out_digits",
+    "clips_on_device",
 )
 
 
@@ -223,6 +231,49 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="mmnist: clips generated per epoch (default 10000, OpenSTL's epoch)",
+    )
+    _add_held_out_arg(group, "(default 0)")
+
+
+def _add_held_out_arg(group: argparse._ArgumentGroup, default: str) -> None:
+    group.add_argument(
+        "--held-out-digits",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="mmnist: the last N digits of the MNIST file never enter training or validation clips; eval makes its "
+        f"test clips from them (a fixed seed), so the score is on digits the model never saw {default}",
+    )
+
+
+def _add_speed_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("speed (the GPU recipe: docs/training.md)")
+    group.add_argument(
+        "--clips-on-device",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mmnist: make each batch of clips on the training device as tensors instead of in loader workers (default: "
+        "on with CUDA); the clips differ from the workers' (another random stream, the same rules), so it is part of the run",
+    )
+    group.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep activations and weights in NHWC layout (default: on with CUDA, where tensor-core convolutions want it)",
+    )
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the training step: faster steps after a compile of a minute or so (measure with "
+        "benchmarks/train_recipe.py; worth it for long runs)",
+    )
+    group.add_argument(
+        "--time-limit",
+        type=_positive_float,
+        default=None,
+        metavar="MINUTES",
+        help="leave after MINUTES of training in this invocation (checked every 20 steps), saving last.pt; continue "
+        "with --resume",
     )
 
 
@@ -331,22 +382,33 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     )
     group.add_argument("--no-progress", action="store_true", help="no progress bar (validation lines are still printed)")
     group.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    _add_speed_args(parser)
     parser.set_defaults(handler=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    summary = train_from_args(args)
+    if summary is None:  # not rank 0: rank 0 reports for the run
+        return 0
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    why = " by --time-limit" if summary["stopped_by_time"] else ""
+    state = (
+        "finished"
+        if summary["finished"]
+        else f"stopped{why} at step {summary['step']}/{summary['total_steps']} (continue with --resume)"
+    )
+    print(f"{state}: best val mse {summary['best_mse']:.3f}, {summary['samples_per_s']:.1f} samples/s; checkpoints in {args.out}")
+    return 0
 
+
+def _train_request(args: argparse.Namespace, out: Path, ranks: Ranks, device: str) -> TrainRequest:
+    """The :class:`model.plan.TrainRequest` of ``stlight train``'s flags (the dataset inferred from
+    ``--data-path`` when not given); warns on rank 0 about ``--trust-checkpoint``."""
     from model.data import DataError, infer_dataset
-    from model.distributed import ranks_from_env
-    from model.plan import TrainRequest, plan_run
-    from model.train import Runtime, SetupError, train
+    from model.plan import TrainRequest
 
-    try:
-        ranks = ranks_from_env()  # torchrun's; one process alone without it
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    out = Path(args.out)
     if args.trust_checkpoint:
         if not args.resume:
             raise UserError("--trust-checkpoint applies to --resume (the checkpoint it reads); add --resume or drop it")
@@ -360,14 +422,34 @@ def run_train(args: argparse.Namespace) -> int:
             raise UserError(str(exc)) from None
         if ranks.main:
             print(f"dataset {flags['dataset']} (from --data-path {args.data_path}; --dataset sets another)")
-    request = TrainRequest(
+    return TrainRequest(
         out=out,
         resume=args.resume,
         trust_checkpoint=args.trust_checkpoint,
         overrides=config_overrides(args),
         processes=ranks.world,
+        device=device,
         **flags,
     )
+
+
+def train_from_args(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Run ``stlight train``'s parsed flags; the summary on rank 0, None on the other ranks.
+    Scripts that need the summary (benchmarks/gpu/train_host.py) call this with ``add_train``'s parser."""
+    from pathlib import Path
+
+    from model.data import DataError
+    from model.distributed import ranks_from_env
+    from model.plan import plan_run
+    from model.train import Runtime, SetupError, resolve_device, train
+
+    try:
+        ranks = ranks_from_env()  # torchrun's; one process alone without it
+        device = resolve_device(args.device).type
+    except (ValueError, SetupError) as exc:
+        raise UserError(str(exc)) from None
+    out = Path(args.out)
+    request = _train_request(args, out, ranks, device)
     runtime = Runtime(
         out=out,
         device=args.device,
@@ -376,30 +458,23 @@ def run_train(args: argparse.Namespace) -> int:
         amp=not args.no_amp,
         val_every=args.val_every,
         stop_after=args.stop_after,
+        time_limit=args.time_limit * 60 if args.time_limit else None,
+        channels_last=args.channels_last,
+        compile=args.compile,
         progress=not args.no_progress,
     )
     try:
         plan = plan_run(request)
-        if plan.fitted and ranks.main:
-            print(plan.fitted)
+        for note in (plan.fitted, plan.lr_rule):
+            if note and ranks.main:
+                print(note)
         for dataset in plan.datasets:  # videos: files too short for one window are left out, not an error
             for path, frames in getattr(dataset, "skipped", ()):
                 print(f"skipped {path}: {frames} frame(s), fewer than in_frames + out_frames")
         summary = train(plan.settings, plan.config, plan.spec, runtime, resume=plan.resume, datasets=plan.datasets)
     except (DataError, SetupError, FloatingPointError) as exc:
         raise UserError(str(exc)) from None
-    if not ranks.main:  # rank 0 reports for the run
-        return 0
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        state = (
-            "finished"
-            if summary["finished"]
-            else f"stopped at step {summary['step']}/{summary['total_steps']} (continue with --resume)"
-        )
-        print(f"{state}: best val mse {summary['best_mse']:.3f}, {summary['samples_per_s']:.1f} samples/s; checkpoints in {out}")
-    return 0
+    return summary if ranks.main else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -442,6 +517,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="mmnist without mnist_test_seq.npy: fixed-seed clips to generate (default 1000)",
     )
+    _add_held_out_arg(group, "(default: the checkpoint's run's)")
     group = parser.add_argument_group("run")
     group.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="clips per forward pass (default 32)")
     group.add_argument(
@@ -487,6 +563,7 @@ def run_eval(args: argparse.Namespace) -> int:
             val_clips=args.val_clips,
             stride=args.stride or trained.get("stride"),
             resize=args.resize or trained.get("resize") or "none",
+            held_out_digits=trained.get("held_out_digits", 0) if args.held_out_digits is None else args.held_out_digits,
         )
         dataset = build_test_dataset(spec, config)
     except (DataError, ValueError) as exc:

@@ -48,6 +48,7 @@ MNIST_MIRRORS = (
 MMNIST_TEST_FILE = "mnist_test_seq.npy"
 TAXIBJ_ARRAYS = ("X_train", "Y_train", "X_test", "Y_test")  # OpenSTL's dataset.npz
 VAL_SEED = 20_240_000  # the Moving MNIST validation clips: the same every run, on every machine
+TEST_SEED = 20_240_001  # test clips made from held-out digits (--held-out-digits): likewise fixed
 
 
 class DataError(ValueError):
@@ -493,6 +494,16 @@ class DataSpec:
     val_clips: int = 1000
     stride: int | None = None  # videos: frames between window starts (None: T+T', no overlap)
     resize: str = "none"  # videos: none, fit or crop (service.video.RESIZE_MODES)
+    held_out_digits: int = 0  # mmnist: the file's last N digits make only test clips, never training or validation
+
+
+def split_digits(digits: np.ndarray, held_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(training digits, held-out digits)``: the last ``held_out`` of the file are held out."""
+    if not 0 <= held_out < len(digits):
+        raise DataError(
+            f"--held-out-digits {held_out}: the MNIST file has {len(digits)} digits; hold out between 0 and {len(digits) - 1}"
+        )
+    return digits[: len(digits) - held_out], digits[len(digits) - held_out :]
 
 
 def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -563,7 +574,7 @@ def build_datasets(spec: DataSpec, config: STLightConfig) -> tuple[Dataset, Data
     name = spec.name
     if name == "mmnist":
         _mmnist_checks(config)
-        digits = load_mnist_digits(spec.data_dir or "data/mnist")
+        digits, _ = split_digits(load_mnist_digits(spec.data_dir or "data/mnist"), spec.held_out_digits)
         train = MovingMNIST(digits, spec.clips_per_epoch, config.in_frames, config.out_frames, config.height, seed=spec.seed)
         val = MovingMNIST(digits, spec.val_clips, config.in_frames, config.out_frames, config.height, seed=VAL_SEED)
         return train, val
@@ -608,8 +619,10 @@ def build_datasets(spec: DataSpec, config: STLightConfig) -> tuple[Dataset, Data
 
 
 def build_test_dataset(spec: DataSpec, config: STLightConfig) -> Dataset:
-    """The test split: every clip of an npz/npy file, the fixed Moving MNIST validation clips or
-    ``mnist_test_seq.npy``, TaxiBJ's ``X_test/Y_test``, every clip folder of ``frames``."""
+    """The test split: every clip of an npz/npy file; for Moving MNIST ``mnist_test_seq.npy`` (given,
+    or in the data folder), else fixed-seed clips made from the held-out digits when the run held
+    some out (``TEST_SEED``), else the validation clips; TaxiBJ's ``X_test/Y_test``; every clip
+    folder of ``frames``."""
     name = spec.name
     if name == "mmnist":
         _mmnist_checks(config)
@@ -617,6 +630,9 @@ def build_test_dataset(spec: DataSpec, config: STLightConfig) -> Dataset:
             if candidate and Path(candidate).is_file() and Path(candidate).suffix == ".npy":
                 return load_mmnist_test_seq(candidate, config)
         digits = load_mnist_digits(spec.data_dir or "data/mnist")
+        if spec.held_out_digits:
+            _, unseen = split_digits(digits, spec.held_out_digits)
+            return MovingMNIST(unseen, spec.val_clips, config.in_frames, config.out_frames, config.height, seed=TEST_SEED)
         return MovingMNIST(digits, spec.val_clips, config.in_frames, config.out_frames, config.height, seed=VAL_SEED)
     if name == "npz":
         if not spec.data_path:

@@ -8,6 +8,7 @@ User mistakes raise :class:`~service.core.errors.UserError`; bad data raises
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,40 @@ from model.train import DEFAULT_PRESET, TABLE2, RunSettings, load_resume
 from service.core.errors import UserError
 
 # RunSettings fields a user may set; --resume takes them from the checkpoint and refuses other values
-RUN_FIELDS = ("lr", "schedule", "final_div_factor", "batch_size", "seed", "clips_per_epoch", "val_clips", "val_fraction")
+RUN_FIELDS = (
+    "lr",
+    "schedule",
+    "final_div_factor",
+    "batch_size",
+    "seed",
+    "clips_per_epoch",
+    "val_clips",
+    "val_fraction",
+    "clips_on_device",
+)
+# DataSpec fields of the same kind (the clips a run trains on); paths may change on --resume
+DATA_FIELDS = ("stride", "resize", "held_out_digits")
+
+
+def scaled_lr(base_lr: float, base_batch: int, global_batch: int) -> float:
+    """The learning rate for ``global_batch`` clips per step when ``base_lr`` suits ``base_batch``:
+    the square-root rule for Adam (Malladi et al., NeurIPS 2022: the gradient noise falls as
+    1/sqrt(batch), so the step grows as sqrt(batch)). Table 2's batch keeps Table 2's lr."""
+    return base_lr * math.sqrt(global_batch / base_batch)
 
 
 def flag(name: str) -> str:
     """The command-line flag of a request field, for messages."""
     return "--" + name.replace("_", "-")
+
+
+def clash(name: str, value: Any, was: Any) -> str:
+    """A flag that differs from the run, as the user typed it: ``--lr 0.1 (run: 0.003)``,
+    ``--no-clips-on-device (run: --clips-on-device)``."""
+    if isinstance(value, bool):
+        on, off = flag(name), "--no-" + flag(name)[2:]
+        return f"{on if value else off} (run: {on if was else off})"
+    return f"{flag(name)} {value} (run: {was})"
 
 
 @dataclass(frozen=True)
@@ -54,7 +83,10 @@ class TrainRequest:
     max_steps: int | None = None
     stride: int | None = None  # videos: frames between window starts
     resize: str | None = None  # videos: none, fit or crop
+    held_out_digits: int | None = None  # mmnist: digits kept for test clips only
+    clips_on_device: bool | None = None  # None: on for mmnist on CUDA
     processes: int = 1  # this launch's process count (torchrun's WORLD_SIZE); --batch-size is per process
+    device: str = "cpu"  # where the run trains ("cpu" or "cuda", resolved): chooses clips_on_device's default
 
 
 @dataclass
@@ -65,6 +97,7 @@ class Plan:
     datasets: tuple[Dataset, Dataset]
     resume: dict[str, Any] | None = None  # the checkpoint payload a resumed run continues from
     fitted: str = ""  # what was taken from the data, for the user to read ("" when nothing)
+    lr_rule: str = ""  # how the default lr follows the batch size ("" when Table 2's applies unchanged)
 
 
 def plan_run(request: TrainRequest) -> Plan:
@@ -99,7 +132,7 @@ def _data_spec(request: TrainRequest, saved: dict[str, Any] | None = None) -> Da
         if value is not None:
             base[key] = str(Path(value).resolve())
     if saved is None:
-        for key in ("val_fraction", "seed", "clips_per_epoch", "val_clips", "stride", "resize"):
+        for key in ("val_fraction", "seed", "clips_per_epoch", "val_clips", "stride", "resize", "held_out_digits"):
             if getattr(request, key) is not None:
                 base[key] = getattr(request, key)
     return DataSpec(**base)
@@ -134,6 +167,9 @@ def _fit_to_data(name: str, overrides: dict[str, int], spec: DataSpec) -> tuple[
 
 def _new_run(request: TrainRequest) -> Plan:
     dataset = request.dataset or "mmnist"
+    if request.held_out_digits and dataset != "mmnist":
+        raise UserError(f"--held-out-digits holds MNIST digits out of Moving MNIST clips; --dataset {dataset} has none")
+    clips_on_device = _clips_on_device(request, dataset)
     name = request.preset or DEFAULT_PRESET[dataset]
     spec = _data_spec(request)
     overrides, fitted = _fit_to_data(name, request.overrides, spec)
@@ -148,10 +184,19 @@ def _new_run(request: TrainRequest) -> Plan:
             f"the training split has {clip_count(datasets[0])} clips, fewer than --batch-size {batch_size}{per}; "
             "lower --batch-size"
         )
+    global_batch = batch_size * request.processes
+    lr, lr_rule = request.lr, ""
+    if lr is None:
+        lr = scaled_lr(defaults["lr"], defaults["batch_size"], global_batch)
+        if global_batch != defaults["batch_size"]:
+            lr_rule = (
+                f"lr {lr:.3g} = {defaults['lr']:g} × sqrt({global_batch} / {defaults['batch_size']}): Table 2's lr for its "
+                f"batch of {defaults['batch_size']}, scaled by the square-root rule for Adam; --lr sets it"
+            )
     settings = RunSettings(
         dataset=dataset,
         preset=name,
-        lr=request.lr or defaults["lr"],
+        lr=lr,
         schedule=request.schedule or defaults["schedule"],
         final_div_factor=request.final_div_factor or defaults["final_div_factor"],
         batch_size=batch_size,
@@ -162,8 +207,18 @@ def _new_run(request: TrainRequest) -> Plan:
         val_clips=spec.val_clips,
         val_fraction=spec.val_fraction,
         world_size=request.processes,
+        clips_on_device=clips_on_device,
     )
-    return Plan(settings, config, spec, datasets, fitted=fitted)
+    return Plan(settings, config, spec, datasets, fitted=fitted, lr_rule=lr_rule)
+
+
+def _clips_on_device(request: TrainRequest, dataset: str) -> bool:
+    """Moving MNIST on CUDA is made on the GPU unless asked otherwise; other data never is."""
+    if request.clips_on_device is None:
+        return dataset == "mmnist" and request.device == "cuda"
+    if request.clips_on_device and dataset != "mmnist":
+        raise UserError(f"--clips-on-device makes Moving MNIST clips; --dataset {dataset} is read by loader workers")
+    return request.clips_on_device
 
 
 def _resumed(request: TrainRequest, payload: dict[str, Any]) -> tuple[RunSettings, STLightConfig, DataSpec]:
@@ -179,14 +234,14 @@ def _resumed(request: TrainRequest, payload: dict[str, Any]) -> tuple[RunSetting
         if value != getattr(config, name):
             clashes.append(f"{flag(name)} {value} (run: {getattr(config, name)})")
     for name in RUN_FIELDS:
-        value = getattr(request, name)
-        if value is not None and value != saved[name]:
-            clashes.append(f"{flag(name)} {value} (run: {saved[name]})")
+        value, was = getattr(request, name), saved.get(name, getattr(RunSettings, name, None))  # older runs: the default
+        if value is not None and value != was:
+            clashes.append(clash(name, value, was))
     saved_data = payload.get("data") or {}
-    for name in ("stride", "resize"):  # videos: the windows a run trains on
-        value = getattr(request, name)
-        if value is not None and value != saved_data.get(name):
-            clashes.append(f"{flag(name)} {value} (run: {saved_data.get(name)})")
+    for name in DATA_FIELDS:  # the windows or digits a run trains on
+        value, was = getattr(request, name), saved_data.get(name, getattr(DataSpec, name, None))
+        if value is not None and value != was:
+            clashes.append(clash(name, value, was))
     if request.max_steps is not None and request.max_steps != saved["total_steps"]:
         clashes.append(f"--max-steps {request.max_steps} (run: {saved['total_steps']})")
     epochs = request.epochs

@@ -14,7 +14,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,8 @@ from tqdm import tqdm
 from model import distributed
 from model.checkpoint import read_checkpoint, save_checkpoint
 from model.config import STLightConfig
-from model.data import DataError, DataSpec, build_datasets, clip_count
+from model.data import DataError, DataSpec, MovingMNIST, build_datasets, clip_count
+from model.device_data import DeviceBatches, TensorMovingMNIST
 from model.distributed import Ranks, ranks_from_env
 from model.metrics import MetricAccumulator
 from model.stlight import STLight, count_params
@@ -51,6 +52,9 @@ COSINE_MIN_LR = 1e-6  # OpenSTL's min_lr for its cosine schedule
 # would stall the GPU's queue once per step. A NaN is therefore noticed up to this many steps
 # late, but always before a checkpoint is written.
 LOSS_READ_EVERY = 20
+# Steps of each invocation left out of its steady samples/s: the first compiles (torch.compile)
+# and searches cuDNN's algorithms; the next may still settle the allocator.
+WARMUP_STEPS = 3
 
 
 class SetupError(ValueError):
@@ -74,6 +78,7 @@ class RunSettings:
     val_clips: int
     val_fraction: float
     world_size: int = 1  # processes (torchrun); older checkpoints were all single-process
+    clips_on_device: bool = False  # mmnist: clips made on the training device (model.device_data), not by loader workers
 
     @property
     def global_batch(self) -> int:
@@ -91,6 +96,9 @@ class Runtime:
     amp: bool = True  # mixed precision on CUDA (bf16 where native, else fp16 + loss scaling); off: strict fp32, no TF32
     val_every: int = 0  # steps; 0 = once per epoch
     stop_after: int | None = None  # leave after this many steps in this invocation (last.pt saved)
+    time_limit: float | None = None  # seconds: leave at the next loss read past it (last.pt saved)
+    channels_last: bool | None = None  # None: on CUDA only
+    compile: bool = False  # torch.compile the training model (its first steps compile)
     progress: bool = True
 
 
@@ -336,6 +344,150 @@ def save_strip(path: Path, inputs: np.ndarray, truth: np.ndarray, pred: np.ndarr
 
 
 # ---------------------------------------------------------------------------------------
+# set-up: threads, batches, model, optimiser, a resumed state
+# ---------------------------------------------------------------------------------------
+
+
+class OnDevice:
+    """A loader's batches, copied to ``device`` (asynchronously from pinned memory on a GPU)."""
+
+    def __init__(self, loader: DataLoader, device: torch.device) -> None:
+        self.loader, self.device = loader, device
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for inputs, targets in self.loader:
+            yield inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+
+
+@dataclass
+class Parts:
+    """What set-up hands the trainer, built once per invocation."""
+
+    device: torch.device
+    ranks: Ranks
+    net: STLight  # what is saved and validated
+    model: torch.nn.Module  # what trains: net, or net in DDP, compiled or not
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    autocast: Any
+    sampler: EpochBatches  # set_epoch() chooses the epoch (and its first batch) that ``batches`` yields
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]]  # (inputs, targets) on the device
+    val_loader: DataLoader
+    steps_per_epoch: int
+    step: int = 0
+    best_mse: float = math.inf
+    last_metrics: dict[str, Any] | None = None
+
+
+def uses_channels_last(runtime: Runtime, device: torch.device) -> bool:
+    """``Runtime.channels_last``, or by default on CUDA only (see docs/training.md, the GPU recipe)."""
+    return runtime.channels_last if runtime.channels_last is not None else device.type == "cuda"
+
+
+def training_batches(
+    settings: RunSettings, train_set: Dataset, ranks: Ranks, device: torch.device, workers: int
+) -> tuple[EpochBatches, Iterable[tuple[torch.Tensor, torch.Tensor]], int]:
+    """The sampler of ``(epoch, index)`` keys, the batches made from them, and steps per epoch.
+    Both data paths share the sampler, so batches, resumption and process slices work alike."""
+    steps_per_epoch = clip_count(train_set) // settings.global_batch
+    if steps_per_epoch != settings.steps_per_epoch:
+        raise DataError(
+            f"the training data now gives {steps_per_epoch} batches per epoch, the run was made with {settings.steps_per_epoch}; "
+            "resume with the same data, or start a new run"
+        )
+    sampler = EpochBatches(clip_count(train_set), settings.batch_size, settings.seed, ranks.rank, ranks.world)
+    if settings.clips_on_device:
+        if not isinstance(train_set, MovingMNIST):
+            raise SetupError("clips made on the device are Moving MNIST's (--dataset mmnist); use --no-clips-on-device")
+        return sampler, DeviceBatches(TensorMovingMNIST.like(train_set, device), sampler), steps_per_epoch
+    loader = loader_for(EpochClips(train_set), settings.batch_size, workers, device, batch_sampler=sampler)
+    return sampler, OnDevice(loader, device), steps_per_epoch
+
+
+def networks(
+    settings: RunSettings, config: STLightConfig, runtime: Runtime, ranks: Ranks, device: torch.device
+) -> tuple[STLight, torch.nn.Module]:
+    """``(net, model)``: the seeded network, and what trains (net in channels_last, DDP, compiled,
+    as the runtime asks). Layout and compilation change speed, not the weights' values."""
+    seed_everything(settings.seed)
+    net = STLight(config).to(device)
+    if uses_channels_last(runtime, device):
+        # NHWC: tensor-core convolutions without transposes (torch's stubs lack the keyword)
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model: torch.nn.Module = net
+    if ranks.distributed:
+        distributed.sync_batchnorm(net, device)  # N processes × batch b normalise as one process × batch N·b
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if runtime.compile:
+        model = cast(torch.nn.Module, torch.compile(model))
+    return net, model
+
+
+def set_up(
+    settings: RunSettings,
+    config: STLightConfig,
+    spec: DataSpec,
+    runtime: Runtime,
+    resume: dict[str, Any] | None,
+    datasets: tuple[Dataset, Dataset] | None,
+    ranks: Ranks,
+    device: torch.device,
+) -> Parts:
+    """Everything the loop needs; a ``resume`` payload restores weights, optimiser, step and RNGs."""
+    if ranks.main:
+        runtime.out.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(runtime.threads or max(1, cores // ranks.local_world))  # the node's cores, shared
+    workers = runtime.workers if runtime.workers is not None else (0 if device.type == "cpu" else min(8, cores))
+
+    # data: each process takes its slice of every global batch, and every world-th validation clip
+    train_set, val_set = datasets if datasets is not None else build_datasets(spec, config)
+    sampler, batches, steps_per_epoch = training_batches(settings, train_set, ranks, device, workers)
+    n_val = clip_count(val_set)
+    if n_val < ranks.world:
+        raise SetupError(f"{n_val} validation clips cannot be shared by {ranks.world} processes; use more")
+    val_share = Subset(val_set, range(ranks.rank, n_val, ranks.world)) if ranks.distributed else val_set
+    val_loader = loader_for(val_share, max(settings.batch_size, 32), workers, device)
+    if device.type == "cuda":
+        configure_cuda(runtime.amp)
+
+    # model and optimiser
+    net, model = networks(settings, config, runtime, ranks, device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
+    autocast, amp_dtype = autocast_for(device, runtime.amp)
+    parts = Parts(
+        device=device,
+        ranks=ranks,
+        net=net,
+        model=model,
+        optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, settings),
+        scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
+        autocast=autocast,
+        sampler=sampler,
+        batches=batches,
+        val_loader=val_loader,
+        steps_per_epoch=steps_per_epoch,
+    )
+    if resume is not None:
+        restore(parts, resume)
+    return parts
+
+
+def restore(parts: Parts, resume: dict[str, Any]) -> None:
+    """Continue where ``resume`` (a checkpoint payload) left off."""
+    parts.net.load_state_dict(resume["model"])
+    parts.optimizer.load_state_dict(resume["optimizer"])
+    parts.scheduler.load_state_dict(resume["scheduler"])
+    if resume.get("scaler"):
+        parts.scaler.load_state_dict(resume["scaler"])
+    parts.step, parts.best_mse = resume["step"], resume.get("best_mse", math.inf)
+    parts.last_metrics = resume.get("metrics")
+    set_rng_states(rng_of_rank(resume, parts.ranks.rank), parts.device)
+
+
+# ---------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------
 
@@ -362,7 +514,10 @@ def train(
     device = resolve_device(runtime.device, ranks)
     started = distributed.start(ranks, device)
     try:
-        summary = _train(settings, config, spec, runtime, resume, datasets, ranks, device)
+        parts = set_up(settings, config, spec, runtime, resume, datasets, ranks, device)
+        if resume is not None:
+            Trainer.say(ranks, f"resumed {runtime.out / 'last.pt'} at step {parts.step}/{settings.total_steps}")
+        summary = Trainer(settings, config, spec, runtime, parts).run()
     except BaseException:
         if started:
             dist.destroy_process_group()
@@ -371,189 +526,216 @@ def train(
     return summary
 
 
-def _train(
-    settings: RunSettings,
-    config: STLightConfig,
-    spec: DataSpec,
-    runtime: Runtime,
-    resume: dict[str, Any] | None,
-    datasets: tuple[Dataset, Dataset] | None,
-    ranks: Ranks,
-    device: torch.device,
-) -> dict[str, Any]:
-    out = runtime.out
-    if ranks.main:
-        out.mkdir(parents=True, exist_ok=True)
-    cores = os.cpu_count() or 1
-    torch.set_num_threads(runtime.threads or max(1, cores // ranks.local_world))  # the node's cores, shared
-    workers = runtime.workers if runtime.workers is not None else (0 if device.type == "cpu" else min(8, cores))
+class Trainer:
+    """The loop over set-up's parts: optimiser steps, the loss read every ``LOSS_READ_EVERY``
+    steps, validation (each epoch or ``val_every``), checkpoints, and the three ways to stop:
+    the last step, ``stop_after`` steps, ``time_limit`` seconds (the last two resumable)."""
 
-    def log(message: str) -> None:
+    def __init__(self, settings: RunSettings, config: STLightConfig, spec: DataSpec, runtime: Runtime, parts: Parts) -> None:
+        self.settings, self.config, self.spec, self.runtime, self.p = settings, config, spec, runtime, parts
+        self.losses = LossMeter(parts.device, parts.ranks)
+        self.validated_at = -1
+        self.out_of_time = False
+        self.start_step = parts.step
+        self.end_step = (
+            settings.total_steps if runtime.stop_after is None else min(settings.total_steps, parts.step + runtime.stop_after)
+        )
+        self.clock = StepClock(parts.device, parts.step)
+
+    @staticmethod
+    def say(ranks: Ranks, message: str) -> None:
         if ranks.main:
             tqdm.write(message)
 
-    # data: each process takes its slice of every global batch, and every world-th validation clip
-    train_set, val_set = datasets if datasets is not None else build_datasets(spec, config)
-    steps_per_epoch = clip_count(train_set) // settings.global_batch
-    if steps_per_epoch != settings.steps_per_epoch:
-        raise DataError(
-            f"the training data now gives {steps_per_epoch} batches per epoch, the run was made with {settings.steps_per_epoch}; "
-            "resume with the same data, or start a new run"
+    def run(self) -> dict[str, Any]:
+        p = self.p
+        bar = tqdm(
+            total=self.settings.total_steps,
+            initial=p.step,
+            desc="train",
+            unit="step",
+            disable=not (self.runtime.progress and p.ranks.main),
+            mininterval=0.5 if sys.stderr.isatty() else 30,
+            dynamic_ncols=True,
         )
-    n_val = clip_count(val_set)
-    if n_val < ranks.world:
-        raise SetupError(f"{n_val} validation clips cannot be shared by {ranks.world} processes; use more")
-    sampler = EpochBatches(clip_count(train_set), settings.batch_size, settings.seed, ranks.rank, ranks.world)
-    loader = loader_for(EpochClips(train_set), settings.batch_size, workers, device, batch_sampler=sampler)
-    val_share = Subset(val_set, range(ranks.rank, n_val, ranks.world)) if ranks.distributed else val_set
-    val_loader = loader_for(val_share, max(settings.batch_size, 32), workers, device)
-    if device.type == "cuda":
-        configure_cuda(runtime.amp)
+        while p.step < self.end_step and not self.out_of_time:
+            epoch, offset = divmod(p.step, p.steps_per_epoch)
+            p.sampler.set_epoch(epoch, offset)
+            self.epoch(bar)
+            if p.step % p.steps_per_epoch == 0 and self.validated_at != p.step:  # an epoch ended
+                with self.clock.paused():
+                    if not self.runtime.val_every:
+                        self.validate()
+                    self.losses.read(p.step)  # a NaN stops the run before it reaches a checkpoint
+                    self.save("last.pt")
+        bar.close()
+        self.losses.read(p.step)
+        self.clock.finish(p.step)
+        loop_seconds = self.clock.elapsed()  # training only: before the final validation
+        if self.validated_at != p.step:
+            self.validate()
+        self.save("last.pt")
+        return self.summary(loop_seconds)
 
-    # model and optimizer
-    seed_everything(settings.seed)
-    net = STLight(config).to(device)  # what is saved and validated
-    model: torch.nn.Module = net  # what trains: net itself, or net in DDP
-    if ranks.distributed:
-        distributed.sync_batchnorm(net, device)  # N processes × batch b normalise as one process × batch N·b
-        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
-    scheduler = make_scheduler(optimizer, settings)
-    autocast, amp_dtype = autocast_for(device, runtime.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    step, best_mse, last_metrics = 0, math.inf, None
-    if resume is not None:
-        net.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        if resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
-        step, best_mse, last_metrics = resume["step"], resume.get("best_mse", math.inf), resume.get("metrics")
-        set_rng_states(rng_of_rank(resume, ranks.rank), device)
-        log(f"resumed {out / 'last.pt'} at step {step}/{settings.total_steps}")
-    model.train()
+    def epoch(self, bar: tqdm) -> None:
+        """Steps through the sampler's epoch until it ends, the run's end step, or the time limit."""
+        p = self.p
+        for inputs, targets in p.batches:
+            self.train_step(inputs, targets)
+            bar.update(1)
+            if p.step % LOSS_READ_EVERY == 0 or p.step >= self.end_step:
+                self.losses.read(p.step)
+                rate = (p.step - self.start_step) * self.settings.global_batch / self.clock.elapsed()
+                lr = p.scheduler.get_last_lr()[0]
+                bar.set_postfix(loss=f"{self.losses.ema:.5f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}", refresh=False)
+                self.out_of_time = self.time_is_up()
+            if self.runtime.val_every and p.step % self.runtime.val_every == 0:
+                with self.clock.paused():
+                    self.validate()
+                    self.save("last.pt")
+            if p.step >= self.end_step or self.out_of_time:
+                return
 
-    def save(name: str) -> None:
-        """Every process calls this (their RNG states are gathered); rank 0 writes."""
-        rng = rng_states(device)  # the data is a function of (seed, epoch, index): no loader state needed
-        per_rank = distributed.gather(rng) if ranks.distributed else None
-        if not ranks.main:
-            return
-        save_checkpoint(
-            out / name,
-            net,
-            config,
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict() if scaler.is_enabled() else None,
-            step=step,
-            epoch=step / steps_per_epoch,
-            rng=rng,
-            rng_ranks=per_rank,
-            metrics=last_metrics,
-            best_mse=best_mse,
-            preset=settings.preset,
-            dataset=settings.dataset,
-            run=dataclasses.asdict(settings),
-            data=dataclasses.asdict(spec),
-        )
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        p = self.p
+        with p.autocast:
+            loss = F.mse_loss(p.model(inputs).float(), targets)
+        p.optimizer.zero_grad(set_to_none=True)
+        p.scaler.scale(loss).backward()
+        p.scaler.step(p.optimizer)
+        p.scaler.update()
+        p.scheduler.step()
+        p.step += 1
+        self.losses.add(loss)
+        self.clock.stepped(p.step)
 
-    def validate() -> None:
-        nonlocal best_mse, last_metrics
-        metrics, (inp, truth, pred) = evaluate(net, val_loader, device)  # reduced over processes
-        last_metrics = {
-            "step": step,
-            "epoch": round(step / steps_per_epoch, 4),
-            "lr": scheduler.get_last_lr()[0],
-            "train_loss": window_loss(),
+    def time_is_up(self) -> bool:
+        """Past ``time_limit``; under DDP rank 0's clock decides for all (one verdict, no deadlock)."""
+        if self.runtime.time_limit is None:
+            return False
+        verdict = torch.tensor(float(self.clock.elapsed() >= self.runtime.time_limit), device=self.p.device)
+        if self.p.ranks.distributed:
+            dist.broadcast(verdict, src=0)
+        if verdict.item():
+            self.say(self.p.ranks, f"time limit of {self.runtime.time_limit:g} s reached at step {self.p.step}")
+            return True
+        return False
+
+    def validate(self) -> None:
+        p = self.p
+        metrics, (inp, truth, pred) = evaluate(p.net, p.val_loader, p.device)  # reduced over processes
+        p.last_metrics = {
+            "step": p.step,
+            "epoch": round(p.step / p.steps_per_epoch, 4),
+            "lr": p.scheduler.get_last_lr()[0],
+            "train_loss": self.losses.window_mean(p.step),
             **metrics,
         }
-        if ranks.main:
+        self.validated_at = p.step
+        out = self.runtime.out
+        if p.ranks.main:
             with open(out / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(last_metrics) + "\n")
-            save_strip(out / f"val_step{step:07d}.png", inp, truth, pred, scale=2 if config.height <= 64 else 1)
-        log(
-            f"step {step}: val mse {metrics['mse']:.2f}  mae {metrics['mae']:.2f}  ssim {metrics['ssim']:.4f}  psnr "
-            f"{metrics['psnr']:.2f}"
+                handle.write(json.dumps(p.last_metrics) + "\n")
+            save_strip(out / f"val_step{p.step:07d}.png", inp, truth, pred, scale=2 if self.config.height <= 64 else 1)
+        self.say(
+            p.ranks,
+            f"step {p.step}: val mse {metrics['mse']:.2f}  mae {metrics['mae']:.2f}  ssim {metrics['ssim']:.4f}  psnr "
+            f"{metrics['psnr']:.2f}",
         )
-        if metrics["mse"] < best_mse:
-            best_mse = metrics["mse"]
-            save("best.pt")
+        if metrics["mse"] < p.best_mse:
+            p.best_mse = metrics["mse"]
+            self.save("best.pt")
 
-    losses = LossMeter(device, ranks)
+    def save(self, name: str) -> None:
+        """Every process calls this (their RNG states are gathered); rank 0 writes."""
+        p = self.p
+        rng = rng_states(p.device)  # the data is a function of (seed, epoch, index): no loader state needed
+        per_rank = distributed.gather(rng) if p.ranks.distributed else None
+        if not p.ranks.main:
+            return
+        save_checkpoint(
+            self.runtime.out / name,
+            p.net,
+            self.config,
+            optimizer=p.optimizer.state_dict(),
+            scheduler=p.scheduler.state_dict(),
+            scaler=p.scaler.state_dict() if p.scaler.is_enabled() else None,
+            step=p.step,
+            epoch=p.step / p.steps_per_epoch,
+            rng=rng,
+            rng_ranks=per_rank,
+            metrics=p.last_metrics,
+            best_mse=p.best_mse,
+            preset=self.settings.preset,
+            dataset=self.settings.dataset,
+            run=dataclasses.asdict(self.settings),
+            data=dataclasses.asdict(self.spec),
+        )
 
-    def read_loss() -> None:
-        losses.read(step)
+    def summary(self, loop_seconds: float) -> dict[str, Any]:
+        p, elapsed = self.p, self.clock.elapsed()
+        trained = (p.step - self.start_step) * self.settings.global_batch
+        return {
+            "step": p.step,
+            "total_steps": self.settings.total_steps,
+            "finished": p.step >= self.settings.total_steps,
+            "stopped_by_time": self.out_of_time and p.step < self.settings.total_steps,
+            "best_mse": p.best_mse,
+            "metrics": p.last_metrics,
+            "params": count_params(p.net),
+            "seconds": elapsed,
+            "samples_per_s": trained / elapsed if elapsed > 0 else None,
+            "loop_seconds": loop_seconds,
+            "warmup_seconds": self.clock.warmup_seconds,
+            "steady_samples_per_s": self.clock.steady_rate(self.settings.global_batch),
+            "out": str(self.runtime.out),
+        }
 
-    def window_loss() -> float | None:
-        return losses.window_mean(step)
 
-    # loop
-    start_step, started = step, time.perf_counter()
-    end_step = settings.total_steps if runtime.stop_after is None else min(settings.total_steps, step + runtime.stop_after)
-    interactive = sys.stderr.isatty()
-    bar = tqdm(
-        total=settings.total_steps,
-        initial=step,
-        desc="train",
-        unit="step",
-        disable=not (runtime.progress and ranks.main),
-        mininterval=0.5 if interactive else 30,
-        dynamic_ncols=True,
-    )
-    validated_at = -1
-    while step < end_step:
-        epoch, offset = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch, offset)
-        for inputs, targets in loader:
-            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            with autocast:
-                loss = F.mse_loss(model(inputs).float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            losses.add(loss)
-            bar.update(1)
-            if step % LOSS_READ_EVERY == 0 or step >= end_step:
-                read_loss()
-                rate = (step - start_step) * settings.global_batch / (time.perf_counter() - started)
-                bar.set_postfix(
-                    loss=f"{losses.ema:.5f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", samples_s=f"{rate:.1f}", refresh=False
-                )
-            if runtime.val_every and step % runtime.val_every == 0:
-                validate()
-                validated_at = step
-                save("last.pt")
-            if step >= end_step:
-                break
-        if step % steps_per_epoch == 0 and validated_at != step:  # an epoch ended
-            if not runtime.val_every:
-                validate()
-                validated_at = step
-            read_loss()  # a NaN stops the run before it reaches a checkpoint
-            save("last.pt")
-    bar.close()
-    read_loss()
-    loop_seconds = time.perf_counter() - started  # training only: before the final validation
-    if validated_at != step:
-        validate()
-    save("last.pt")
-    elapsed = time.perf_counter() - started
-    return {
-        "step": step,
-        "total_steps": settings.total_steps,
-        "finished": step >= settings.total_steps,
-        "best_mse": best_mse,
-        "metrics": last_metrics,
-        "params": count_params(net),
-        "seconds": elapsed,
-        "samples_per_s": (step - start_step) * settings.global_batch / elapsed if elapsed > 0 else None,
-        "loop_seconds": loop_seconds,
-        "out": str(out),
-    }
+class StepClock:
+    """Wall time of the loop, and its steady rate: the steps after the first ``WARMUP_STEPS``
+    (compilation, cuDNN's algorithm search), validation and checkpoints left out. The device is
+    synchronised at the two ends of that window only."""
+
+    def __init__(self, device: torch.device, step: int) -> None:
+        self.device, self.first_step = device, step
+        self.started = time.perf_counter()
+        self.warm: tuple[int, float] | None = None  # (step, time) when the warm-up ended
+        self.end: tuple[int, float] | None = None
+        self.warmup_seconds: float | None = None
+        self.paused_seconds = 0.0  # in validation and checkpoints since the warm-up ended
+
+    def _sync(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def stepped(self, step: int) -> None:
+        if self.warm is None and step - self.first_step == WARMUP_STEPS:
+            now = self._sync()
+            self.warm, self.warmup_seconds = (step, now), now - self.started
+
+    def finish(self, step: int) -> None:
+        self.end = (step, self._sync())
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.warm is not None:
+                self.paused_seconds += time.perf_counter() - begin
+
+    def steady_rate(self, global_batch: int) -> float | None:
+        """Samples/s of the steady window; None when the run ended within its warm-up."""
+        if self.warm is None or self.end is None or self.end[0] <= self.warm[0]:
+            return None
+        seconds = self.end[1] - self.warm[1] - self.paused_seconds
+        return (self.end[0] - self.warm[0]) * global_batch / seconds if seconds > 0 else None
 
 
 class LossMeter:

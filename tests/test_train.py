@@ -115,10 +115,12 @@ def test_eval_reproduces_the_validation_metrics(
     assert json.loads(capsys.readouterr().out)["mse"] == pytest.approx(validated["mse"], rel=1e-5)
 
 
-@pytest.mark.parametrize("dataset", ["mmnist", "npz"])
+@pytest.mark.parametrize("dataset", ["mmnist", "npz", "mmnist-on-device"])
 def test_split_run_resumes_to_identical_weights(dataset: str, mnist_dir: Path, tmp_path: Path) -> None:
     if dataset == "mmnist":
         data = ["--data-dir", str(mnist_dir), "--clips-per-epoch", "24"]
+    elif dataset == "mmnist-on-device":  # the GPU recipe's data path and layout, on CPU
+        data = ["--data-dir", str(mnist_dir), "--clips-per-epoch", "24", "--clips-on-device", "--channels-last"]
     else:
         rng = np.random.default_rng(0)
         np.savez(tmp_path / "clips.npz", clips=rng.integers(0, 256, (30, 5, 1, 64, 64), dtype=np.uint8))
@@ -128,7 +130,8 @@ def test_split_run_resumes_to_identical_weights(dataset: str, mnist_dir: Path, t
     assert train(*run, "--stop-after", "4", "--out", str(tmp_path / "split")) == 0  # stops mid-epoch
     half = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
     assert half["step"] == 4
-    assert main(["train", "--out", str(tmp_path / "split"), "--resume", "--threads", "1", "--no-progress"]) == 0
+    layout = ["--channels-last"] if "--channels-last" in data else []  # a runtime flag: given again, as --threads is
+    assert main(["train", "--out", str(tmp_path / "split"), "--resume", "--threads", "1", "--no-progress", *layout]) == 0
     whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
     split = torch.load(tmp_path / "split" / "last.pt", weights_only=True)
     assert split["step"] == whole["step"] == 7
@@ -204,5 +207,5 @@ def test_resume_refuses_flags_that_change_the_run(capsys: pytest.CaptureFixture[
     )
     capsys.readouterr()
     expect_error(capsys, ["train", *SMALL, "--out", out], "already holds a run")
-    expect_error(capsys, ["train", "--out", out, "--resume", "--lr", "0.1"], "--lr 0.1 (run: 0.003)")
+    expect_error(capsys, ["train", "--out", out, "--resume", "--lr", "0.1"], "--lr 0.1 (run: 0.0015)")
     expect_error(capsys, ["train", "--out", out, "--resume", "--dim", "64"], "--dim 64 (run: 32)")
