@@ -23,7 +23,7 @@ from model.data import TEST_SEED, DataError, DataSpec, MovingMNIST, build_datase
 from model.device_data import TensorMovingMNIST, _mul32, clip_draws, fold32, hash32
 from model.plan import TrainRequest, plan_run, scaled_lr
 from model.train import LOSS_READ_EVERY, RunSettings, Runtime, train
-from service.cli import main
+from service.cli.stlight import main
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[1]
