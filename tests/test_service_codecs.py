@@ -140,6 +140,54 @@ def test_forged_npy_shapes_are_400_with_exact_sizes(shape: str, needle: str) -> 
     assert status_of(problem) == 400 and needle in problem.detail, problem.detail
 
 
+def _npy_with_header(header: str, data: bytes = b"") -> bytes:
+    """A version 1.0 .npy whose header dict is ``header`` verbatim (padded as numpy.save pads)."""
+    text = header.encode("latin1")
+    text += b" " * (63 - (10 + len(text)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + data
+
+
+@pytest.mark.parametrize(
+    ("header", "needle"),
+    [
+        ("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': __import__('os')}", "not the dict numpy.save writes"),
+        ("{'descr': '<f4', 'fortran_order': False, 'shape': (2**62, 2**62), }", "not the dict numpy.save writes"),
+        ("[1, 2, 3]", "got list"),
+        ("{'descr': '<f4', 'shape': (2,), }", "got keys ['descr', 'shape']"),
+        ("{'descr': '<f4', 'fortran_order': False, 'shape': (2.5,), }", "shape must be a tuple of integers, got (2.5,)"),
+        ("{'descr': '<f4', 'fortran_order': 'no', 'shape': (2,), }", "fortran_order must be True or False"),
+        ("{'descr': 'zz', 'fortran_order': False, 'shape': (2,), }", "descr 'zz' is not a numpy dtype"),
+        ("{'descr': '|V0', 'fortran_order': False, 'shape': (2,), }", "items of 0 bytes"),
+        ("{'descr': '|O', 'fortran_order': False, 'shape': (2,), }", "Python objects"),
+        ("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }" + " " * 10_000, "over the 10,000"),
+    ],
+)
+def test_malformed_npy_headers_are_400_in_the_formats_words(header: str, needle: str) -> None:
+    """Each way a header can be wrong is named as the .npy format's fields; none of numpy's or
+    Python's parser internals ("malformed node or string ... <ast.Call object at 0x...>",
+    "Header does not contain the correct keys", "itemsize cannot be zero") reach the caller."""
+    problem = _problem(arrays.decode_npy, _npy_with_header(header, b"\0" * 8), SPEC)
+    assert status_of(problem) == 400 and problem.kind == "undecodable-npy", problem.detail
+    assert needle in problem.detail, problem.detail
+    for internal in ("ast.", " at 0x", "node or string", "Header does not", "itemsize", "ValueError", "SyntaxError"):
+        assert internal not in problem.detail, problem.detail
+    cut = _npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }")[:30]
+    assert "cut short" in _problem(arrays.decode_npy, cut, SPEC).detail
+
+
+def test_unreadable_images_are_named_in_the_senders_words(rgb_clip: np.ndarray) -> None:
+    """Pillow's messages name its exception types and the in-memory file ("cannot identify image
+    file <_io.BytesIO object at 0x...>"): the answer says what came instead."""
+    png = io.BytesIO()
+    Image.fromarray(rgb_clip[0].transpose(1, 2, 0)).save(png, format="PNG")
+    good = png.getvalue()
+    for bad, needle in ((b"GIF89a but not really", "it starts with b'GIF89a but n'"), (good[:60], "truncated")):
+        problem = _problem(media.decode_images, [("a.png", good)] * 3 + [("d.png", bad)], RGB)
+        assert status_of(problem) == 400 and "frame 3 ('d.png'): not a readable image" in problem.detail, problem.detail
+        assert needle in problem.detail, problem.detail
+        assert " at 0x" not in problem.detail and "Error" not in problem.detail, problem.detail
+
+
 def test_big_endian_floats_are_the_same_numbers(rgb_clip: np.ndarray) -> None:
     clip = (rgb_clip[:, :1] / 255.0).astype(np.float32)  # (4, 1, 28, 28) real digits
     for dtype in (">f2", ">f4", ">f8"):

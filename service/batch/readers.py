@@ -19,7 +19,7 @@ from service.codecs import arrays, media
 from service.core import video
 from service.core.card import ClipSpec
 from service.core.errors import InputError
-from service.core.frames import IMAGE_MODES, load_npy, shape_text
+from service.core.frames import IMAGE_MODES, image_error, load_npy, shape_text
 from service.core.limits import MAX_VIDEO_FRAMES
 
 # arrays larger than this are memory-mapped rather than read into RAM
@@ -169,7 +169,9 @@ def read_gif(path: Path, spec: ClipSpec, has_targets: bool) -> Clips:
     except InputError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-        raise InputError(UNUSABLE, f"not a readable GIF ({type(exc).__name__}: {exc})") from None
+        with open(path, "rb") as file:
+            head = file.read(12)
+        raise InputError(UNUSABLE, f"not a readable GIF ({image_error(exc, head)})") from None
     if len(frames) != need and min(durations) > 0:
         repeats = [max(1, round(d / min(durations))) for d in durations]
         if sum(repeats) == need:

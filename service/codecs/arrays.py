@@ -113,13 +113,26 @@ def decode_npy(body: bytes, spec: ClipSpec) -> Clips:
     return check_array(array, spec, "npy body")
 
 
+def json_type(value: object) -> str:
+    """What a parsed JSON value is, in JSON's words (a caller never wrote a Python type)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
+
+
 def decode_json(body: bytes, spec: ClipSpec) -> Clips:
     try:
         document = json.loads(body)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, integers over 4300 digits
         raise InputError("undecodable-json", f"body is not valid JSON: {exc}") from None
     if not isinstance(document, dict) or "frames" not in document:
-        got = f"an object with keys {sorted(document)}" if isinstance(document, dict) else f"a JSON {type(document).__name__}"
+        got = f"an object with keys {sorted(document)}" if isinstance(document, dict) else json_type(document)
         raise Unprocessable(
             "invalid-json",
             f'expected an object {{"frames": nested list, "dtype": "float32" | "uint8" (optional)}}, got {got}',

@@ -16,7 +16,7 @@ from service.codecs.negotiation import GIF, JSON, MP4, NPY, WEBM, ZIP, check_ans
 from service.core import video
 from service.core.card import ClipSpec
 from service.core.errors import InputError, ServeError, Unprocessable, UnsupportedMedia
-from service.core.frames import IMAGE_FORMATS, IMAGE_MODES, image_pixels, to_image, to_uint8
+from service.core.frames import IMAGE_FORMATS, IMAGE_MODES, image_error, image_pixels, to_image, to_uint8
 from service.core.limits import MAX_VIDEO_FRAMES
 
 GIF_FRAME_MS = 200
@@ -61,7 +61,7 @@ def decode_images(files: Sequence[tuple[str, bytes]], spec: ClipSpec) -> Clips:
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise InputError(
                 "undecodable-image",
-                f"{label}: not a readable image ({type(exc).__name__}: {exc}); expected {', '.join(IMAGE_FORMATS)}",
+                f"{label}: not a readable image ({image_error(exc, data)}); expected {', '.join(IMAGE_FORMATS)}",
             ) from None
     clip = np.stack(frames)  # (T, H, W) or (T, H, W, 3)
     clip = clip[:, None] if clip.ndim == 3 else clip.transpose(0, 3, 1, 2)  # (T, C, H, W)

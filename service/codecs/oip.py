@@ -136,7 +136,7 @@ def decode_request(body: bytes, header_length: str | None, tensors: Tensors, max
     except (ValueError, RecursionError) as exc:
         raise _bad(f"the inference request is not valid JSON: {exc}", "undecodable-json") from None
     if not isinstance(document, dict):
-        raise _bad(f"the inference request must be a JSON object, got a JSON {type(document).__name__}")
+        raise _bad(f"the inference request must be a JSON object, got {arrays.json_type(document)}")
 
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -155,7 +155,7 @@ def decode_request(body: bytes, header_length: str | None, tensors: Tensors, max
     outputs = document.get("outputs")
     if outputs is not None:
         if not isinstance(outputs, list):
-            raise _bad(f'"outputs" must be a list, got a JSON {type(outputs).__name__}')
+            raise _bad(f'"outputs" must be a list, got {arrays.json_type(outputs)}')
         for item in outputs:
             name = item.get("name") if isinstance(item, dict) else None
             if name != tensors.output_name:

@@ -8,15 +8,17 @@ saying where the bytes came from; callers prefix that (a request body, a file na
 
 from __future__ import annotations
 
+import ast
 import math
 import os
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 NPY_MAGIC = b"\x93NUMPY"
 # still-image files that make up a clip of frames
@@ -58,27 +60,61 @@ def read_npy_header(stream: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
 
 def read_npy_layout(stream: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
     """:func:`read_npy_header` plus the Fortran-order flag: all a reader needs to view the data
-    in place (``np.frombuffer``) instead of parsing the header a second time in ``np.load``."""
+    in place (``np.frombuffer``) instead of parsing the header a second time in ``np.load``.
+
+    The header is parsed here, as numpy's ``read_array_header_*`` do (a Python literal dict of
+    ``descr``, ``fortran_order`` and ``shape``, at most 10,000 bytes), so that each way it can be
+    wrong gets a message in the terms of the format, not numpy's or the parser's internals."""
     start = stream.read(len(NPY_MAGIC))
     if start != NPY_MAGIC:
         raise ValueError(
             f"not an .npy array: it starts with {start!r}, not the .npy magic {NPY_MAGIC!r}; write it with numpy.save"
         )
-    stream.seek(-len(NPY_MAGIC), os.SEEK_CUR)
+    version = tuple(stream.read(2))
+    if version not in ((1, 0), (2, 0)):
+        shown = ".".join(map(str, version)) or "missing"
+        raise ValueError(f"npy format version {shown} is not supported (1.0 and 2.0 are); write it with numpy.save")
+    size_field = stream.read(2 if version == (1, 0) else 4)
+    header = stream.read(int.from_bytes(size_field, "little")) if len(size_field) in (2, 4) else b""
+    if len(size_field) not in (2, 4) or len(header) != int.from_bytes(size_field, "little"):
+        raise ValueError("the .npy header is cut short; write it with numpy.save")
+    if len(header) > MAX_NPY_HEADER:
+        raise ValueError(
+            f"the .npy header is {len(header):,} bytes, over the {MAX_NPY_HEADER:,} numpy reads; write it with numpy.save"
+        )
+    return _npy_fields(header.decode("latin1"))
+
+
+MAX_NPY_HEADER = 10_000  # bytes: numpy's own limit (max_header_size) on what it parses
+
+
+def _npy_fields(text: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """The header dict's three fields, each checked; ValueError saying which one is wrong."""
+    expected = "{'descr': dtype, 'fortran_order': bool, 'shape': tuple of ints}"
     try:
-        version = np.lib.format.read_magic(stream)
-        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-        if read_header is None:
-            raise ValueError(f"npy format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
         with _HEADER_LOCK:
-            shape, fortran_order, dtype = read_header(stream)
-    except Exception as exc:  # numpy raises ValueError, EOFError, SyntaxError... for a bad header
-        raise ValueError(f"no readable .npy header ({type(exc).__name__}: {exc}); write it with numpy.save") from None
-    if dtype.hasobject:
-        raise ValueError("an .npy of Python objects (it would need unpickling, which is refused); save uint8 or float arrays")
+            fields = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise ValueError(f"the .npy header is not the dict numpy.save writes, {expected}; write it with numpy.save") from None
+    if not isinstance(fields, dict) or set(fields) != {"descr", "fortran_order", "shape"}:
+        got = f"keys {sorted(map(str, fields))}" if isinstance(fields, dict) else type(fields).__name__
+        raise ValueError(f"the .npy header must be {expected}, got {got}; write it with numpy.save")
+    shape, fortran_order = fields["shape"], fields["fortran_order"]
+    if not isinstance(shape, tuple) or not all(isinstance(n, int) and not isinstance(n, bool) for n in shape):
+        raise ValueError(f"the .npy header's shape must be a tuple of integers, got {shape!r}; write it with numpy.save")
     if any(n < 0 for n in shape):
         raise ValueError(f"the .npy header has a negative dimension in its shape {shape_text(shape)}; write it with numpy.save")
-    return tuple(shape), bool(fortran_order), dtype
+    if not isinstance(fortran_order, bool):
+        raise ValueError(f"the .npy header's fortran_order must be True or False, got {fortran_order!r}")
+    try:
+        dtype = np.lib.format.descr_to_dtype(fields["descr"])
+    except (ValueError, TypeError, KeyError, IndexError):
+        raise ValueError(f"the .npy header's descr {fields['descr']!r} is not a numpy dtype; write it with numpy.save") from None
+    if dtype.hasobject:
+        raise ValueError("an .npy of Python objects (it would need unpickling, which is refused); save uint8 or float arrays")
+    if dtype.itemsize == 0:
+        raise ValueError(f"the .npy header's dtype {dtype} has items of 0 bytes; save uint8 or float arrays")
+    return shape, fortran_order, dtype
 
 
 def npy_data_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
@@ -115,6 +151,19 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
 def to_image(frame: np.ndarray) -> Image.Image:
     """(C, H, W) uint8, C in {1, 3} -> PIL image."""
     return Image.fromarray(frame[0]) if frame.shape[0] == 1 else Image.fromarray(frame.transpose(1, 2, 0), "RGB")
+
+
+def image_error(exc: Exception, head: bytes) -> str:
+    """Why Pillow could not read an image, in words for the sender: Pillow's own messages name its
+    exception types and the in-memory file object ("cannot identify image file <_io.BytesIO
+    object at 0x...>"), which mean nothing to whoever sent the bytes; ``head``: their first bytes."""
+    if isinstance(exc, UnidentifiedImageError):
+        return f"not an image in a format this reads; it starts with {head[:12]!r}"
+    reason = _OBJECT_REPR.sub("the image", str(exc)).strip()
+    return reason or "it could not be decoded"
+
+
+_OBJECT_REPR = re.compile(r"<[^<>]*(?: at 0x[0-9a-fA-F]+|name=[^<>]*)>")
 
 
 def image_pixels(image: Image.Image, mode: str) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from service import __version__
-from service.codecs import oip
+from service.codecs import arrays, oip
 from service.core.errors import InputError
 from service.inference.repository import Repository, Served, refuse_load_overrides
 from service.server.deps import client_gone
@@ -262,7 +262,7 @@ async def _json_body(request: Request, what: str) -> dict[str, Any]:
     except (ValueError, RecursionError) as exc:
         raise InputError("undecodable-json", f"the {what} request is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
-        raise InputError("invalid-request", f"the {what} request must be a JSON object, got a JSON {type(document).__name__}")
+        raise InputError("invalid-request", f"the {what} request must be a JSON object, got {arrays.json_type(document)}")
     parameters = document.get("parameters", {})
     if not isinstance(parameters, dict):
         raise InputError("invalid-request", f'"parameters" must be a JSON object, got {json.dumps(parameters)[:50]}')
