@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from serving import Server, moving_digits, run_cli
+from serving import Server, load_npy, moving_digits, npy_bytes, run_cli, running
 
 from service.core.frames import to_uint8
 
@@ -520,6 +520,24 @@ def test_predict_client_cli_and_v1_reach_any_model(
         assert path in paths, path
     infer = paths["/v2/models/{name}/infer"]["post"]
     assert set(infer["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
+
+
+def test_your_model_beside_the_shipped_one(tiny_onnx: Path, digits: np.ndarray, tmp_path: Path) -> None:
+    """The documented command (docs/serving.md): --model mine.onnx --model builtin. Yours is the
+    default of /predict; the shipped model answers as 'default', as it would alone."""
+    from service.core.assets import DEFAULT_MODEL
+
+    both = ["--model", f"mine={tiny_onnx}", "--model", "builtin"]
+    with running(tmp_path / "both.log", *both, env={"STLIGHT_DEVICE": "cpu"}) as srv:
+        listing = httpx.get(srv.url + "/v1/models").json()
+        assert listing["default"] == "mine" and sorted(m["name"] for m in listing["models"]) == ["default", "mine"]
+        clip = moving_digits(digits, 15)
+        for model, path in (("mine", tiny_onnx), ("default", DEFAULT_MODEL)):
+            body, headers = npy_bytes(clip), {"Content-Type": "application/x-npy"}
+            answer = httpx.post(srv.url + f"/predict?model={model}", content=body, headers=headers)
+            assert answer.status_code == 200, answer.text
+            want = reference(path)(clip[None].astype(np.float32) / 255)[0]
+            np.testing.assert_allclose(load_npy(answer.content), want, rtol=0, atol=ATOL)
 
 
 def test_start_up_mistakes_with_several_models_are_one_line_errors(tiny_onnx: Path, tmp_path: Path) -> None:

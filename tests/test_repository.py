@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from service.core.assets import DEFAULT_MODEL
 from service.core.errors import ServeError
 from service.inference.engine import EngineError
 from service.inference.metrics import ServiceMetrics
@@ -21,6 +22,9 @@ def test_model_specs_and_settings() -> None:
     assert parse_model_spec("mine=runs/a/best.onnx") == ("mine", Path("runs/a/best.onnx"))
     assert parse_model_spec("/tmp/k=v/m.onnx") == ("m", Path("/tmp/k=v/m.onnx"))  # '=' inside a path stays a path
     assert parse_model_spec("x=/tmp/a=b.onnx") == ("x", Path("/tmp/a=b.onnx"))
+    assert parse_model_spec("builtin") == ("default", DEFAULT_MODEL)  # the shipped model, beside your own
+    assert parse_model_spec("demo=builtin") == ("demo", DEFAULT_MODEL)
+    assert parse_model_spec("./builtin") == ("builtin", Path("builtin"))  # a file of that name, said as a path
     for unnamed in ("/tmp/a=b.onnx", "/tmp/.hidden.onnx"):  # stems that are no name: name them
         with pytest.raises(EngineError, match="NAME="):
             parse_model_spec(unnamed)

@@ -51,7 +51,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         help=(
             "ONNX file from `stlight export`, served as model NAME (default: the file's stem); repeat for more models; "
             "the first is the default of /predict (default: the model shipped in the package, named 'default', "
-            "unless --model-repository is given) [STLIGHT_MODEL, several separated by ':']"
+            "unless --model-repository is given). PATH 'builtin' is that shipped model: --model mine.onnx --model builtin "
+            "serves yours (the default of /predict) beside it [STLIGHT_MODEL, several separated by ':']"
         ),
     )
     parser.add_argument(

@@ -47,6 +47,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 NAME_RULE = "1-128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
 FILE_NAME = "model.onnx"  # Triton's default_model_filename for the onnxruntime backend
 DEFAULT_NAME = "default"
+BUILTIN = "builtin"  # as a --model PATH: the model shipped in the package (service/assets/default.onnx)
 
 State = Literal["loading", "warming", "ready", "failed", "unloading"]
 
@@ -57,10 +58,16 @@ def valid_name(name: str) -> bool:
 
 def parse_model_spec(spec: str) -> tuple[str, Path]:
     """``NAME=PATH`` or ``PATH`` (named after the file's stem). A ``=`` inside a path whose part
-    before it is not a valid name (``/tmp/a=b.onnx``) keeps the whole string as the path."""
+    before it is not a valid name (``/tmp/a=b.onnx``) keeps the whole string as the path.
+
+    ``builtin`` as the PATH is the model shipped in the package, so it can be served beside your
+    own (``--model mine.onnx --model builtin``): named ``default`` unless ``NAME=builtin`` names
+    it. A file called ``builtin`` is still reachable as ``./builtin``."""
     name, sep, rest = spec.partition("=")
     if sep and valid_name(name) and rest:
-        return name, Path(rest)
+        return name, DEFAULT_MODEL if rest == BUILTIN else Path(rest)
+    if spec == BUILTIN:
+        return DEFAULT_NAME, DEFAULT_MODEL
     path = Path(spec)
     if not valid_name(path.stem):
         raise EngineError(f"--model {spec}: {path.stem!r} is not a usable model name ({NAME_RULE}); name it with NAME={spec}")

@@ -22,7 +22,9 @@ class ServeSettings(BaseSettings):
 
     # NoDecode: STLIGHT_MODEL is a plain path (or several, os.pathsep-separated), not a JSON list
     model: Annotated[tuple[str, ...], NoDecode] = Field(
-        (), description="ONNX files to serve, each PATH or NAME=PATH; default: the model shipped in the package"
+        (),
+        description="ONNX files to serve, each PATH or NAME=PATH (PATH 'builtin': the model shipped in the package); "
+        "default: the shipped model alone",
     )
     model_repository: Path | None = Field(
         None, description="folder of models: NAME.onnx (version 1) or NAME/VERSION/model.onnx (Triton's layout)"
