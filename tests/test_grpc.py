@@ -483,17 +483,19 @@ def test_keys_one_batch_for_both_protocols_full_queue_deadline_cancel_and_drain(
             for future in (running, *queued):
                 assert future.result().status_code == 200
 
-            # a deadline that passes while the clip waits: DEADLINE_EXCEEDED, and the clip is dropped, not run
+            # a call its client cancels while it waits, and a deadline that passes while the clip waits
+            # (DEADLINE_EXCEEDED): both clips are dropped when their turn comes, not run. The cancelled
+            # call goes first and the blocker is twice as long, so both are decided while it runs
+            # however fast the box is (the deadline alone takes 0.3 s of it).
             dropped = sample(srv, "stlight_dropped_requests_total", reason="cancelled")
-            running = pool.submit(http_infer, blocker)
+            running = pool.submit(http_infer, np.concatenate([blocker, blocker]))
             wait_until(lambda: gauge(srv, "stlight_running_clips") > 0, "the blocker running")
+            call = stub.ModelInfer.future(raw, metadata=tuple(bearer.items()))
+            wait_until(lambda: gauge(srv, "stlight_queue_depth") == 1, "the call queued")
+            call.cancel()
             error = rpc_error(lambda: stub.ModelInfer(raw, metadata=tuple(bearer.items()), timeout=0.3))
             assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            # a call its client cancels while it waits: dropped too
-            call = stub.ModelInfer.future(raw, metadata=tuple(bearer.items()))
-            # the expired clip stays queued (dropped when its turn comes), the cancelled one joins it
-            wait_until(lambda: gauge(srv, "stlight_queue_depth") == 2, "the call queued")
-            call.cancel()
+            assert not running.done(), "the blocker ended before both clips were decided: make it longer"
             assert running.result().status_code == 200
             wait_until(
                 lambda: sample(srv, "stlight_dropped_requests_total", reason="cancelled") == dropped + 2, "2 clips dropped"
