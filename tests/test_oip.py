@@ -230,14 +230,16 @@ def test_errors_are_reported_by_tritonclient_with_their_message(client, server: 
     wrong = np.zeros((1, 9, 1, 64, 64), np.float32)
     error = error_of(lambda: triton_infer(client, "alpha", wrong, binary=True))
     assert error.status() == "422" and "expected 10 input frames (T), got 9" in error.message()
-    # the same check, the same status and words as /predict (after the part that names the source)
+    # the same check, the same status and words as /predict: the model checked against, the source, the words
     buffer = io.BytesIO()
     np.save(buffer, wrong)
     problem = httpx.post(
         server.url + "/predict?model=alpha", content=buffer.getvalue(), headers={"Content-Type": "application/x-npy"}
     )
     assert problem.status_code == 422
-    assert problem.json()["detail"].split(": ", 1)[1] == error.message().split(": ", 1)[1]
+    detail, message = problem.json()["detail"].split(": ", 2), error.message().split(": ", 2)
+    assert detail[0] == message[0] == "model 'alpha' version 1 checked this clip"
+    assert detail[2] == message[2]
 
     error = error_of(lambda: triton_infer(client, "nope", wrong, binary=True))
     assert error.status() == "404" and "no model named 'nope'" in error.message() and "alpha, beta" in error.message()

@@ -281,11 +281,12 @@ def _bad_requests(digits: np.ndarray) -> list[tuple[str, dict, int, tuple[str, .
     npy = lambda a: {"content": npy_bytes(a), "headers": {"Content-Type": NPY}}  # noqa: E731
     js = lambda doc: {"content": json.dumps(doc), "headers": {"Content-Type": JSON}}  # noqa: E731
     frames = lambda images: {"files": [("frames", (f"f{i}.png", data, "image/png")) for i, data in enumerate(images)]}  # noqa: E731
+    CHECKED = "version 1 checked this clip"  # the shape refusals name the model they were checked against
     return [
-        ("frame count", npy(clip[:7]), 422, ("expected 10 input frames", "got 7")),
-        ("size", npy(np.zeros((10, 1, 32, 48), np.uint8)), 422, ("64x64", "got 32x48")),
-        ("channels", npy(np.zeros((10, 3, 64, 64), np.uint8)), 422, ("expected 1 channel", "got 3")),
-        ("rank 3", npy(clip[:, 0]), 422, ("rank 3", "(T, C, H, W)")),
+        ("frame count", npy(clip[:7]), 422, ("expected 10 input frames", "got 7", CHECKED)),
+        ("size", npy(np.zeros((10, 1, 32, 48), np.uint8)), 422, ("64x64", "got 32x48", CHECKED)),
+        ("channels", npy(np.zeros((10, 3, 64, 64), np.uint8)), 422, ("expected 1 channel", "got 3", CHECKED)),
+        ("rank 3", npy(clip[:, 0]), 422, ("rank 3", "(T, C, H, W)", CHECKED)),
         ("rank 6", npy(clip[None, None]), 422, ("rank 6",)),
         ("empty batch", npy(np.zeros((0, 10, 1, 64, 64), np.uint8)), 422, ("empty",)),
         ("dtype int64", npy(clip.astype(np.int64)), 422, ("int64", "uint8")),

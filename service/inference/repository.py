@@ -33,7 +33,7 @@ import numpy as np
 
 from service.core import horizon
 from service.core.assets import DEFAULT_MODEL
-from service.core.errors import InputError, NotFound, ServeError, Unavailable
+from service.core.errors import InputError, NotFound, ServeError, Unavailable, Unprocessable
 from service.inference.batching import Batcher
 from service.inference.engine import CPU, Engine, EngineError
 from service.inference.metrics import ModelMetrics, ServiceMetrics
@@ -147,6 +147,10 @@ def scan(root: Path) -> dict[str, dict[str, Path] | str]:
 # ---------------------------------------------------------------------------------------
 # one loaded version
 # ---------------------------------------------------------------------------------------
+
+
+# refusals of a clip's shape (service.codecs.arrays): the answer names the model it was checked against
+SHAPE_KINDS = frozenset({"wrong-rank", "wrong-frame-count", "wrong-channels", "wrong-size"})
 
 
 @dataclass(eq=False)
@@ -460,6 +464,13 @@ class Repository:
         served.acquire()  # no await between lookup and acquire: a retire sees this request
         try:
             yield served
+        except Unprocessable as exc:
+            if exc.kind in SHAPE_KINDS:  # a client of several models learns which one its clip missed
+                exc.detail = f"model {served.name!r} version {served.version} checked this clip: {exc.detail}"
+                exc.args = (exc.detail,)
+                exc.extra.setdefault("model", served.name)
+                exc.extra.setdefault("version", served.version)
+            raise
         finally:
             served.release()
 
