@@ -475,7 +475,7 @@ def test_model_readyz_metrics_and_openapi(server: Server, tiny_onnx: Path) -> No
 
     spec = httpx.get(server.url + "/openapi.json").json()
     predict = spec["paths"]["/predict"]["post"]
-    videos = {"video/mp4", "video/webm", "video/x-msvideo", "video/x-matroska", GIF}
+    videos = {"video/mp4", "video/quicktime", "video/webm", "video/x-msvideo", "video/x-matroska", GIF}
     assert set(predict["requestBody"]["content"]) == {NPY, JSON, "multipart/form-data", *videos}
     assert set(predict["responses"]["200"]["content"]) == {NPY, JSON, ZIP, GIF, "video/mp4", "video/webm"}
     assert {"400", "413", "415", "422", "503", "504"} <= set(predict["responses"])

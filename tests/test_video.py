@@ -30,6 +30,7 @@ FORMATS = {
     "webm": ("webm", "libvpx-vp9", "yuv420p", "video/webm", ".webm"),
     "avi": ("avi", "mjpeg", "yuvj420p", "video/x-msvideo", ".avi"),
     "mkv": ("matroska", "libx264", "yuv420p", "video/x-matroska", ".mkv"),
+    "mov": ("mov", "libx264", "yuv420p", "video/quicktime", ".mov"),  # as browsers send a .mov
     "mpeg4": ("avi", "mpeg4", "yuv420p", "video/x-msvideo", ".avi"),
     "gif": ("gif", "gif", "gray", "image/gif", ".gif"),
 }

@@ -22,12 +22,13 @@ RESPONSE_TYPES = (NPY, JSON, ZIP, GIF, MP4, WEBM)
 # answers that show the input before the prediction (unless include_input=false)
 ANIMATED_TYPES = (GIF, MP4, WEBM)
 # the answer's type when the request has no Accept header (or accepts anything): the request's
-# family; AVI and Matroska are answered as MP4 (H.264), what every browser and player shows
+# family; QuickTime, AVI and Matroska are answered as MP4 (H.264), what every browser and player shows
 DEFAULT_ANSWER = {
     NPY: NPY,
     JSON: JSON,
     MULTIPART: ZIP,
     MP4: MP4,
+    "video/quicktime": MP4,
     WEBM: WEBM,
     GIF: GIF,
     "video/x-msvideo": MP4,

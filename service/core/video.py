@@ -41,6 +41,7 @@ RESIZE_MODES: tuple[Resize, ...] = ("none", "fit", "crop")
 # accepted media types -> the FFmpeg demuxer each is opened with (never probed), and its name for users
 MEDIA_TYPES = {
     "video/mp4": "mp4",  # FFmpeg's MP4/QuickTime demuxer: .mov and .m4v too
+    "video/quicktime": "mp4",  # what browsers and curl's --data-binary users send for a .mov
     "video/webm": "webm",  # FFmpeg's Matroska demuxer, which reads WebM
     "video/x-msvideo": "avi",
     "video/x-matroska": "matroska",
@@ -48,6 +49,7 @@ MEDIA_TYPES = {
 }
 FORMAT_NAMES = {
     "video/mp4": "MP4/MOV",
+    "video/quicktime": "QuickTime (MOV)",
     "video/webm": "WebM",
     "video/x-msvideo": "AVI",
     "video/x-matroska": "Matroska (MKV)",
@@ -193,7 +195,7 @@ def _not_a(media_type: str, source: bytes | bytearray | str | Path, exc: Excepti
             head = file.read(64)
         said = f"its suffix {Path(source).suffix.lower()} says"
     looks, hint = _looks_like(head), ""
-    if looks in FORMAT_NAMES and looks != media_type and {looks, media_type} != _MATROSKA:
+    if looks in FORMAT_NAMES and looks != media_type and {looks, media_type} not in _ONE_DEMUXER:
         hint = f"; it looks like {FORMAT_NAMES[looks]}: send it as {looks}"
     elif looks and looks not in FORMAT_NAMES:
         hint = f"; got text starting {looks!r}"
@@ -202,7 +204,8 @@ def _not_a(media_type: str, source: bytes | bytearray | str | Path, exc: Excepti
     return InputError("undecodable-video", f"not a readable {name} video ({_reason(exc)}); expected {name}, as {said}{hint}")
 
 
-_MATROSKA = {"video/webm", "video/x-matroska"}  # one FFmpeg demuxer reads both
+# the types one FFmpeg demuxer reads alike: no "send it as" hint from one to the other
+_ONE_DEMUXER = ({"video/webm", "video/x-matroska"}, {"video/mp4", "video/quicktime"})
 
 
 def _looks_like(head: bytes) -> str | None:
