@@ -54,6 +54,15 @@ class ServiceMetrics:
         self.timeouts = Counter(
             "stlight_request_timeouts_total", "Requests answered 504 after request_timeout_s", MODEL, registry=r
         )
+        step = (*MODEL, "step")
+        self.online = {
+            name: Gauge(f"stlight_online_{name}", f"Mean {name.upper()} per graded frame at this step", step, registry=r)
+            for name in ("mse", "mae", "psnr")
+        }
+        self.online_graded = Gauge("stlight_online_graded", "Predictions graded by their true frames", MODEL, registry=r)
+        self.online_expired = Gauge(
+            "stlight_online_expired", "Kept predictions dropped ungraded (time-to-live or byte budget)", MODEL, registry=r
+        )
         self.ready = Gauge("stlight_ready", "1 once the model is loaded and warmed up", MODEL, registry=r)
 
     def model(self, name: str, version: str) -> ModelMetrics:

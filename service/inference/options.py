@@ -30,3 +30,5 @@ class ModelOptions:
     queue_size: int
     request_timeout_s: float
     warmup_runs: int
+    online_budget_bytes: int = 256 << 20  # answers kept for grading (service.inference.online)
+    online_ttl_s: float = 600.0

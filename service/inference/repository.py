@@ -37,6 +37,7 @@ from service.core.errors import InputError, NotFound, ServeError, Unavailable, U
 from service.inference.batching import Batcher
 from service.inference.engine import CPU, Engine, EngineError
 from service.inference.metrics import ModelMetrics, ServiceMetrics
+from service.inference.online import AnswerStore, StepFigures
 from service.inference.options import ModelOptions
 
 log = logging.getLogger("stlight.repository")
@@ -171,6 +172,8 @@ class Served:
     on_fatal: Callable[[str], None] | None = None
     # a repository model whose warm-up failed at start: taken out of service, the others serve
     on_warm_failure: Callable[[Served], None] | None = None
+    # predictions kept for grading by their true frames (POST /v1/feedback); None: not kept
+    answers: AnswerStore | None = None
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _warm: asyncio.Task[None] | None = None
 
@@ -238,11 +241,13 @@ class Served:
         clips: np.ndarray,
         frames: int | None = None,
         client_gone: Callable[[], Coroutine[Any, Any, object]] | None = None,
+        keep_as: str | None = None,
     ) -> np.ndarray:
         """(B, T, C, H, W) -> (B, frames, C, H, W) (default T'): the one inference path of every
         protocol (/predict, /v2, gRPC), so that their clips share the batches. Each rollout step
         queues through this version's batcher like any request; ``client_gone`` completing
-        drops the clip (HTTP); a cancelled caller's task drops it too (gRPC)."""
+        drops the clip (HTTP); a cancelled caller's task drops it too (gRPC). ``keep_as``: the
+        request id under which the prediction is kept for grading by its true frames."""
         batcher = self.batcher
         assert batcher is not None
 
@@ -250,7 +255,10 @@ class Served:
             return await batcher.predict(window, client_gone)
 
         out_frames = self.engine.spec.out_frames
-        return await horizon.rollout_async(step, clips, frames or out_frames, out_frames)
+        prediction = await horizon.rollout_async(step, clips, frames or out_frames, out_frames)
+        if keep_as is not None and self.answers is not None:
+            self.answers.keep(keep_as, self.name, self.version, prediction)
+        return prediction
 
     def check_ready(self) -> None:
         if self.state != "ready":
@@ -296,6 +304,8 @@ class Served:
             "state": self.state,
             "max_batch_size": s.max_batch_size,
             "max_delay_ms": s.max_delay_ms,
+            # accuracy graded by true frames posted to /v1/feedback, per horizon step since start
+            "online": self.answers.describe(self.name, self.version) if self.answers is not None else None,
         }
 
 
@@ -320,6 +330,7 @@ class Repository:
         self._locks: dict[str, asyncio.Lock] = {}
         self.on_fatal: Callable[[str], None] | None = None
         self._pending: list[Served] = []  # loaded before the event loop ran; started by start()
+        self.answers = AnswerStore(options.online_budget_bytes, options.online_ttl_s, self._publish_online)
 
         if self.root is not None and not self.root.is_dir():
             raise EngineError(f"--model-repository {self.root}: not a folder")
@@ -381,7 +392,17 @@ class Repository:
         return self._serve(name, version, engine)
 
     def _serve(self, name: str, version: str, engine: Engine) -> Served:
-        return Served(name, version, engine, self.options, self.metrics.model(name, version))
+        return Served(name, version, engine, self.options, self.metrics.model(name, version), answers=self.answers)
+
+    def _publish_online(self, name: str, version: str, figures: StepFigures) -> None:
+        """The Prometheus figures of one model version after a grading."""
+        m = self.metrics
+        for step, sums in enumerate(figures.sums, start=1):
+            if sums.frames:
+                for metric, value in sums.result().items():
+                    m.online[metric].labels(name, version, str(step)).set(value)
+        m.online_graded.labels(name, version).set(figures.graded)
+        m.online_expired.labels(name, version).set(figures.expired)
 
     # lifecycle -----------------------------------------------------------------------
     def start(self, on_fatal: Callable[[str], None] | None = None) -> None:

@@ -67,6 +67,11 @@ class ServeSettings(BaseSettings):
     # closing an idle connection first races the proxy's next request on it, which then fails (502)
     keep_alive_s: float = Field(75.0, gt=0, description="idle keep-alive connections are closed after this")
 
+    online_budget_mb: float = Field(
+        256.0, ge=0, description="memory for predictions kept until their true frames are posted to /v1/feedback (0: off)"
+    )
+    online_ttl_s: float = Field(600.0, gt=0, description="a kept prediction not graded within this is dropped (counted expired)")
+
     @field_validator("model", mode="before")
     @classmethod
     def _split_models(cls, value: object) -> object:
@@ -98,4 +103,6 @@ class ServeSettings(BaseSettings):
             queue_size=self.queue_size,
             request_timeout_s=self.request_timeout_s,
             warmup_runs=self.warmup_runs,
+            online_budget_bytes=int(self.online_budget_mb * 1024 * 1024),
+            online_ttl_s=self.online_ttl_s,
         )

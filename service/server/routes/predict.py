@@ -7,6 +7,7 @@ decode (:mod:`service.codecs`) -> predict (:mod:`service.inference`) -> encode (
 from __future__ import annotations
 
 import asyncio
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -19,10 +20,10 @@ from service.codecs.arrays import Clips
 from service.core import horizon, video
 from service.core.card import ClipSpec
 from service.core.errors import InputError, ServeError, Unprocessable, UnsupportedMedia
-from service.core.frames import shape_text
+from service.core.frames import read_npy_layout, shape_text
 from service.server.deps import ModelQuery, RepositoryDep, ServiceDep, client_gone
-from service.server.openapi import PREDICT_OPENAPI, PREDICT_RESPONSES
-from service.server.request_id import annotate
+from service.server.openapi import PREDICT_OPENAPI, PREDICT_RESPONSES, problem_doc
+from service.server.request_id import annotate, current_request_id
 from service.server.settings import ServeSettings
 
 # npy bodies and answers up to this size are decoded/encoded on the event loop: ~0.1 ms per
@@ -190,10 +191,48 @@ async def predict(
         annotate(batch=len(clips.frames))
         negotiation.check_answerable(answer_type, engine.spec.channels, len(clips.frames), clips.batched)
 
-        prediction = await served.predict(clips.frames, horizon_frames, lambda: client_gone(request))  # (B, N, C, H, W)
+        prediction = await served.predict(
+            clips.frames, horizon_frames, lambda: client_gone(request), keep_as=current_request_id()
+        )  # (B, N, C, H, W)
     if answer_type == negotiation.NPY and prediction.nbytes <= INLINE_BYTES:
         body = media.encode(answer_type, clips, prediction, include_input=include_input)
     else:  # JSON, images and large arrays take longer than a thread hop
         body = await asyncio.to_thread(media.encode, answer_type, clips, prediction, include_input=include_input)
     headers = {"Content-Disposition": 'attachment; filename="prediction.zip"'} if answer_type == negotiation.ZIP else None
     return Response(body, media_type=answer_type, headers=headers)
+
+
+@router.post(
+    "/v1/feedback/{request_id}",
+    responses={
+        404: problem_doc("No prediction kept under this id (unknown, graded, expired)"),
+        422: problem_doc("The truth does not match the prediction's shape"),
+    },
+    summary="Grade an earlier prediction by its true frames (the same bodies /predict takes)",
+)
+async def feedback(request: Request, service_state: ServiceDep, models: RepositoryDep, request_id: str) -> dict[str, object]:
+    """The body: the true next frames of the clip(s) predicted under ``request_id`` (its
+    ``X-Request-ID``), all of them or the first k; answers per-frame MSE, MAE and PSNR."""
+    kept = models.answers.get(request_id)
+    request.state.model = kept.model
+    annotate(model=kept.model)
+    request_type = negotiation.media_type(request.headers.get("content-type"))
+    if request_type not in negotiation.REQUEST_TYPES:
+        got = f"Content-Type {request_type!r}" if request_type else "no Content-Type"
+        raise UnsupportedMedia("unsupported-media-type", f"got {got}; send {', '.join(negotiation.REQUEST_TYPES)}")
+    _, n, c, h, w = kept.frames.shape
+    if request_type == negotiation.NPY:  # partial truth: the first k frames, as many as the array holds
+        n = _npy_frames(await request.body(), n)
+    truth = await _read_clips(request, request_type, ClipSpec(n, n, c, h, w), service_state.settings, VideoOptions())
+    return models.answers.grade(request_id, truth.frames)
+
+
+def _npy_frames(body: bytes, most: int) -> int:
+    """T of a (T, C, H, W) or (B, T, C, H, W) .npy body when 1 <= T <= ``most``, else ``most``
+    (the decoder then names what was expected)."""
+    try:
+        shape, _, _ = read_npy_layout(io.BytesIO(body))
+    except ValueError:
+        return most
+    frames = shape[-4] if len(shape) in (4, 5) else most
+    return frames if 1 <= frames <= most else most

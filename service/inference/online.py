@@ -1,0 +1,167 @@
+"""Online accuracy: the predictions a server answered, kept (bounded in bytes and time, in
+memory only) until their true frames arrive by ``POST /v1/feedback/{request_id}``, then graded
+per horizon step with the same numpy scores ``stlight predict --has-targets`` uses."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.core import scores
+from service.core.errors import NotFound, Unprocessable
+from service.core.frames import shape_text
+
+
+@dataclass(frozen=True)
+class Kept:
+    """One answer waiting for its truth: float16 frames (half of float32's bytes; grading
+    error ~1e-4 of a [0, 1] pixel, far below any model's error)."""
+
+    model: str
+    version: str
+    frames: np.ndarray  # (B, N, C, H, W) float16
+    at: float
+
+
+@dataclass
+class StepFigures:
+    """Running sums per horizon step: a mean over every frame graded at that step."""
+
+    sums: list[scores.ScoreSums] = field(default_factory=list)
+    graded: int = 0
+    expired: int = 0
+
+    def add(self, frame_scores: dict[str, np.ndarray]) -> None:
+        steps = frame_scores["mse"].shape[1]
+        while len(self.sums) < steps:
+            self.sums.append(scores.ScoreSums())
+        for step in range(steps):
+            s = self.sums[step]
+            s.squared += float(frame_scores["mse"][:, step].sum())
+            s.absolute += float(frame_scores["mae"][:, step].sum())
+            s.psnr += float(frame_scores["psnr"][:, step].sum())
+            s.frames += frame_scores["mse"].shape[0]
+        self.graded += 1
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "graded": self.graded,
+            "expired": self.expired,
+            "steps": [{"step": i + 1, "frames": s.frames, **s.result()} for i, s in enumerate(self.sums) if s.frames],
+        }
+
+
+def grade(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-frame ``(B, k)`` scores of the first k predicted frames against k true ones."""
+    pred = pred[:, : truth.shape[1]].astype(np.float32)
+    return {
+        "mse": scores.frame_squared_error(pred, truth),
+        "mae": scores.frame_absolute_error(pred, truth),
+        "psnr": scores.frame_psnr(pred, truth),
+    }
+
+
+class AnswerStore:
+    """LRU of kept answers by request id with a byte budget and a time-to-live. Thread-safe
+    (predictions finish on the event loop, a scrape reads from another thread)."""
+
+    def __init__(
+        self, budget_bytes: int, ttl_s: float, on_figures: Callable[[str, str, StepFigures], None] | None = None
+    ) -> None:
+        self.budget_bytes, self.ttl_s = budget_bytes, ttl_s
+        self.on_figures = on_figures
+        self._kept: OrderedDict[str, Kept] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.figures: dict[tuple[str, str], StepFigures] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def _figures(self, model: str, version: str) -> StepFigures:
+        return self.figures.setdefault((model, version), StepFigures())
+
+    def _drop(self, request_id: str, expired: bool) -> None:
+        kept = self._kept.pop(request_id)
+        self._bytes -= kept.frames.nbytes
+        if expired:
+            self._figures(kept.model, kept.version).expired += 1
+
+    def _expire(self, now: float) -> None:
+        while self._kept:
+            oldest_id, oldest = next(iter(self._kept.items()))
+            if now - oldest.at < self.ttl_s:
+                break
+            self._drop(oldest_id, expired=True)
+
+    def keep(self, request_id: str, model: str, version: str, prediction: np.ndarray) -> None:
+        frames = prediction.astype(np.float16)
+        if self.budget_bytes <= 0 or frames.nbytes > self.budget_bytes:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if request_id in self._kept:
+                self._drop(request_id, expired=False)
+            self._expire(now)
+            while self._bytes + frames.nbytes > self.budget_bytes:  # least recently kept first
+                self._drop(next(iter(self._kept)), expired=True)
+            self._kept[request_id] = Kept(model, version, frames, now)
+            self._bytes += frames.nbytes
+
+    def get(self, request_id: str) -> Kept:
+        with self._lock:
+            self._expire(time.monotonic())
+            kept = self._kept.get(request_id)
+        if kept is None:
+            raise NotFound(
+                "unknown-request-id",
+                f"no prediction {request_id!r} is kept: unknown, already graded, or older than {self.ttl_s:g} s "
+                "(or pushed out by the byte budget)",
+            )
+        return kept
+
+    def grade(self, request_id: str, truth: np.ndarray) -> dict[str, object]:
+        """Grade kept ``request_id`` on ``truth`` (B, k, C, H, W), k ≤ its frames; forget it."""
+        kept = self.get(request_id)
+        b, n = kept.frames.shape[:2]
+        if truth.ndim != 5 or truth.shape[0] != b or not 1 <= truth.shape[1] <= n or truth.shape[2:] != kept.frames.shape[2:]:
+            raise Unprocessable(
+                "wrong-shape",
+                f"the truth for {request_id!r} must be {shape_text((b, n, *kept.frames.shape[2:]))} frames "
+                f"(or its first k ≤ {n} frames); got {shape_text(truth.shape)}",
+            )
+        frame_scores = grade(kept.frames, truth)
+        with self._lock:
+            if request_id not in self._kept:  # graded by a concurrent feedback meanwhile
+                raise NotFound("unknown-request-id", f"prediction {request_id!r} was graded already")
+            self._drop(request_id, expired=False)
+            figures = self._figures(kept.model, kept.version)
+            figures.add(frame_scores)
+        if self.on_figures is not None:
+            self.on_figures(kept.model, kept.version, figures)
+        return {
+            "request_id": request_id,
+            "model": kept.model,
+            "version": kept.version,
+            "frames": int(truth.shape[1]),
+            "scores": {name: [[_finite(v) for v in clip] for clip in values.tolist()] for name, values in frame_scores.items()},
+        }
+
+    def describe(self, model: str, version: str) -> dict[str, object]:
+        with self._lock:
+            self._expire(time.monotonic())
+            return self._figures(model, version).describe()
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: an exact frame's PSNR is null."""
+    return value if np.isfinite(value) else None

@@ -1,0 +1,110 @@
+"""Online accuracy: a real server keeps its answers, grades them by the true frames posted to
+/v1/feedback/{request_id}, and its figures per step equal the offline scores of the same
+predictions; the store honours its byte budget and time-to-live."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from serving import Server, load_npy, moving_digits, npy_bytes, running
+
+from service.core import scores
+from service.inference.online import AnswerStore
+
+NPY = {"content-type": "application/x-npy", "accept": "application/x-npy"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("online") / "server.log"
+    with running(log, "--model", str(tiny_onnx), "--device", "cpu") as srv:
+        yield srv
+
+
+def _clip(digits: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(10, 1, 64, 64) input and its true next 10 frames, float32 in [0, 1]."""
+    clip = moving_digits(digits, index, frames=20).astype(np.float32) / 255
+    return clip[:10], clip[10:]
+
+
+def test_online_figures_equal_offline_scores_per_step(server: Server, digits: np.ndarray) -> None:
+    preds, truths = [], []
+    for index in range(4):
+        clip, truth = _clip(digits, index)
+        answer = httpx.post(server.url + "/predict", content=npy_bytes(clip), headers=NPY)
+        assert answer.status_code == 200, answer.text
+        pred = load_npy(answer.content)[None]
+        graded = httpx.post(server.url + f"/v1/feedback/{answer.headers['x-request-id']}", content=npy_bytes(truth), headers=NPY)
+        assert graded.status_code == 200, graded.text
+        body = graded.json()
+        np.testing.assert_allclose(body["scores"]["mse"][0], scores.frame_squared_error(pred, truth[None])[0], rtol=1e-2)
+        preds.append(pred)
+        truths.append(truth[None])
+        # graded once: the same id again is unknown
+        again = httpx.post(server.url + f"/v1/feedback/{answer.headers['x-request-id']}", content=npy_bytes(truth), headers=NPY)
+        assert again.status_code == 404 and again.headers["content-type"] == "application/problem+json"
+    pred, true = np.concatenate(preds), np.concatenate(truths)
+    model = httpx.get(server.url + "/v1/model").json()
+    name, info = model["name"], model["online"]
+    assert httpx.get(server.url + f"/v1/models/{name}").json()["online"] == info
+    assert info["graded"] == 4
+    metrics = server.metrics()
+    for step in range(10):
+        offline = scores.ScoreSums()
+        offline.update(pred[:, step : step + 1], true[:, step : step + 1])
+        expected = offline.result()
+        online = info["steps"][step]
+        assert online["step"] == step + 1 and online["frames"] == 4
+        for metric in ("mse", "mae"):
+            assert online[metric] == pytest.approx(expected[metric], rel=1e-2)
+        assert online["psnr"] == pytest.approx(expected["psnr"], abs=0.05)
+        labels = (("model", name), ("step", str(step + 1)), ("version", "1"))
+        assert metrics[("stlight_online_mse", labels)] == pytest.approx(online["mse"])
+    assert metrics[("stlight_online_graded", (("model", name), ("version", "1")))] == 4
+
+
+def test_feedback_partial_truth_and_refusals(server: Server, digits: np.ndarray) -> None:
+    clip, truth = _clip(digits, 7)
+    answer = httpx.post(server.url + "/predict", content=npy_bytes(clip), headers=NPY)
+    rid = answer.headers["x-request-id"]
+    wrong = httpx.post(server.url + f"/v1/feedback/{rid}", content=npy_bytes(truth[:, :, :32]), headers=NPY)
+    assert wrong.status_code == 422 and "64x64" in wrong.json()["detail"], wrong.text
+    two = httpx.post(server.url + f"/v1/feedback/{rid}", content=npy_bytes(np.stack([truth, truth])), headers=NPY)
+    assert two.status_code == 422 and "(1, 10, 1, 64, 64)" in two.json()["detail"], two.text
+    partial = httpx.post(server.url + f"/v1/feedback/{rid}", content=npy_bytes(truth[:3]), headers=NPY)
+    assert partial.status_code == 200, partial.text
+    assert partial.json()["frames"] == 3 and len(partial.json()["scores"]["psnr"][0]) == 3
+    unknown = httpx.post(server.url + "/v1/feedback/no-such-id", content=npy_bytes(truth), headers=NPY)
+    assert unknown.status_code == 404 and "no-such-id" in unknown.json()["detail"]
+
+
+def test_feedback_needs_a_key_when_keys_are_on(tmp_path: Path, tiny_onnx: Path, digits: np.ndarray) -> None:
+    clip, truth = _clip(digits, 3)
+    env = {"STLIGHT_API_KEYS": "k1"}
+    with running(tmp_path / "server.log", "--model", str(tiny_onnx), "--device", "cpu", env=env) as srv:
+        answer = httpx.post(srv.url + "/predict", content=npy_bytes(clip), headers={**NPY, "authorization": "Bearer k1"})
+        assert answer.status_code == 200, answer.text
+        url = srv.url + f"/v1/feedback/{answer.headers['x-request-id']}"
+        assert httpx.post(url, content=npy_bytes(truth), headers=NPY).status_code == 401
+        ok = httpx.post(url, content=npy_bytes(truth), headers={**NPY, "authorization": "Bearer k1"})
+        assert ok.status_code == 200, ok.text
+
+
+def test_store_honours_byte_budget_and_time_to_live() -> None:
+    frames = np.random.default_rng(0).random((1, 10, 1, 64, 64), dtype=np.float32)
+    one = frames.astype(np.float16).nbytes
+    store = AnswerStore(budget_bytes=5 * one, ttl_s=0.3)
+    for i in range(200):
+        store.keep(f"r{i}", "m", "1", frames)
+        assert store.nbytes <= 5 * one
+    assert len(store) == 5 and store.describe("m", "1")["expired"] == 195
+    store.get("r199")
+    with pytest.raises(Exception, match="r0"):
+        store.get("r0")
+    time.sleep(0.35)
+    assert store.describe("m", "1")["expired"] == 200 and len(store) == 0 and store.nbytes == 0
