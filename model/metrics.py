@@ -6,8 +6,9 @@
 - SSIM: per frame, skimage's ``structural_similarity`` defaults (7×7 uniform window, K1 0.01,
   K2 0.03, sample covariance), channels averaged, averaged over all frames. OpenSTL passes float
   frames without ``data_range``; the skimage versions it ran on then used the float dtype range
-  (-1, 1), i.e. ``data_range = 2``, which is our default. Computed here for a whole batch at once
-  (same arithmetic as skimage; ``tests/test_metrics.py`` checks it against skimage).
+  (-1, 1), i.e. ``data_range = 2``, which is our default. Computed in :mod:`service.core.scores`
+  for a whole batch at once (numpy only, so the server grades with it too; same arithmetic as
+  skimage; ``tests/test_metrics.py`` checks it against skimage).
 - per-frame MSE: the MSE above for each predicted frame index separately.
 """
 
@@ -16,36 +17,24 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy.ndimage import uniform_filter
 
-from service.core.scores import check_pair, frame_absolute_error, frame_psnr, frame_squared_error, mae, mse, psnr
+from service.core.scores import (
+    SSIM_DATA_RANGE,
+    frame_absolute_error,
+    frame_psnr,
+    frame_squared_error,
+    frame_ssim,
+    mae,
+    mse,
+    psnr,
+)
 
 __all__ = ["MetricAccumulator", "compute_metrics", "frame_psnr", "frame_ssim", "mae", "mse", "per_frame_mse", "psnr", "ssim"]
-
-SSIM_DATA_RANGE = 2.0  # what OpenSTL's call amounted to (see the module docstring)
 
 
 def per_frame_mse(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     """``(T,)``: the summed squared error of frame t, averaged over clips."""
     return np.mean(frame_squared_error(pred, true), axis=0)
-
-
-def frame_ssim(pred: np.ndarray, true: np.ndarray, data_range: float = SSIM_DATA_RANGE, win_size: int = 7) -> np.ndarray:
-    """``(N, T)`` SSIM of every frame (predictions clipped to [0, 1]), channels averaged."""
-    check_pair(pred, true)
-    x = np.clip(pred.astype(np.float64), 0, 1)
-    y = true.astype(np.float64)
-    size = (1, 1, 1, win_size, win_size)  # filter over H and W only, one image at a time
-    mean = lambda a: uniform_filter(a, size=size)  # noqa: E731 - skimage's filter, mode "reflect"
-    ux, uy = mean(x), mean(y)
-    cov_norm = win_size**2 / (win_size**2 - 1)  # sample covariance, as skimage
-    vx = cov_norm * (mean(x * x) - ux * ux)
-    vy = cov_norm * (mean(y * y) - uy * uy)
-    vxy = cov_norm * (mean(x * y) - ux * uy)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))  # (N, T, C, H, W)
-    pad = (win_size - 1) // 2
-    return s[..., pad:-pad, pad:-pad].mean(axis=(3, 4)).mean(axis=2)  # (N, T)
 
 
 def ssim(pred: np.ndarray, true: np.ndarray, data_range: float = SSIM_DATA_RANGE) -> float:

@@ -63,6 +63,8 @@ def test_online_figures_equal_offline_scores_per_step(server: Server, digits: np
         for metric in ("mse", "mae"):
             assert online[metric] == pytest.approx(expected[metric], rel=1e-2)
         assert online["psnr"] == pytest.approx(expected["psnr"], abs=0.05)
+        ssim = float(np.mean(scores.frame_ssim(pred[:, step : step + 1], true[:, step : step + 1])))
+        assert online["ssim"] == pytest.approx(ssim, abs=1e-3)
         labels = (("model", name), ("step", str(step + 1)), ("version", "1"))
         assert metrics[("stlight_online_mse", labels)] == pytest.approx(online["mse"])
     assert metrics[("stlight_online_graded", (("model", name), ("version", "1")))] == 4
@@ -108,3 +110,22 @@ def test_store_honours_byte_budget_and_time_to_live() -> None:
         store.get("r0")
     time.sleep(0.35)
     assert store.describe("m", "1")["expired"] == 200 and len(store) == 0 and store.nbytes == 0
+
+
+def test_ssim_is_model_metrics_definition() -> None:
+    """The server's numpy SSIM is the one model/metrics.py reports (checked there against skimage)."""
+    pytest.importorskip("scipy")
+    from scipy.ndimage import uniform_filter
+
+    rng = np.random.default_rng(1)
+    pred, true = rng.random((2, 3, 2, 20, 24)), rng.random((2, 3, 2, 20, 24))
+    size = (1, 1, 1, 7, 7)
+    x, y = np.clip(pred, 0, 1), true
+    ux, uy = uniform_filter(x, size=size), uniform_filter(y, size=size)
+    norm = 49 / 48
+    vx = norm * (uniform_filter(x * x, size=size) - ux * ux)
+    vy = norm * (uniform_filter(y * y, size=size) - uy * uy)
+    vxy = norm * (uniform_filter(x * y, size=size) - ux * uy)
+    c1, c2 = 0.02**2, 0.06**2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    np.testing.assert_allclose(scores.frame_ssim(pred, true), s[..., 3:-3, 3:-3].mean(axis=(3, 4)).mean(axis=2), atol=1e-12)

@@ -57,7 +57,7 @@ class ServiceMetrics:
         step = (*MODEL, "step")
         self.online = {
             name: Gauge(f"stlight_online_{name}", f"Mean {name.upper()} per graded frame at this step", step, registry=r)
-            for name in ("mse", "mae", "psnr")
+            for name in ("mse", "mae", "psnr", "ssim")
         }
         self.online_graded = Gauge("stlight_online_graded", "Predictions graded by their true frames", MODEL, registry=r)
         self.online_expired = Gauge(

@@ -33,6 +33,7 @@ class StepFigures:
     """Running sums per horizon step: a mean over every frame graded at that step."""
 
     sums: list[scores.ScoreSums] = field(default_factory=list)
+    ssim: list[float] = field(default_factory=list)  # summed per step; ScoreSums has no SSIM
     graded: int = 0
     expired: int = 0
 
@@ -40,11 +41,13 @@ class StepFigures:
         steps = frame_scores["mse"].shape[1]
         while len(self.sums) < steps:
             self.sums.append(scores.ScoreSums())
+            self.ssim.append(0.0)
         for step in range(steps):
             s = self.sums[step]
             s.squared += float(frame_scores["mse"][:, step].sum())
             s.absolute += float(frame_scores["mae"][:, step].sum())
             s.psnr += float(frame_scores["psnr"][:, step].sum())
+            self.ssim[step] += float(frame_scores["ssim"][:, step].sum())
             s.frames += frame_scores["mse"].shape[0]
         self.graded += 1
 
@@ -52,8 +55,13 @@ class StepFigures:
         return {
             "graded": self.graded,
             "expired": self.expired,
-            "steps": [{"step": i + 1, "frames": s.frames, **s.result()} for i, s in enumerate(self.sums) if s.frames],
+            "steps": [self.step(i) for i, s in enumerate(self.sums) if s.frames],
         }
+
+    def step(self, index: int) -> dict[str, float | int]:
+        """Mean MSE, MAE, PSNR and SSIM of the frames graded at step ``index + 1``."""
+        s = self.sums[index]
+        return {"step": index + 1, "frames": s.frames, **s.result(), "ssim": self.ssim[index] / s.frames}
 
 
 def grade(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
@@ -63,6 +71,7 @@ def grade(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
         "mse": scores.frame_squared_error(pred, truth),
         "mae": scores.frame_absolute_error(pred, truth),
         "psnr": scores.frame_psnr(pred, truth),
+        "ssim": scores.frame_ssim(pred, truth),
     }
 
 

@@ -397,10 +397,11 @@ class Repository:
     def _publish_online(self, name: str, version: str, figures: StepFigures) -> None:
         """The Prometheus figures of one model version after a grading."""
         m = self.metrics
-        for step, sums in enumerate(figures.sums, start=1):
+        for index, sums in enumerate(figures.sums):
             if sums.frames:
-                for metric, value in sums.result().items():
-                    m.online[metric].labels(name, version, str(step)).set(value)
+                for metric, value in figures.step(index).items():
+                    if metric in m.online:
+                        m.online[metric].labels(name, version, str(index + 1)).set(value)
         m.online_graded.labels(name, version).set(figures.graded)
         m.online_expired.labels(name, version).set(figures.expired)
 
