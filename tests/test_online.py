@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from serving import Server, load_npy, moving_digits, npy_bytes, running
 
+from service.client.http import Client, ServiceError
 from service.core import scores
 from service.inference.online import AnswerStore
 
@@ -129,3 +130,14 @@ def test_ssim_is_model_metrics_definition() -> None:
     c1, c2 = 0.02**2, 0.06**2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
     np.testing.assert_allclose(scores.frame_ssim(pred, true), s[..., 3:-3, 3:-3].mean(axis=(3, 4)).mean(axis=2), atol=1e-12)
+
+
+def test_client_feedback(server: Server, digits: np.ndarray) -> None:
+    clip, truth = _clip(digits, 11)
+    with Client(server.url) as client:
+        pred, request_id = client.predict_with_id(clip)
+        graded = client.feedback(request_id, truth)
+        np.testing.assert_allclose(graded["scores"]["mae"][0], scores.frame_absolute_error(pred[None], truth[None])[0], rtol=1e-2)
+        with pytest.raises(ServiceError) as refused:
+            client.feedback(request_id, truth)
+        assert refused.value.status == 404

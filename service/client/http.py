@@ -18,6 +18,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -147,17 +148,33 @@ class Client:
         response = self._send("POST", "/predict", content=data, params=params, headers={"Content-Type": kind, "Accept": NPY})
         return np.load(io.BytesIO(response.content), allow_pickle=False)
 
+    def predict_with_id(self, frames: np.ndarray, horizon: int | None = None) -> tuple[np.ndarray, str]:
+        """One request (no splitting into ``batch_size`` chunks): the prediction and the request
+        id the server answered it under, which :meth:`feedback` grades later."""
+        response = self._post_npy_response(np.asarray(frames), horizon_params(horizon))
+        return np.load(io.BytesIO(response.content), allow_pickle=False), response.headers.get("x-request-id", "")
+
+    def feedback(self, request_id: str, truth: np.ndarray) -> dict[str, Any]:
+        """``POST /v1/feedback/{request_id}``: the true frames of an earlier prediction (all of
+        them or the first k), graded by the server; its per-frame MSE, MAE, PSNR and SSIM."""
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(truth, np.float32), allow_pickle=False)
+        path = "/v1/feedback/" + quote(request_id, safe="")
+        return self._send("POST", path, content=buffer.getvalue(), headers={"Content-Type": NPY}).json()
+
     def _post_npy(self, array: np.ndarray, params: dict[str, int] | None = None) -> np.ndarray:
+        return np.load(io.BytesIO(self._post_npy_response(array, params).content), allow_pickle=False)
+
+    def _post_npy_response(self, array: np.ndarray, params: dict[str, int] | None = None) -> httpx.Response:
         buffer = io.BytesIO()
         np.save(buffer, array, allow_pickle=False)
-        response = self._send(
+        return self._send(
             "POST",
             "/predict",
             content=buffer.getvalue(),
             params={**self._params, **(params or {})},
             headers={"Content-Type": NPY, "Accept": NPY},
         )
-        return np.load(io.BytesIO(response.content), allow_pickle=False)
 
     # the model -----------------------------------------------------------------------
     def model(self) -> dict[str, Any]:
