@@ -547,3 +547,25 @@ def test_start_up_mistakes_with_several_models_are_one_line_errors(tiny_onnx: Pa
     assert twice.returncode == 2 and "two models are named 'm'" in twice.stderr and "Traceback" not in twice.stderr
     nowhere = run_cli("serve", "--model-repository", str(tmp_path / "nope"))
     assert nowhere.returncode == 2 and "not a folder" in nowhere.stderr and "Traceback" not in nowhere.stderr
+
+
+def test_name_churn_on_the_repository_routes_costs_no_memory(server: Server) -> None:
+    """An attacker trying many made-up names: each a 404, and the server's memory does not grow."""
+
+    def rss_kib() -> int:
+        status = Path(f"/proc/{server.proc.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+
+    with httpx.Client(base_url=server.url, timeout=30) as web:
+
+        def churn(start: int, count: int) -> None:
+            for index in range(start, start + count):
+                for action in ("load", "unload"):
+                    answer = web.post(f"/v2/repository/models/ghost{index}/{action}")
+                    assert answer.status_code == 404, answer.text
+
+        churn(0, 300)  # allocator and logging settle
+        before = rss_kib()
+        churn(300, 2000)
+        assert rss_kib() - before < 16 * 1024
+        assert web.get("/v2/models/alpha/ready").status_code == 200

@@ -271,6 +271,14 @@ def test_unreadable_key_file_is_a_one_line_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("setting", [",", "  ", " , ,"])
+def test_a_key_setting_that_names_no_key_is_refused_at_start(setting: str) -> None:
+    """Set but empty would otherwise run the server open: its author asked for keys."""
+    result = run_cli("serve", env={"STLIGHT_API_KEYS": setting})
+    assert result.returncode == 2 and "STLIGHT_API_KEYS is set but holds no key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # ---------------------------------------------------------------------------------------
 # drain on SIGTERM: requests in flight and queued finish, new connections are refused, exit 0
 # ---------------------------------------------------------------------------------------

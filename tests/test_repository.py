@@ -88,3 +88,23 @@ def test_a_repository_serves_what_loads_and_names_what_does_not(tmp_path: Path, 
         Repository(ServeSettings(model_repository=tmp_path / "good.onnx", device="cpu").model_options(), ServiceMetrics())
     with pytest.raises(EngineError, match="cannot load"):  # a --model file must load
         Repository(ServeSettings(model=str(tmp_path / "bad.onnx"), device="cpu").model_options(), ServiceMetrics())
+
+
+def test_names_that_do_not_exist_leave_no_state(tmp_path: Path) -> None:
+    """Load/unload of made-up names is refused and keeps nothing per name (no lock, no record)."""
+    import asyncio
+
+    repository = Repository(ServeSettings(model_repository=tmp_path, device="cpu").model_options(), ServiceMetrics())
+
+    async def churn() -> int:
+        refused = 0
+        for index in range(500):
+            for action in (repository.load, repository.unload):
+                with pytest.raises(ServeError) as caught:
+                    await action(f"ghost{index}")
+                refused += status_of(caught.value) == 404
+        return refused
+
+    assert asyncio.run(churn()) == 1000
+    assert repository._locks == {} and repository._lock_users == {}
+    assert not repository.failed and not repository.unloaded and not repository.serving

@@ -328,6 +328,7 @@ class Repository:
         self.failed: dict[str, str] = {}  # name -> why it is not served (load failed, bad folder)
         self.unloaded: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._lock_users: dict[str, int] = {}
         self.on_fatal: Callable[[str], None] | None = None
         self._pending: list[Served] = []  # loaded before the event loop ran; started by start()
         self.answers = AnswerStore(options.online_budget_bytes, options.online_ttl_s, self._publish_online)
@@ -534,8 +535,21 @@ class Repository:
             )
         return find_versions(self.root, name)
 
-    def _lock(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())
+    @asynccontextmanager
+    async def _lock(self, name: str) -> AsyncIterator[None]:
+        """One load/unload of NAME at a time. The lock lives only while someone holds or awaits
+        it, so clients trying names that do not exist leave no state behind."""
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        self._lock_users[name] = self._lock_users.get(name, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._lock_users[name] -= 1
+            if not self._lock_users[name]:
+                del self._lock_users[name], self._locks[name]
 
     async def load(self, name: str) -> list[Served]:
         """Load NAME (or reload it: the files are read again). The old versions keep serving

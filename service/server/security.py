@@ -157,8 +157,17 @@ class KeyStore:
 
 def key_store(settings: ServeSettings) -> KeyStore:
     """The keys ``settings`` name: ``api_keys`` and ``api_key_file`` together (either may rotate
-    without touching the other). Raises :class:`KeyFileError` for an unreadable file."""
-    return KeyStore(parse_keys(settings.api_keys.get_secret_value(), ","), settings.api_key_file)
+    without touching the other). Raises :class:`KeyFileError` for an unreadable file, and for an
+    ``api_keys`` that is set but names no key (``","``, spaces): running open then would silently
+    drop the protection its author asked for."""
+    raw = settings.api_keys.get_secret_value()
+    keys = parse_keys(raw, ",")
+    if raw and not keys:
+        raise KeyFileError(
+            "STLIGHT_API_KEYS is set but holds no key (only commas or spaces); "
+            "give at least one key, or unset it to run without keys"
+        )
+    return KeyStore(keys, settings.api_key_file)
 
 
 def presented_keys(scope: Scope) -> list[str]:
