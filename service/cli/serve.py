@@ -8,19 +8,12 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from service.core.errors import UserError
 
 if TYPE_CHECKING:  # imported where used: building the parser must stay light
     from service.server.settings import ServeSettings
-
-# flag -> settings field; flags default to None so only the ones given override the environment
-_FLAGS = (
-    "model", "model_repository", "host", "port", "grpc_port", "device", "max_batch_size", "max_delay_ms", "max_body_mb", "tf32",
-    "cuda_graphs",
-    "api_key_file", "metrics_auth", "log_format", "access_log",
-)  # fmt: skip
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
@@ -33,116 +26,48 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
             "model repository (load/unload while serving) and model configuration extensions; the same protocol over gRPC "
             "(tritonclient.grpc) on --grpc-port, with gRPC health checking and reflection. "
             "Every flag can also be set as an environment variable STLIGHT_<FLAG> (e.g. STLIGHT_MAX_BATCH_SIZE=16); "
-            "a flag given on the command line wins. Further settings only as variables: STLIGHT_QUEUE_SIZE (256), "
-            "STLIGHT_REQUEST_TIMEOUT_S (30), STLIGHT_INTRA_OP_THREADS (0 = all CPUs), STLIGHT_INTER_OP_THREADS (1), "
-            "STLIGHT_WARMUP_RUNS (2), STLIGHT_ORT_SPINNING (run: ONNX Runtime's threads spin within a run; off: never; "
-            "on: also between runs), STLIGHT_API_KEYS (comma-separated API keys), STLIGHT_DRAIN_TIMEOUT_S (30: on "
-            "SIGTERM, how long requests already received may take before they are cancelled), STLIGHT_KEEP_ALIVE_S "
-            "(75: idle connections are closed after this; keep it above the idle timeout of a proxy in front), "
-            "STLIGHT_MAX_VIDEO_FRAMES (10000 frames decoded per video body), STLIGHT_MAX_HORIZON (1000: the largest "
-            "?horizon=). A process whose warm-up fails or whose GPU hits a sticky CUDA error exits with status 1 so "
+            "a flag given on the command line wins; API keys themselves only as STLIGHT_API_KEYS (comma-separated), "
+            "so they stay out of process listings. "
+            "A process whose warm-up fails or whose GPU hits a sticky CUDA error exits with status 1 so "
             "its orchestrator replaces it. See docs/operations.md for keys, request ids, logs and draining."
         ),
     )
-    parser.add_argument(
-        "--model",
-        metavar="[NAME=]PATH",
-        action="append",
-        help=(
-            "ONNX file from `stlight export`, served as model NAME (default: the file's stem); repeat for more models; "
-            "the first is the default of /predict (default: the model shipped in the package, named 'default', "
-            "unless --model-repository is given). PATH 'builtin' is that shipped model: --model mine.onnx --model builtin "
-            "serves yours (the default of /predict) beside it [STLIGHT_MODEL, several separated by ':']"
-        ),
-    )
-    parser.add_argument(
-        "--model-repository",
-        metavar="DIR",
-        help=(
-            "serve every model in DIR: DIR/NAME.onnx (version 1) and DIR/NAME/VERSION/model.onnx (Triton's layout, every "
-            "version, the highest is the default); a file that fails to load is reported and the others are served; "
-            "POST /v2/repository/models/NAME/load and .../unload load and unload models while serving "
-            "[STLIGHT_MODEL_REPOSITORY]"
-        ),
-    )
-    parser.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 for all interfaces) [STLIGHT_HOST]")
-    parser.add_argument("--port", type=int, help="TCP port; 0 picks a free one (default 8000) [STLIGHT_PORT]")
-    parser.add_argument(
-        "--grpc-port",
-        type=int,
-        metavar="PORT",
-        help="TCP port of the Open Inference Protocol over gRPC (what tritonclient.grpc and KServe's gRPC clients speak), "
-        "with gRPC health checking and reflection, on the same --host; 0 turns gRPC off (default 8001) [STLIGHT_GRPC_PORT]",
-    )
-    parser.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        help="auto (the default): CUDA when it really loads, else CPU; cpu; cuda: fail at start unless CUDA loads "
-        "[STLIGHT_DEVICE]",
-    )
-    parser.add_argument(
-        "--max-batch-size",
-        type=int,
-        metavar="N",
-        help="most clips per session.run; 1 turns batching off (default 8) [STLIGHT_MAX_BATCH_SIZE]",
-    )
-    parser.add_argument(
-        "--max-delay-ms",
-        type=float,
-        metavar="MS",
-        help="extra wait for more clips after the first; 0 (the default) runs at once and batches what gathered "
-        "while the previous batch ran [STLIGHT_MAX_DELAY_MS]",
-    )
-    parser.add_argument(
-        "--max-body-mb",
-        type=float,
-        metavar="MB",
-        help="largest request body in MiB; larger ones get 413 (default 64) [STLIGHT_MAX_BODY_MB]",
-    )
-    parser.add_argument(
-        "--tf32",
-        action="store_true",
-        default=None,
-        help="CUDA: allow TF32 math (faster on Ampere and newer; outputs move by ~5e-4, more than `stlight export` "
-        "validated with TF32 off; shown in /v1/model) [STLIGHT_TF32]",
-    )
-    parser.add_argument(
-        "--cuda-graphs",
-        action="store_true",
-        default=None,
-        help="CUDA: capture one CUDA graph per batch-size bucket at warm-up and replay it (less launch overhead "
-        "for small models) [STLIGHT_CUDA_GRAPHS]",
-    )
-    parser.add_argument(
-        "--api-key-file",
-        metavar="FILE",
-        help="API keys, one a line (# comments); re-read on SIGHUP or when the file changes. With it or STLIGHT_API_KEYS, "
-        "every route but /healthz, /readyz, /v2/health/* (and the page and docs) needs 'Authorization: Bearer KEY' or "
-        "'X-API-Key: KEY' [STLIGHT_API_KEY_FILE]",
-    )
-    parser.add_argument(
-        "--metrics-auth",
-        action="store_const",
-        const=True,
-        help="/metrics needs an API key too (default: open to scrapers, like the probes) [STLIGHT_METRICS_AUTH]",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        help="text lines (the default) or one JSON object per line with time, level, request_id, route, status, "
-        "duration_ms, model, batch; uvicorn's lines follow it [STLIGHT_LOG_FORMAT]",
-    )
-    parser.add_argument(
-        "--no-access-log",
-        dest="access_log",
-        action="store_const",
-        const=False,
-        help="no log line per request (default: one, with its request id) [STLIGHT_ACCESS_LOG=false]",
-    )
+    _add_setting_flags(parser)
     parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log verbosity (default info)"
     )
     parser.set_defaults(handler=run_serve)
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ServeSettings field, so a default or help text is written once, in the settings.
+
+    Flags default to None: only the ones given override the STLIGHT_* environment."""
+    from service.server.settings import ServeSettings  # pydantic only: no fastapi or onnxruntime
+
+    for name, field in ServeSettings.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        spec = extra.get("cli", {})
+        if spec is False:
+            continue
+        options: dict[str, Any] = dict(spec) if isinstance(spec, dict) else {}
+        flag = options.pop("flag", "--" + name.replace("_", "-"))
+        env = options.pop("env", f"STLIGHT_{name.upper()}")
+        text = options.pop("help", None) or f"{field.description} (default {field.default})"
+        kind: dict[str, Any] = {}
+        if field.annotation is bool:
+            kind = {"action": "store_const", "const": True}
+        elif get_origin(field.annotation) is Literal:
+            kind = {"choices": get_args(field.annotation)}
+        elif field.annotation in (int, float):
+            kind = {"type": field.annotation}
+        parser.add_argument(flag, dest=name, default=None, help=f"{text} [{env}]", **{**kind, **options})
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    from service.server.settings import ServeSettings
+
+    return {name: getattr(args, name) for name in ServeSettings.model_fields if getattr(args, name, None) is not None}
 
 
 def settings_from_args(args: argparse.Namespace) -> ServeSettings:
@@ -151,7 +76,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
 
     from service.server.settings import ServeSettings
 
-    given = {name: getattr(args, name) for name in _FLAGS if getattr(args, name, None) is not None}
+    given = _given(args)
     try:
         return ServeSettings(**given)
     except ValidationError as exc:

@@ -16,39 +16,142 @@ from service.inference.options import ModelOptions
 
 
 class ServeSettings(BaseSettings):
-    """Everything ``stlight serve`` can be told; each field is also ``STLIGHT_<FIELD>``."""
+    """Everything ``stlight serve`` can be told; each field is also ``STLIGHT_<FIELD>`` and a flag.
+
+    ``stlight serve`` builds its flags from these fields (service.cli.serve): ``--field-name``, the
+    type and choices from the annotation, the help from the description plus the default. A field's
+    ``json_schema_extra={"cli": {...}}`` overrides any of that (``flag``, ``help``, ``env`` and any
+    argparse keyword); ``{"cli": False}`` keeps a setting off the command line (a secret).
+    """
 
     model_config = SettingsConfigDict(env_prefix="STLIGHT_", extra="forbid", frozen=True)
 
     # NoDecode: STLIGHT_MODEL is a plain path (or several, os.pathsep-separated), not a JSON list
     model: Annotated[tuple[str, ...], NoDecode] = Field(
         (),
+        json_schema_extra={
+            "cli": {
+                "metavar": "[NAME=]PATH",
+                "action": "append",
+                "help": (
+                    "ONNX file from `stlight export`, served as model NAME (default: the file's stem); repeat for more models; "
+                    "the first is the default of /predict (default: the model shipped in the package, named 'default', "
+                    "unless --model-repository is given). PATH 'builtin' is that shipped model: "
+                    "--model mine.onnx --model builtin serves yours (the default of /predict) beside it"
+                ),
+                "env": "STLIGHT_MODEL, several separated by ':'",
+            }
+        },
         description="ONNX files to serve, each PATH or NAME=PATH (PATH 'builtin': the model shipped in the package); "
         "default: the shipped model alone",
     )
     model_repository: Path | None = Field(
-        None, description="folder of models: NAME.onnx (version 1) or NAME/VERSION/model.onnx (Triton's layout)"
+        None,
+        json_schema_extra={
+            "cli": {
+                "metavar": "DIR",
+                "help": (
+                    "serve every model in DIR: DIR/NAME.onnx (version 1) and DIR/NAME/VERSION/model.onnx (Triton's layout, every "
+                    "version, the highest is the default); a file that fails to load is reported and the others are served; "
+                    "POST /v2/repository/models/NAME/load and .../unload load and unload models while serving"
+                ),
+            }
+        },
+        description="folder of models: NAME.onnx (version 1) or NAME/VERSION/model.onnx (Triton's layout)",
     )
-    host: str = Field("127.0.0.1", description="address to bind")
-    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port)")
+    host: str = Field(
+        "127.0.0.1",
+        json_schema_extra={"cli": {"help": "address to bind (default 127.0.0.1; 0.0.0.0 for all interfaces)"}},
+        description="address to bind",
+    )
+    port: int = Field(
+        8000,
+        ge=0,
+        le=65535,
+        json_schema_extra={"cli": {"help": "TCP port; 0 picks a free one (default 8000)"}},
+        description="TCP port (0: any free port)",
+    )
     grpc_port: int = Field(
-        8001, ge=0, le=65535, description="TCP port of the Open Inference Protocol over gRPC (Triton's and KServe's 8001); 0: off"
+        8001,
+        ge=0,
+        le=65535,
+        json_schema_extra={
+            "cli": {
+                "metavar": "PORT",
+                "help": (
+                    "TCP port of the Open Inference Protocol over gRPC (what tritonclient.grpc and KServe's gRPC clients speak), "
+                    "with gRPC health checking and reflection, on the same --host; 0 turns gRPC off (default 8001)"
+                ),
+            }
+        },
+        description="TCP port of the Open Inference Protocol over gRPC (Triton's and KServe's 8001); 0: off",
     )
-    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: CUDA when it really loads, else CPU")
-    max_batch_size: int = Field(8, ge=1, le=1024, description="most clips coalesced into one session.run")
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto",
+        json_schema_extra={
+            "cli": {
+                "choices": ["auto", "cpu", "cuda"],
+                "help": ("auto (the default): CUDA when it really loads, else CPU; cpu; cuda: fail at start unless CUDA loads"),
+            }
+        },
+        description="auto: CUDA when it really loads, else CPU",
+    )
+    max_batch_size: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        json_schema_extra={"cli": {"metavar": "N", "help": "most clips per session.run; 1 turns batching off (default 8)"}},
+        description="most clips coalesced into one session.run",
+    )
     max_delay_ms: float = Field(
         0.0,
         ge=0,
         le=10_000,
+        json_schema_extra={
+            "cli": {
+                "metavar": "MS",
+                "help": (
+                    "extra wait for more clips after the first; 0 (the default) runs at once and batches what gathered "
+                    "while the previous batch ran"
+                ),
+            }
+        },
         description="extra wait for more clips after the first; 0: run at once, batching what gathered during the last run",
     )
-    max_body_mb: float = Field(64.0, gt=0, description="largest accepted request body in MiB (413 beyond, while streaming)")
+    max_body_mb: float = Field(
+        64.0,
+        gt=0,
+        json_schema_extra={"cli": {"metavar": "MB", "help": "largest request body in MiB; larger ones get 413 (default 64)"}},
+        description="largest accepted request body in MiB (413 beyond, while streaming)",
+    )
     queue_size: int = Field(256, ge=1, description="requests waiting for inference before new ones get 503")
     request_timeout_s: float = Field(30.0, gt=0, description="a request not answered within this gets 504")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads inside one operator; 0: every available CPU")
     inter_op_threads: int = Field(1, ge=1, description="ONNX Runtime threads across operators (sequential execution: 1)")
-    tf32: bool = Field(False, description="allow TF32 on CUDA (faster on Ampere+, outputs move by ~5e-4; not what was validated)")
-    cuda_graphs: bool = Field(False, description="capture one CUDA graph per batch-size bucket (CUDA only)")
+    tf32: bool = Field(
+        False,
+        json_schema_extra={
+            "cli": {
+                "help": (
+                    "CUDA: allow TF32 math (faster on Ampere and newer; outputs move by ~5e-4, more than `stlight export` "
+                    "validated with TF32 off; shown in /v1/model)"
+                )
+            }
+        },
+        description="allow TF32 on CUDA (faster on Ampere+, outputs move by ~5e-4; not what was validated)",
+    )
+    cuda_graphs: bool = Field(
+        False,
+        json_schema_extra={
+            "cli": {
+                "help": (
+                    "CUDA: capture one CUDA graph per batch-size bucket at warm-up and replay it (less launch overhead "
+                    "for small models)"
+                )
+            }
+        },
+        description="capture one CUDA graph per batch-size bucket (CUDA only)",
+    )
     ort_spinning: Literal["off", "run", "on"] = Field(
         "run",
         description="ONNX Runtime's pool threads: spin between operators of a run (run), also after it (on), never (off)",
@@ -57,11 +160,55 @@ class ServeSettings(BaseSettings):
     max_video_frames: int = Field(MAX_VIDEO_FRAMES, ge=1, description="most frames decoded from one video body (422 beyond)")
     max_horizon: int = Field(MAX_HORIZON, ge=1, description="largest ?horizon= (frames predicted by rollout; 422 beyond)")
     # operations (service.server.security, service.server.request_id, service.server.logging_setup; docs/operations.md)
-    api_keys: SecretStr = Field(SecretStr(""), description="comma-separated keys; any set: routes but the probes need one")
-    api_key_file: Path | None = Field(None, description="file of keys, one a line; re-read on SIGHUP or when it changes")
-    metrics_auth: bool = Field(False, description="/metrics needs a key too (default: open, like the probes)")
-    log_format: Literal["text", "json"] = Field("text", description="text lines, or one JSON object per line")
-    access_log: bool = Field(True, description="one log line per request (id, route, status, duration, model, batch)")
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        json_schema_extra={"cli": False},
+        description="comma-separated keys; any set: routes but the probes need one",
+    )
+    api_key_file: Path | None = Field(
+        None,
+        json_schema_extra={
+            "cli": {
+                "metavar": "FILE",
+                "help": (
+                    "API keys, one a line (# comments); re-read on SIGHUP or when the file changes. With it or STLIGHT_API_KEYS, "
+                    "every route but /healthz, /readyz, /v2/health/* (and the page and docs) needs "
+                    "'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
+                ),
+            }
+        },
+        description="file of keys, one a line; re-read on SIGHUP or when it changes",
+    )
+    metrics_auth: bool = Field(
+        False,
+        json_schema_extra={"cli": {"help": "/metrics needs an API key too (default: open to scrapers, like the probes)"}},
+        description="/metrics needs a key too (default: open, like the probes)",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        json_schema_extra={
+            "cli": {
+                "help": (
+                    "text lines (the default) or one JSON object per line with time, level, request_id, route, status, "
+                    "duration_ms, model, batch; uvicorn's lines follow it"
+                )
+            }
+        },
+        description="text lines, or one JSON object per line",
+    )
+    access_log: bool = Field(
+        True,
+        json_schema_extra={
+            "cli": {
+                "flag": "--no-access-log",
+                "action": "store_const",
+                "const": False,
+                "env": "STLIGHT_ACCESS_LOG=false",
+                "help": "no log line per request (default: one, with its request id)",
+            }
+        },
+        description="one log line per request (id, route, status, duration, model, batch)",
+    )
     drain_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, how long requests already received may take")
     # longer than the idle timeout of the proxies in front (AWS ALB 60 s, nginx 60-75 s): a server
     # closing an idle connection first races the proxy's next request on it, which then fails (502)
