@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from service.core.errors import LimitExceeded, Unprocessable
+from service.core.errors import LimitExceeded, TooLarge, Unprocessable
 from service.core.limits import MAX_HORIZON
 
 
@@ -30,6 +30,20 @@ def check_limit(horizon: int, max_horizon: int, name: str = "horizon") -> int:
             f"{name}={horizon} is beyond this server's limit of {max_horizon} frames (STLIGHT_MAX_HORIZON)",
         )
     return horizon
+
+
+def check_frames_out(clips: int, frames: int, max_frames_out: int) -> None:
+    """Refuse (:class:`TooLarge`, ``answer-too-large``) before any model run a request whose
+    answer, ``clips`` x ``frames``, is beyond the server's budget: the answer is held whole while
+    it is encoded, so a small body asking a long horizon for many clips would otherwise cost
+    gigabytes, whichever protocol carried it."""
+    if clips * frames > max_frames_out:
+        raise TooLarge(
+            "answer-too-large",
+            f"{clips} clip(s) x {frames} frames = {clips * frames:,} frames to answer is beyond this server's limit of "
+            f"{max_frames_out:,} frames per request (STLIGHT_MAX_FRAMES_OUT); send fewer clips or a shorter horizon",
+            max_frames_out=max_frames_out,
+        )
 
 
 def from_parameters(parameters: Mapping[str, Any], max_horizon: int = MAX_HORIZON) -> int | None:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from service.core.limits import MAX_FRAMES_OUT
+
 Device = Literal["auto", "cuda", "cpu"]
 Spinning = Literal["off", "run", "on"]  # ONNX Runtime's pool threads: see service.inference.engine
 
@@ -32,3 +34,4 @@ class ModelOptions:
     warmup_runs: int
     online_budget_bytes: int = 256 << 20  # answers kept for grading (service.inference.online)
     online_ttl_s: float = 600.0
+    max_frames_out: int = MAX_FRAMES_OUT  # clips x frames one request may ask for

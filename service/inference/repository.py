@@ -248,6 +248,8 @@ class Served:
         queues through this version's batcher like any request; ``client_gone`` completing
         drops the clip (HTTP); a cancelled caller's task drops it too (gRPC). ``keep_as``: the
         request id under which the prediction is kept for grading by its true frames."""
+        out_frames = self.engine.spec.out_frames
+        horizon.check_frames_out(len(clips), frames or out_frames, self.options.max_frames_out)
         batcher = self.batcher
         assert batcher is not None
 

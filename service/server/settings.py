@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.core.limits import MAX_HORIZON, MAX_VIDEO_FRAMES
+from service.core.limits import MAX_FRAMES_OUT, MAX_HORIZON, MAX_VIDEO_FRAMES
 from service.core.runtime import available_cpus
 from service.inference.options import ModelOptions
 
@@ -159,6 +159,9 @@ class ServeSettings(BaseSettings):
     warmup_runs: int = Field(2, ge=0, description="session.run calls at each batch-size bucket before /readyz says ready")
     max_video_frames: int = Field(MAX_VIDEO_FRAMES, ge=1, description="most frames decoded from one video body (422 beyond)")
     max_horizon: int = Field(MAX_HORIZON, ge=1, description="largest ?horizon= (frames predicted by rollout; 422 beyond)")
+    max_frames_out: int = Field(
+        MAX_FRAMES_OUT, ge=1, description="most frames one request may be answered, clips x horizon (413 beyond)"
+    )
     # operations (service.server.security, service.server.request_id, service.server.logging_setup; docs/operations.md)
     api_keys: SecretStr = Field(
         SecretStr(""),
@@ -250,6 +253,7 @@ class ServeSettings(BaseSettings):
             queue_size=self.queue_size,
             request_timeout_s=self.request_timeout_s,
             warmup_runs=self.warmup_runs,
+            max_frames_out=self.max_frames_out,
             online_budget_bytes=int(self.online_budget_mb * 1024 * 1024),
             online_ttl_s=self.online_ttl_s,
         )
