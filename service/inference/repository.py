@@ -256,7 +256,6 @@ class Served:
         async def step(window: np.ndarray) -> np.ndarray:  # (B, T', C, H, W)
             return await batcher.predict(window, client_gone)
 
-        out_frames = self.engine.spec.out_frames
         prediction = await horizon.rollout_async(step, clips, frames or out_frames, out_frames)
         if keep_as is not None and self.answers is not None:
             self.answers.keep(keep_as, self.name, self.version, prediction)
