@@ -32,6 +32,15 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
             "go on; the exit status is 1 if any input failed, 2 for a usage mistake."
         ),
     )
+    _add_inputs(parser)
+    _add_predictor(parser)
+    _add_outputs(parser)
+    _add_video_and_horizon(parser)
+    _add_run_options(parser)
+    parser.set_defaults(handler=run_predict)
+
+
+def _add_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "inputs",
         nargs="+",
@@ -39,6 +48,10 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         help="files (.npy, .npz, .gif, .mp4, .webm, .avi, .mkv, .mov, .m4v) or folders (of frame images, or of inputs)",
     )
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if missing)")
+
+
+def _add_predictor(parser: argparse.ArgumentParser) -> None:
+    """Where the clips are predicted: a local ONNX file or a running service."""
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--model",
@@ -52,6 +65,10 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="with --url: the served model to use (GET /v1/models lists them; default: the server's default model)",
     )
+
+
+def _add_outputs(parser: argparse.ArgumentParser) -> None:
+    """Files written beside OUT/<stem>.npy."""
     parser.add_argument(
         "--png",
         action="store_true",
@@ -73,6 +90,9 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
             "(OUT/<stem>/clip_000.mp4 ... for many clips), at a video input's frame rate, else 10 fps"
         ),
     )
+
+
+def _add_video_and_horizon(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("video inputs and horizon")
     group.add_argument(
         "--windows",
@@ -116,6 +136,11 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
             "T' frames is a full model run and every frame is kept in memory); raise it to predict further on purpose"
         ),
     )
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Resuming, scoring, batching and the mode-specific options (--concurrency and --api-key for --url,
+    --device for local mode)."""
     parser.add_argument(
         "--overwrite", action="store_true", help="predict inputs again even when their outputs exist (default: skip them)"
     )
@@ -155,7 +180,6 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         "(default: $STLIGHT_API_KEY, which other users of this host cannot read from the process list)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (the summary is still printed)")
-    parser.set_defaults(handler=run_predict)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -163,6 +187,24 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.concurrency is not None and args.concurrency < 1:
         raise UserError(f"--concurrency must be at least 1, got {args.concurrency}")
+    _check_mode(args)
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} exists and is not a folder")
+    if args.stride is not None and not args.windows:
+        raise UserError("--stride applies to --windows (every window of a video file); add --windows or drop --stride")
+    if args.stride is not None and args.stride < 1:
+        raise UserError(f"--stride must be at least 1, got {args.stride}")
+    if args.horizon is not None and args.horizon < 1:
+        raise UserError(f"--horizon must be at least 1, got {args.horizon}")
+    if args.horizon is not None and args.horizon > args.max_horizon:
+        raise UserError(
+            f"--horizon {args.horizon} is beyond the limit of {args.max_horizon} frames (the service's default too: each "
+            f"T' frames is one model run per clip, and every frame is kept); add --max-horizon {args.horizon} to go on"
+        )
+
+
+def _check_mode(args: argparse.Namespace) -> None:
+    """Options that belong to one mode only: --url (a running service) or local (--model)."""
     if args.url is not None:
         if args.device is not None:
             raise UserError(
@@ -179,19 +221,6 @@ def _check_args(args: argparse.Namespace) -> None:
         )
     elif args.api_key is not None:
         raise UserError("--api-key applies to --url; local mode (--model) runs the file in this process")
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"--out {args.out} exists and is not a folder")
-    if args.stride is not None and not args.windows:
-        raise UserError("--stride applies to --windows (every window of a video file); add --windows or drop --stride")
-    if args.stride is not None and args.stride < 1:
-        raise UserError(f"--stride must be at least 1, got {args.stride}")
-    if args.horizon is not None and args.horizon < 1:
-        raise UserError(f"--horizon must be at least 1, got {args.horizon}")
-    if args.horizon is not None and args.horizon > args.max_horizon:
-        raise UserError(
-            f"--horizon {args.horizon} is beyond the limit of {args.max_horizon} frames (the service's default too: each "
-            f"T' frames is one model run per clip, and every frame is kept); add --max-horizon {args.horizon} to go on"
-        )
 
 
 def _local(args: argparse.Namespace) -> LocalClient:
