@@ -23,7 +23,7 @@ NPY = {"content-type": "application/x-npy", "accept": "application/x-npy"}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("online") / "server.log"
-    with running(log, "--model", str(tiny_onnx), "--device", "cpu") as srv:
+    with running(log, "--model", str(tiny_onnx), "--device", "cpu", grpc=True) as srv:
         yield srv
 
 
@@ -141,3 +141,65 @@ def test_client_feedback(server: Server, digits: np.ndarray) -> None:
         with pytest.raises(ServiceError) as refused:
             client.feedback(request_id, truth)
         assert refused.value.status == 404
+
+
+def _v2_truth(truth: np.ndarray, request_id: str, **parameters: object) -> dict[str, object]:
+    """An OIP inference request carrying ``truth`` as feedback for ``request_id``."""
+    tensor = {"name": "frames", "datatype": "FP32", "shape": list(truth.shape), "data": truth.ravel().tolist()}
+    return {"id": "fb-1", "parameters": {"feedback": request_id, **parameters}, "inputs": [tensor]}
+
+
+def test_v2_and_grpc_answers_are_kept_and_graded_through_the_infer_parameter(server: Server, digits: np.ndarray) -> None:
+    """/v2 infer and gRPC ModelInfer keep their answers under the request id; an infer request with
+    parameters.feedback grades them (JSON and binary REST, tritonclient gRPC), as /v1/feedback does."""
+    import tritonclient.grpc as grpcclient
+
+    name = httpx.get(server.url + "/v1/model").json()["name"]
+    infer = f"{server.url}/v2/models/{name}/infer"
+    clip, truth = _clip(digits, 21)
+    tensor = {"name": "frames", "datatype": "FP32", "shape": [1, *clip.shape], "data": clip.ravel().tolist()}
+    answer = httpx.post(infer, json={"inputs": [tensor]}, headers={"x-request-id": "v2-clip-21"})
+    assert answer.status_code == 200 and answer.headers["x-request-id"] == "v2-clip-21", answer.text
+    pred = np.asarray(answer.json()["outputs"][0]["data"], np.float32).reshape(1, 10, 1, 64, 64)
+    expected = {"mse": scores.frame_squared_error(pred, truth[None]), "mae": scores.frame_absolute_error(pred, truth[None])}
+
+    # refusals first: each leaves the answer kept
+    other = httpx.post(f"{server.url}/v2/models/{name}/versions/2/infer", json=_v2_truth(truth[None], "v2-clip-21"))
+    assert other.status_code == 404, other.text
+    short = httpx.post(infer, json=_v2_truth(truth[None, :, :, :32], "v2-clip-21"))
+    assert short.status_code == 422 and "64x64" in short.json()["error"], short.text
+    rolled = httpx.post(infer, json=_v2_truth(truth[None], "v2-clip-21", horizon=3))
+    assert rolled.status_code == 400 and "horizon" in rolled.json()["error"], rolled.text
+    unknown = httpx.post(infer, json=_v2_truth(truth[None], "never-answered"))
+    assert unknown.status_code == 404 and "never-answered" in unknown.json()["error"], unknown.text
+
+    graded = httpx.post(f"{server.url}/v2/models/{name}/versions/1/infer", json=_v2_truth(truth[None], "v2-clip-21"))
+    assert graded.status_code == 200, graded.text
+    body = graded.json()
+    assert body["id"] == "fb-1" and body["parameters"] == {"feedback": "v2-clip-21"} and body["model_version"] == "1"
+    outputs = {o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"]) for o in body["outputs"]}
+    assert sorted(outputs) == ["mae", "mse", "psnr", "ssim"] and outputs["mse"].shape == (1, 10)
+    for metric, values in expected.items():
+        np.testing.assert_allclose(outputs[metric], values, rtol=1e-2)
+    assert httpx.post(infer, json=_v2_truth(truth[None], "v2-clip-21")).status_code == 404  # graded once
+
+    # gRPC: a tritonclient prediction under a chosen id, then its first 4 true frames as feedback
+    triton = grpcclient.InferenceServerClient(server.grpc_target)
+    try:
+        clip, truth = _clip(digits, 22)
+        frames = grpcclient.InferInput("frames", [1, *clip.shape], "FP32")
+        frames.set_data_from_numpy(clip[None])
+        pred = triton.infer(name, [frames], headers={"x-request-id": "grpc-clip-22"}).as_numpy("predicted")
+        truth_tensor = grpcclient.InferInput("frames", [1, 4, *truth.shape[1:]], "FP32")
+        truth_tensor.set_data_from_numpy(np.ascontiguousarray(truth[None, :4]))
+        wanted = [grpcclient.InferRequestedOutput("mae"), grpcclient.InferRequestedOutput("psnr")]
+        result = triton.infer(name, [truth_tensor], outputs=wanted, parameters={"feedback": "grpc-clip-22"})
+        assert result.get_response().parameters["feedback"].string_param == "grpc-clip-22"
+        assert [o.name for o in result.get_response().outputs] == ["mae", "psnr"]
+        mae = scores.frame_absolute_error(pred[:, :4], truth[None, :4])
+        np.testing.assert_allclose(result.as_numpy("mae"), mae, rtol=1e-2)
+        assert result.as_numpy("psnr").shape == (1, 4)
+    finally:
+        triton.close()
+    figures = httpx.get(f"{server.url}/v1/models/{name}").json()["online"]
+    assert figures["steps"][0]["frames"] >= 2  # both graded into the same per-step figures as /v1/feedback

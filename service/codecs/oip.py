@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,14 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 OTHER_DATATYPES = ("BYTES", "BF16")
 ACCEPTED = ("UINT8", "FP16", "FP32", "FP64")
 ACCEPTED_TEXT = "UINT8 (0-255) or FP32/FP16/FP64 (0-1)"
+# An inference request whose parameters name ``feedback`` (the request id of an earlier answer)
+# carries that answer's true frames in its one input and is answered with their scores, one
+# FP32 (B, k) output each: the OIP form of POST /v1/feedback, the same over REST and gRPC
+FEEDBACK = "feedback"
+SCORES = ("mse", "mae", "psnr", "ssim")
+# (request id, frames the truth declares or None) -> the shape to check the truth against;
+# raises NotFound for an id with no kept answer
+TruthSpec = Callable[[str, int | None], ClipSpec]
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,45 @@ class InferRequest:
     clips: Clips
     binary_output: bool
     horizon: int | None = None  # parameters.horizon: frames to predict by rollout (None: T')
+    feedback: str | None = None  # parameters.feedback: the clips are the truth of this answer
+    outputs: tuple[str, ...] = ()  # the outputs asked for by name (none named: all)
+
+
+def feedback_of(parameters: dict[str, Any]) -> str | None:
+    """``parameters.feedback``: the request id whose truth the input carries, or None."""
+    value = parameters.get(FEEDBACK)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _bad(f"parameters.{FEEDBACK} must be the request id (X-Request-ID) of an earlier answer, got {value!r}")
+    if "horizon" in parameters:
+        raise _bad(f"parameters.horizon applies to predictions, not to a {FEEDBACK} request (its truth has the frames it has)")
+    return value
+
+
+def declared_frames(shape: Sequence[object]) -> int | None:
+    """T of a declared (T, C, H, W) or (B, T, C, H, W) shape, else None."""
+    frames = shape[-4] if len(shape) in (4, 5) else None
+    return frames if isinstance(frames, int) and not isinstance(frames, bool) else None
+
+
+def truth_tensors(tensors: Tensors, truth_spec: TruthSpec | None, request_id: str, shape: Sequence[object]) -> Tensors:
+    """The tensors a feedback request's input is checked against: the kept answer's shape."""
+    if truth_spec is None:
+        raise _bad(f"parameters.{FEEDBACK} is not accepted here")
+    return Tensors(tensors.input_name, tensors.output_name, truth_spec(request_id, declared_frames(shape)))
+
+
+def check_outputs(names: Sequence[object], output_name: str, feedback: str | None) -> tuple[str, ...]:
+    """The output names a request asks for: the model's output, or scores for a feedback request."""
+    known = SCORES if feedback is not None else (output_name,)
+    for name in names:
+        if name not in known:
+            what = f"the model has one output, {output_name!r}"
+            if feedback is not None:
+                what = f"a {FEEDBACK} request answers {', '.join(known)}"
+            raise _bad(f"{what}; the request asks for {name!r}", "unknown-output")
+    return tuple(str(name) for name in names)
 
 
 def _bad(detail: str, kind: str = "invalid-inference-request") -> InputError:
@@ -111,8 +159,11 @@ def _header_length(value: str | None, body_size: int) -> int | None:
     return length
 
 
-def decode_request(body: bytes, header_length: str | None, tensors: Tensors, max_horizon: int = MAX_HORIZON) -> InferRequest:
-    """Parse and check an inference request; every mistake raises an :class:`~service.core.errors.InputError`."""
+def decode_request(
+    body: bytes, header_length: str | None, tensors: Tensors, max_horizon: int = MAX_HORIZON, truth_spec: TruthSpec | None = None
+) -> InferRequest:
+    """Parse and check an inference request; every mistake raises an :class:`~service.core.errors.InputError`.
+    ``truth_spec``: how a feedback request's truth is shaped (None: feedback is refused)."""
     spec, input_name = tensors.spec, tensors.input_name
     length = _header_length(header_length, len(body))
     if not body:
@@ -142,6 +193,7 @@ def decode_request(body: bytes, header_length: str | None, tensors: Tensors, max
     if request_id is not None and not isinstance(request_id, str):
         raise _bad(f'"id" must be a string, got {json.dumps(request_id)[:50]}')
     parameters = _parameters(document.get("parameters"), "the request's")
+    feedback = feedback_of(parameters)
     frames = horizon.from_parameters(parameters, max_horizon)
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not inputs:
@@ -149,21 +201,24 @@ def decode_request(body: bytes, header_length: str | None, tensors: Tensors, max
     names = [item.get("name") if isinstance(item, dict) else None for item in inputs]
     if len(inputs) != 1 or names[0] != input_name:
         raise _bad(f"the model has one input, {input_name!r}; the request has {len(inputs)}: {names}", "unknown-input")
+    if feedback is not None:
+        shape = inputs[0].get("shape")
+        tensors = truth_tensors(tensors, truth_spec, feedback, shape if isinstance(shape, list) else [])
     clips = _decode_input(inputs[0], binary, tensors)
 
     binary_output = parameters.get("binary_data_output") is True
     outputs = document.get("outputs")
+    asked: list[object] = []
     if outputs is not None:
         if not isinstance(outputs, list):
             raise _bad(f'"outputs" must be a list, got {arrays.json_type(outputs)}')
-        for item in outputs:
-            name = item.get("name") if isinstance(item, dict) else None
-            if name != tensors.output_name:
-                raise _bad(f"the model has one output, {tensors.output_name!r}; the request asks for {name!r}", "unknown-output")
+        asked = [item.get("name") if isinstance(item, dict) else None for item in outputs]
+        check_outputs(asked, tensors.output_name, feedback)
+        for name, item in zip(asked, outputs, strict=True):
             wanted = _parameters(item.get("parameters"), f"output {name!r}").get("binary_data")
             if wanted is not None:
                 binary_output = wanted is True
-    return InferRequest(request_id, clips, binary_output, frames)
+    return InferRequest(request_id, clips, binary_output, frames, feedback, tuple(str(name) for name in asked))
 
 
 def _parameters(value: object, whose: str) -> dict[str, Any]:
@@ -216,17 +271,40 @@ def encode_response(
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers; ``prediction`` is (B, T', C, H, W) float32."""
     out = prediction if request.clips.batched else prediction[0]
-    output: dict[str, Any] = {"name": output_name, "datatype": "FP32", "shape": list(out.shape)}
-    data = np.ascontiguousarray(out, dtype=DATATYPES["FP32"])
-    if request.binary_output:
-        output["parameters"] = {"binary_data_size": data.nbytes}
-    else:
-        output["data"] = data.ravel().tolist()
-    document: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    return _encode({"model_name": model_name, "model_version": model_version}, request, [(output_name, out)])
+
+
+def feedback_outputs(request: InferRequest, scores: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    """The per-frame (B, k) scores a feedback request asked for ((k,) for an unbatched truth)."""
+    names = request.outputs or SCORES
+    return [(name, scores[name] if request.clips.batched else scores[name][0]) for name in names]
+
+
+def encode_feedback(
+    model_name: str, model_version: str, request: InferRequest, scores: dict[str, np.ndarray]
+) -> tuple[bytes, dict[str, str]]:
+    """A feedback request's answer: the graded model and version, one FP32 output per score.
+    JSON has no infinity: an exact frame's PSNR is ``null`` there (``inf`` in binary data)."""
+    head = {"model_name": model_name, "model_version": model_version, "parameters": {FEEDBACK: request.feedback}}
+    return _encode(head, request, feedback_outputs(request, scores))
+
+
+def _encode(head: dict[str, Any], request: InferRequest, outputs: list[tuple[str, np.ndarray]]) -> tuple[bytes, dict[str, str]]:
+    document: dict[str, Any] = dict(head)
     if request.id is not None:
         document["id"] = request.id
-    document["outputs"] = [output]
-    head = json.dumps(document, separators=(",", ":")).encode()
+    document["outputs"], blobs = [], []
+    for name, values in outputs:
+        output: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(values.shape)}
+        data = np.ascontiguousarray(values, dtype=DATATYPES["FP32"])
+        if request.binary_output:
+            output["parameters"] = {"binary_data_size": data.nbytes}
+            blobs.append(data.tobytes())
+        else:
+            flat = data.ravel().tolist()
+            output["data"] = flat if np.isfinite(data).all() else [v if math.isfinite(v) else None for v in flat]
+        document["outputs"].append(output)
+    head_bytes = json.dumps(document, separators=(",", ":")).encode()
     if not request.binary_output:
-        return head, {"Content-Type": negotiation.JSON}
-    return head + data.tobytes(), {"Content-Type": OCTET_STREAM, HEADER_LENGTH: str(len(head))}
+        return head_bytes, {"Content-Type": negotiation.JSON}
+    return head_bytes + b"".join(blobs), {"Content-Type": OCTET_STREAM, HEADER_LENGTH: str(len(head_bytes))}

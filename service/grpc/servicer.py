@@ -19,7 +19,7 @@ from service.grpc import tensors
 from service.grpc.proto import open_inference_grpc_pb2 as pb
 from service.grpc.proto import open_inference_grpc_pb2_grpc as pb_grpc
 from service.inference.repository import Repository, Served, refuse_load_overrides
-from service.server.request_id import annotate
+from service.server.request_id import annotate, current_request_id
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # RPCs that answer without an API key, as /v2/health/* does over HTTP
@@ -98,14 +98,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async with self.repository.lease(request.model_name, request.model_version or None) as served:
             annotate(model=served.name)
             engine = served.engine
+            any_version = not request.model_version
             parsed = tensors.decode_request(
-                request, oip.Tensors(engine.input_name, engine.output_name, engine.spec), self.max_horizon
+                request,
+                oip.Tensors(engine.input_name, engine.output_name, engine.spec),
+                self.max_horizon,
+                served.truth_spec(any_version),
             )
             annotate(batch=len(parsed.clips.frames))
+            if parsed.feedback is not None:  # the clips are the truth of an earlier answer: grade it
+                graded = await served.grade(parsed.feedback, parsed.clips.frames, any_version)
+                return tensors.encode_feedback(graded.model, graded.version, parsed, graded.scores)
 
             # the path /predict and /v2 take: one batch holds clips of every protocol; a call cancelled
             # (client gone, deadline passed) cancels this task, which drops a clip still queued
-            prediction = await served.predict(parsed.clips.frames, parsed.horizon)
+            prediction = await served.predict(parsed.clips.frames, parsed.horizon, keep_as=current_request_id())
         answer = (served.name, served.version, parsed, prediction, engine.output_name)
         if parsed.binary_output:  # one copy of the bytes; a list of floats is worth a thread hop
             return tensors.encode_response(*answer)

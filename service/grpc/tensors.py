@@ -39,21 +39,25 @@ def parameters(values: Mapping[str, pb.InferParameter]) -> dict[str, object]:
     return plain
 
 
-def decode_request(request: pb.ModelInferRequest, tensors: oip.Tensors, max_horizon: int) -> oip.InferRequest:
-    """Parse and check an inference request; every mistake raises an :class:`~service.core.errors.InputError`."""
-    frames = horizon.from_parameters(parameters(request.parameters), max_horizon)
+def decode_request(
+    request: pb.ModelInferRequest, tensors: oip.Tensors, max_horizon: int, truth_spec: oip.TruthSpec | None = None
+) -> oip.InferRequest:
+    """Parse and check an inference request; every mistake raises an :class:`~service.core.errors.InputError`.
+    ``truth_spec``: how a feedback request's truth is shaped (None: feedback is refused)."""
+    plain = parameters(request.parameters)
+    feedback = oip.feedback_of(plain)
+    frames = horizon.from_parameters(plain, max_horizon)
     names = [item.name for item in request.inputs]
     if names != [tensors.input_name]:
         raise _bad(f"the model has one input, {tensors.input_name!r}; the request has {len(names)}: {names}", "unknown-input")
     raw = request.raw_input_contents
     if len(raw) > 1:
         raise _bad(f"raw_input_contents holds {len(raw)} tensors; the request has one input")
+    if feedback is not None:
+        tensors = oip.truth_tensors(tensors, truth_spec, feedback, list(request.inputs[0].shape))
     clips = _decode_input(request.inputs[0], raw[0] if raw else None, tensors)
-    for output in request.outputs:
-        if output.name != tensors.output_name:
-            wanted = f"the model has one output, {tensors.output_name!r}; the request asks for {output.name!r}"
-            raise _bad(wanted, "unknown-output")
-    return oip.InferRequest(request.id or None, clips, binary_output=bool(raw), horizon=frames)
+    asked = oip.check_outputs([output.name for output in request.outputs], tensors.output_name, feedback)
+    return oip.InferRequest(request.id or None, clips, bool(raw), frames, feedback, asked)
 
 
 def _decode_input(item: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, tensors: oip.Tensors) -> arrays.Clips:
@@ -100,11 +104,28 @@ def encode_response(
 ) -> pb.ModelInferResponse:
     """``prediction`` (B, T', C, H, W) float32 -> the answer, raw bytes when the request sent raw bytes."""
     out = prediction if request.clips.batched else prediction[0]
-    data = np.ascontiguousarray(out, dtype=oip.DATATYPES["FP32"])
-    tensor = pb.ModelInferResponse.InferOutputTensor(name=output_name, datatype="FP32", shape=out.shape)
-    if not request.binary_output:
-        tensor.contents.fp32_contents.extend(data.ravel().tolist())
-    response = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request.id or "", outputs=[tensor])
-    if request.binary_output:
-        response.raw_output_contents.append(data.tobytes())
+    return _encode(pb.ModelInferResponse(model_name=model_name, model_version=model_version), request, [(output_name, out)])
+
+
+def encode_feedback(
+    model_name: str, model_version: str, request: oip.InferRequest, scores: dict[str, np.ndarray]
+) -> pb.ModelInferResponse:
+    """A feedback request's answer: one FP32 output per score, as over REST (an exact frame's PSNR is inf)."""
+    response = pb.ModelInferResponse(model_name=model_name, model_version=model_version)
+    response.parameters[oip.FEEDBACK].string_param = request.feedback or ""
+    return _encode(response, request, oip.feedback_outputs(request, scores))
+
+
+def _encode(
+    response: pb.ModelInferResponse, request: oip.InferRequest, outputs: list[tuple[str, np.ndarray]]
+) -> pb.ModelInferResponse:
+    response.id = request.id or ""
+    for name, values in outputs:
+        data = np.ascontiguousarray(values, dtype=oip.DATATYPES["FP32"])
+        tensor = pb.ModelInferResponse.InferOutputTensor(name=name, datatype="FP32", shape=values.shape)
+        if request.binary_output:
+            response.raw_output_contents.append(data.tobytes())
+        else:
+            tensor.contents.fp32_contents.extend(data.ravel().tolist())
+        response.outputs.append(tensor)
     return response

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.core import scores
+from service.core.card import ClipSpec
 from service.core.errors import NotFound, Unprocessable
 from service.core.frames import shape_text
 
@@ -26,6 +27,37 @@ class Kept:
     version: str
     frames: np.ndarray  # (B, N, C, H, W) float16
     at: float
+
+    def truth_spec(self, frames: int | None = None) -> ClipSpec:
+        """The clip shape the truth is decoded against: the first ``frames`` (1..N) of the
+        prediction when a body declares them (partial truth), else all N."""
+        _, n, c, h, w = self.frames.shape
+        k = frames if frames is not None and 1 <= frames <= n else n
+        return ClipSpec(k, k, c, h, w)
+
+
+@dataclass(frozen=True)
+class Graded:
+    """One answer graded: per-frame ``(B, k)`` scores (MSE, MAE, PSNR, SSIM)."""
+
+    request_id: str
+    model: str
+    version: str
+    scores: dict[str, np.ndarray]
+
+    @property
+    def frames(self) -> int:
+        return int(self.scores["mse"].shape[1])
+
+    def document(self) -> dict[str, object]:
+        """The JSON answer of ``POST /v1/feedback/{request_id}``."""
+        return {
+            "request_id": self.request_id,
+            "model": self.model,
+            "version": self.version,
+            "frames": self.frames,
+            "scores": {name: [[_finite(v) for v in clip] for clip in values.tolist()] for name, values in self.scores.items()},
+        }
 
 
 @dataclass
@@ -126,7 +158,9 @@ class AnswerStore:
             self._kept[request_id] = Kept(model, version, frames, now)
             self._bytes += frames.nbytes
 
-    def get(self, request_id: str) -> Kept:
+    def get(self, request_id: str, model: str | None = None, version: str | None = None) -> Kept:
+        """The answer kept under ``request_id``; with ``model`` (and ``version``), only when
+        that model (version) made it, so a feedback names the model it grades."""
         with self._lock:
             self._expire(time.monotonic())
             kept = self._kept.get(request_id)
@@ -136,11 +170,17 @@ class AnswerStore:
                 f"no prediction {request_id!r} is kept: unknown, already graded, or older than {self.ttl_s:g} s "
                 "(or pushed out by the byte budget)",
             )
+        if (model is not None and kept.model != model) or (version is not None and kept.version != version):
+            asked = f"model {model!r}" + (f" version {version!r}" if version is not None else "")
+            raise NotFound(
+                "unknown-request-id",
+                f"prediction {request_id!r} was made by model {kept.model!r} version {kept.version!r}, not by {asked}",
+            )
         return kept
 
-    def grade(self, request_id: str, truth: np.ndarray) -> dict[str, object]:
+    def grade(self, request_id: str, truth: np.ndarray, model: str | None = None, version: str | None = None) -> Graded:
         """Grade kept ``request_id`` on ``truth`` (B, k, C, H, W), k ≤ its frames; forget it."""
-        kept = self.get(request_id)
+        kept = self.get(request_id, model, version)
         b, n = kept.frames.shape[:2]
         if truth.ndim != 5 or truth.shape[0] != b or not 1 <= truth.shape[1] <= n or truth.shape[2:] != kept.frames.shape[2:]:
             raise Unprocessable(
@@ -157,13 +197,7 @@ class AnswerStore:
             figures.add(frame_scores)
         if self.on_figures is not None:
             self.on_figures(kept.model, kept.version, figures)
-        return {
-            "request_id": request_id,
-            "model": kept.model,
-            "version": kept.version,
-            "frames": int(truth.shape[1]),
-            "scores": {name: [[_finite(v) for v in clip] for clip in values.tolist()] for name, values in frame_scores.items()},
-        }
+        return Graded(request_id, kept.model, kept.version, frame_scores)
 
     def describe(self, model: str, version: str) -> dict[str, object]:
         with self._lock:

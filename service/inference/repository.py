@@ -33,11 +33,12 @@ import numpy as np
 
 from service.core import horizon
 from service.core.assets import DEFAULT_MODEL
+from service.core.card import ClipSpec
 from service.core.errors import InputError, NotFound, ServeError, Unavailable, Unprocessable
 from service.inference.batching import Batcher
 from service.inference.engine import CPU, Engine, EngineError
 from service.inference.metrics import ModelMetrics, ServiceMetrics
-from service.inference.online import AnswerStore, StepFigures
+from service.inference.online import AnswerStore, Graded, StepFigures
 from service.inference.options import ModelOptions
 
 log = logging.getLogger("stlight.repository")
@@ -260,6 +261,30 @@ class Served:
         if keep_as is not None and self.answers is not None:
             self.answers.keep(keep_as, self.name, self.version, prediction)
         return prediction
+
+    def truth_spec(self, any_version: bool) -> Callable[[str, int | None], ClipSpec]:
+        """How the truth of a prediction this model made is shaped (``(request id, declared
+        frames) -> ClipSpec``; NotFound when none is kept): for the protocol decoders, which
+        check a feedback body as they check clips. ``any_version``: the request named no
+        version, so an answer of any version of this model is graded."""
+        version = None if any_version else self.version
+
+        def spec(request_id: str, frames: int | None) -> ClipSpec:
+            return self._answers().get(request_id, self.name, version).truth_spec(frames)
+
+        return spec
+
+    async def grade(self, request_id: str, truth: np.ndarray, any_version: bool) -> Graded:
+        """Grade the prediction kept under ``request_id`` by its true frames (B, k, C, H, W): the
+        one feedback path of every protocol. SSIM takes ~13 ms per 10-frame 64x64 clip, so it
+        runs in a worker thread, off the event loop."""
+        version = None if any_version else self.version
+        return await asyncio.to_thread(self._answers().grade, request_id, truth, self.name, version)
+
+    def _answers(self) -> AnswerStore:
+        if self.answers is None:
+            raise NotFound("unknown-request-id", "this server keeps no predictions for grading")
+        return self.answers
 
     def check_ready(self) -> None:
         if self.state != "ready":

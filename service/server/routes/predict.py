@@ -220,20 +220,20 @@ async def feedback(request: Request, service_state: ServiceDep, models: Reposito
     if request_type not in negotiation.REQUEST_TYPES:
         got = f"Content-Type {request_type!r}" if request_type else "no Content-Type"
         raise UnsupportedMedia("unsupported-media-type", f"got {got}; send {', '.join(negotiation.REQUEST_TYPES)}")
-    _, n, c, h, w = kept.frames.shape
+    frames = None
     if request_type == negotiation.NPY:  # partial truth: the first k frames, as many as the array holds
-        n = _npy_frames(await request.body(), n)
-    truth = await _read_clips(request, request_type, ClipSpec(n, n, c, h, w), service_state.settings, VideoOptions())
+        frames = _npy_frames(await request.body())
+    truth = await _read_clips(request, request_type, kept.truth_spec(frames), service_state.settings, VideoOptions())
     # ~13 ms for a 10-frame 64x64 clip (SSIM's filters): off the event loop, like decoding
-    return await asyncio.to_thread(models.answers.grade, request_id, truth.frames)
+    graded = await asyncio.to_thread(models.answers.grade, request_id, truth.frames)
+    return graded.document()
 
 
-def _npy_frames(body: bytes, most: int) -> int:
-    """T of a (T, C, H, W) or (B, T, C, H, W) .npy body when 1 <= T <= ``most``, else ``most``
-    (the decoder then names what was expected)."""
+def _npy_frames(body: bytes) -> int | None:
+    """T of a (T, C, H, W) or (B, T, C, H, W) .npy body, else None (the decoder then names
+    what was expected)."""
     try:
         shape, _, _ = read_npy_layout(io.BytesIO(body))
     except ValueError:
-        return most
-    frames = shape[-4] if len(shape) in (4, 5) else most
-    return frames if 1 <= frames <= most else most
+        return None
+    return shape[-4] if len(shape) in (4, 5) else None

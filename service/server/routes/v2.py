@@ -21,7 +21,7 @@ from service.codecs import arrays, oip
 from service.core.errors import InputError
 from service.inference.repository import Repository, Served, refuse_load_overrides
 from service.server.deps import client_gone
-from service.server.request_id import annotate
+from service.server.request_id import annotate, current_request_id
 from service.server.settings import ServeSettings
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe V2)"])
@@ -235,12 +235,19 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         limits = settings(request)
         body = oip.decompress(await request.body(), request.headers.get("content-encoding"), limits.max_body_bytes)
         tensors = oip.Tensors(engine.input_name, engine.output_name, engine.spec)
+        truth_spec = served.truth_spec(any_version=version is None)
         parsed = await asyncio.to_thread(
-            oip.decode_request, body, request.headers.get(oip.HEADER_LENGTH), tensors, limits.max_horizon
+            oip.decode_request, body, request.headers.get(oip.HEADER_LENGTH), tensors, limits.max_horizon, truth_spec
         )
         annotate(model=served.name, batch=len(parsed.clips.frames))  # for the access log line
+        if parsed.feedback is not None:  # the clips are the truth of an earlier answer: grade it
+            graded = await served.grade(parsed.feedback, parsed.clips.frames, any_version=version is None)
+            content, headers = oip.encode_feedback(graded.model, graded.version, parsed, graded.scores)
+            return Response(content, headers=headers)
 
-        prediction = await served.predict(parsed.clips.frames, parsed.horizon, lambda: client_gone(request))
+        prediction = await served.predict(
+            parsed.clips.frames, parsed.horizon, lambda: client_gone(request), keep_as=current_request_id()
+        )
         content, headers = await asyncio.to_thread(
             oip.encode_response, served.name, served.version, parsed, prediction, engine.output_name
         )
