@@ -4,6 +4,7 @@ predictions; the store honours its byte budget and time-to-live."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,3 +204,35 @@ def test_v2_and_grpc_answers_are_kept_and_graded_through_the_infer_parameter(ser
         triton.close()
     figures = httpx.get(f"{server.url}/v1/models/{name}").json()["online"]
     assert figures["steps"][0]["frames"] >= 2  # both graded into the same per-step figures as /v1/feedback
+
+
+def _figures(line: str) -> dict[str, float]:
+    """MSE / MAE / PSNR (/ SSIM) of a summary line of stlight predict."""
+    return {name.lower(): float(value) for name, value in re.findall(r"(MSE|MAE|PSNR|SSIM) (-?[\d.]+)", line)}
+
+
+def test_predict_report_online_agrees_with_the_offline_metrics(
+    server: Server, digits: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """stlight predict --url --has-targets --report-online: the server's grades of the run's clips
+    (7 clips in batches of 3 over two inputs, 2 requests at once) equal the run's own metrics."""
+    from service.cli.stlight import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    clips = np.stack([moving_digits(digits, 40 + i, frames=20) for i in range(7)])  # (7, 20, 1, 64, 64) uint8
+    np.save(src / "many.npy", clips[:5])
+    np.save(src / "one.npy", clips[5])
+    np.save(src / "last.npy", clips[6])
+    args = [str(src), "--out", str(tmp_path / "out"), "--url", server.url, "--has-targets", "--batch-size", "3"]
+    code = main(["predict", *args, "--concurrency", "2", "--no-progress", "--report-online"])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    offline = _figures(next(line for line in out.splitlines() if line.startswith("metrics over 7 clip(s)")))
+    online = _figures(next(line for line in out.splitlines() if line.startswith("online (graded by the server) over 7")))
+    assert online["mse"] == pytest.approx(offline["mse"], rel=1e-2) and online["mae"] == pytest.approx(offline["mae"], rel=1e-2)
+    assert online["psnr"] == pytest.approx(offline["psnr"], abs=0.05) and 0 < online["ssim"] <= 1
+    assert "the service's figures for" in out and "answer(s) graded" in out
+    # it sends the truth to a service: without --url (or without truth) it is a usage mistake
+    assert main(["predict", *args[:3], "--has-targets", "--report-online"]) == 2
+    assert "needs --url and --has-targets" in capsys.readouterr().err

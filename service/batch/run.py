@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from service.batch.inputs import Source, finished
+from service.batch.online import OnlineReport
 from service.batch.readers import UNUSABLE, Clips, VideoReading, read_npy, read_source, split_checked
 from service.batch.writers import commit_output, discard_output, new_output, write_images
 from service.client import ServiceUnreachable
@@ -87,6 +88,7 @@ class Summary:
     metrics: dict[str, float] | None = None
     scored_clips: int = 0
     stopped: str = ""  # why the run stopped early (the service became unreachable), else ""
+    online: OnlineReport | None = None  # --report-online: the server's grades of this run's clips
 
     @property
     def clips_per_s(self) -> float:
@@ -102,6 +104,8 @@ class Summary:
             out.append(
                 f"metrics over {self.scored_clips} clip(s): MSE {m['mse']:.4f}  MAE {m['mae']:.4f}  PSNR {m['psnr']:.4f} dB"
             )
+        if self.online is not None:
+            out.extend(self.online.lines())
         if self.stopped:
             out.append(f"stopped early: {self.stopped}")
         return out
@@ -123,6 +127,7 @@ class _Run:
         batch_size: int,
         concurrency: int,
         progress: bool,
+        online: OnlineReport | None = None,
     ) -> None:
         from tqdm import tqdm
 
@@ -130,7 +135,7 @@ class _Run:
         self.png, self.gif, self.video, self.has_targets = png, gif, video, has_targets
         self.reading = reading
         self.batch_size, self.concurrency = batch_size, concurrency
-        self.summary = Summary()
+        self.summary = Summary(online=online)
         self.scores = ScoreSums()
         self.bar = tqdm(total=total, unit="input", desc="predict", disable=not progress, file=sys.stderr, dynamic_ncols=True)
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="stlight-predict")
@@ -201,7 +206,13 @@ class _Run:
             self.collect(block=True)
         segments, self.pending, self.pending_clips = self.pending, [], 0
         batch = np.concatenate([s.inputs for s in segments])  # (n, T, C, H, W)
-        self.in_flight[self.pool.submit(self.predictor.predict, batch)] = segments
+        online = self.summary.online
+        targets = [s.targets for s in segments if s.targets is not None]
+        if online is not None and len(targets) == len(segments):  # the truth follows the prediction
+            future = self.pool.submit(online.predict, batch, np.concatenate(targets))
+        else:
+            future = self.pool.submit(self.predictor.predict, batch)
+        self.in_flight[future] = segments
 
     def collect(self, block: bool) -> None:
         if not self.in_flight:
@@ -295,13 +306,16 @@ def predict_files(
     batch_size: int = 8,
     concurrency: int = 1,
     progress: bool = True,
+    online: OnlineReport | None = None,
 ) -> Summary:
     """Predict every source and write its outputs; failures are recorded in the summary.
 
     ``concurrency`` batches run at once (remote: requests in flight; local: 1 is best, ONNX
     Runtime already uses every core). With ``has_targets`` the metrics cover skipped inputs too
     (read back from their outputs), so a resumed run reports the whole set. ``video`` writes
-    ``<stem>.mp4`` (input then prediction); ``reading`` says how video files become clips."""
+    ``<stem>.mp4`` (input then prediction); ``reading`` says how video files become clips.
+    ``online`` (with ``has_targets``): predicts each batch instead of ``predictor`` and has the
+    server grade it by its truth; skipped inputs are scored offline only (nothing is sent)."""
     if (png or gif or video) and predictor.spec.channels not in (1, 3):
         raise ValueError(f"--png/--gif/--video need 1- or 3-channel frames; this model predicts {predictor.spec.channels}")
     run = _Run(
@@ -315,6 +329,7 @@ def predict_files(
         batch_size=batch_size,
         concurrency=concurrency,
         progress=progress,
+        online=online,
     )
     run.summary.inputs = len(sources)
     began = time.perf_counter()

@@ -153,6 +153,15 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         ),
     )
     parser.add_argument(
+        "--report-online",
+        action="store_true",
+        help=(
+            "with --url and --has-targets: post each batch's true frames to the service right after its prediction "
+            "(POST /v1/feedback/{request id}), so the service grades its own answers; prints the scores it sent back "
+            "(MSE / MAE / PSNR / SSIM, to compare with the metrics line) and its figures for the model"
+        ),
+    )
+    parser.add_argument(
         "--batch-size",
         type=int,
         default=DEFAULT_BATCH,
@@ -205,6 +214,10 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _check_mode(args: argparse.Namespace) -> None:
     """Options that belong to one mode only: --url (a running service) or local (--model)."""
+    if args.report_online and (args.url is None or not args.has_targets):
+        raise UserError(
+            "--report-online sends the true frames to the service that predicted them: it needs --url and --has-targets"
+        )
     if args.url is not None:
         if args.device is not None:
             raise UserError(
@@ -268,18 +281,22 @@ def _remote(args: argparse.Namespace) -> Client:
 
 def run_predict(args: argparse.Namespace) -> int:
     _check_args(args)
-    from service.batch import Rollout, VideoReading, discover, predict_files
+    from service.batch import OnlineReport, Rollout, VideoReading, discover, predict_files
 
     out = args.out
     sources, failures = discover(args.inputs, out)
     if not sources and not failures:
         raise UserError("no inputs found")
     predictor: Client | LocalClient
+    online = None
     if args.url:
-        predictor, where = _remote(args), args.url
+        predictor = remote = _remote(args)
+        where = args.url
+        online = OnlineReport(remote, args.horizon) if args.report_online else None
     else:
         predictor = local = _local(args)
         where = f"{local.engine.path} on {local.provider}"
+    server_figures: list[str] = []
     try:
         if (args.png or args.gif or args.video) and predictor.spec.channels not in (1, 3):
             raise UserError(f"--png/--gif/--video need 1- or 3-channel frames; this model predicts {predictor.spec.channels}")
@@ -299,15 +316,39 @@ def run_predict(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             concurrency=args.concurrency or DEFAULT_CONCURRENCY if args.url else 1,
             progress=not args.no_progress,
+            online=online,
         )
+        if online is not None:
+            server_figures = _server_figures(predictor)
     finally:
         predictor.close()
     summary.failures[:0] = failures
     summary.inputs += len(failures)
-    for line in summary.lines():
+    for line in [*summary.lines(), *server_figures]:
         print(line)
     if summary.failures:
         print(f"failed ({len(summary.failures)}):")
         for name, reason in summary.failures:
             print(f"  {name}: {reason}")
     return 1 if summary.failures else 0
+
+
+def _server_figures(client: Client | LocalClient) -> list[str]:
+    """The service's own figures for the model after the run (every client's answers since it
+    started, so they match this run's only on a server nobody else grades on)."""
+    from service.client import Client, ServiceError
+
+    if not isinstance(client, Client):
+        return []
+    try:
+        info = client.model()
+    except ServiceError as exc:
+        return [f"online: the service's figures are not available ({exc})"]
+    online, name = info.get("online") or {}, f"{info.get('name')} version {info.get('version')}"
+    steps = online.get("steps") or []
+    line = f"online (the service's figures for {name}, since it started): {online.get('graded', 0)} answer(s) graded, "
+    line += f"{online.get('expired', 0)} expired"
+    if steps:
+        last = steps[-1]
+        line += f"; step {last['step']}: MSE {last['mse']:.4f}  PSNR {last['psnr']:.4f} dB  SSIM {last['ssim']:.4f}"
+    return [line]

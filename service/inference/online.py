@@ -90,6 +90,14 @@ class StepFigures:
             "steps": [self.step(i) for i, s in enumerate(self.sums) if s.frames],
         }
 
+    def overall(self) -> dict[str, float | int]:
+        """Mean MSE, MAE, PSNR and SSIM over every graded frame, all steps together."""
+        frames = sum(s.frames for s in self.sums)
+        if not frames:
+            raise ValueError("no frames were graded")
+        total = scores.ScoreSums(frames, *(sum(getattr(s, a) for s in self.sums) for a in ("squared", "absolute", "psnr")))
+        return {"frames": frames, **total.result(), "ssim": sum(self.ssim) / frames}
+
     def step(self, index: int) -> dict[str, float | int]:
         """Mean MSE, MAE, PSNR and SSIM of the frames graded at step ``index + 1``."""
         s = self.sums[index]
