@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from model.config import DATASETS, STLightConfig
-from service.core.frames import IMAGE_FORMATS, IMAGE_MODES, image_pixels, load_npy
+from service.core.frames import IMAGE_FORMATS, IMAGE_MODES, image_pixels, load_npy, load_npz_member, npz_member_names
 from service.core.frames import IMAGE_SUFFIXES as STILL_IMAGE_SUFFIXES
 from service.core.hashing import file_digest
 
@@ -46,6 +46,8 @@ MNIST_MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/" + MNIST_TRAIN_FILE,
 )
 MMNIST_TEST_FILE = "mnist_test_seq.npy"
+# .npz arrays larger than this are memory-mapped (a compressed one from a temporary file), not held in RAM
+MEMMAP_BYTES = 256 * 2**20
 TAXIBJ_ARRAYS = ("X_train", "Y_train", "X_test", "Y_test")  # OpenSTL's dataset.npz
 VAL_SEED = 20_240_000  # the Moving MNIST validation clips: the same every run, on every machine
 TEST_SEED = 20_240_001  # test clips made from held-out digits (--held-out-digits): likewise fixed
@@ -327,16 +329,13 @@ def _load_clip_file(name: str, mtime_ns: int) -> np.ndarray:
     try:
         if path.suffix == ".npy":
             return load_npy(path)
-        with np.load(path, allow_pickle=False) as archive:
-            keys = list(archive.keys())
-            if "clips" in keys:
-                clips = archive["clips"]
-            elif len(keys) == 1:
-                clips = archive[keys[0]]
-            else:
-                raise DataError(f"{path}: expected an array named 'clips', found {', '.join(keys) or 'none'}")
-            clips.setflags(write=False)  # shared through the cache
-            return clips
+        # checked from its zip and .npy headers before any data is inflated; large ones mapped
+        keys = npz_member_names(path)
+        if "clips" not in keys and len(keys) != 1:
+            raise DataError(f"{path}: expected an array named 'clips', found {', '.join(keys) or 'none'}")
+        clips = load_npz_member(path, "clips" if "clips" in keys else keys[0], mmap_above=MEMMAP_BYTES)
+        clips.setflags(write=False)  # shared through the cache
+        return clips
     except DataError:
         raise
     except Exception as exc:
@@ -394,7 +393,7 @@ def load_taxibj(path: str | Path, config: STLightConfig) -> tuple[ClipArray, Cli
             raise DataError(f"{path}: missing {', '.join(missing)}; expected X_train, Y_train, X_test, Y_test")
         splits = []
         for part in ("train", "test"):
-            x, y = archive[f"X_{part}"], archive[f"Y_{part}"]
+            x, y = (load_npz_member(path, f"{a}_{part}", mmap_above=MEMMAP_BYTES) for a in "XY")
             if x.ndim != 5 or y.ndim != 5 or len(x) != len(y):
                 raise DataError(f"{path}: X_{part} {x.shape} and Y_{part} {y.shape} must both be (N, T, C, H, W) with the same N")
             clips = (np.concatenate([x, y], axis=1).astype(np.float32) + 1) / 2  # (N, T+T', C, H, W), [-1, 1] -> [0, 1]

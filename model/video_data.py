@@ -19,9 +19,12 @@ from torch.utils.data import Dataset
 from model.config import STLightConfig
 from service.core import video
 from service.core.errors import InputError
+from service.core.limits import DecodeLimits
 
 # no per-file frame limit here (the service's bounds a request; training data is the user's own)
 UNLIMITED_FRAMES = 2**62
+# the user's own files, read once: as long as they are, but each frame no larger than a server takes
+TRAINING_LIMITS = DecodeLimits(max_frames=UNLIMITED_FRAMES, max_decoded_pixels=UNLIMITED_FRAMES, timeout_s=None)
 
 
 def video_files(root: str | Path) -> list[Path]:
@@ -81,7 +84,7 @@ class VideoWindows(Dataset):
                     height=config.height,
                     width=config.width,
                     resize=resize,
-                    max_frames=UNLIMITED_FRAMES,
+                    limits=TRAINING_LIMITS,
                 )
             except InputError as exc:
                 raise DataError(f"{path}: {exc.detail}") from None

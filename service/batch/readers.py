@@ -19,8 +19,8 @@ from service.codecs import arrays, media
 from service.core import video
 from service.core.card import ClipSpec
 from service.core.errors import InputError
-from service.core.frames import IMAGE_MODES, image_error, load_npy, shape_text
-from service.core.limits import MAX_VIDEO_FRAMES
+from service.core.frames import IMAGE_MODES, image_error, load_npy, load_npz_member, npz_member_names, shape_text
+from service.core.limits import DEFAULT_DECODE_LIMITS, DecodeLimits
 
 # arrays larger than this are memory-mapped rather than read into RAM
 MEMMAP_BYTES = 256 * 2**20
@@ -50,7 +50,7 @@ class VideoReading:
     windows: bool = False
     stride: int | None = None
     resize: video.Resize = "none"
-    max_frames: int = MAX_VIDEO_FRAMES
+    limits: DecodeLimits = DEFAULT_DECODE_LIMITS
 
 
 def frames_expected(spec: ClipSpec, has_targets: bool) -> int:
@@ -82,16 +82,17 @@ def read_npy(path: Path) -> np.ndarray:
 
 
 def _read_npz(path: Path) -> np.ndarray:
+    """Its array 'clips' (or its only array), checked from the zip and .npy headers before any
+    data is inflated; large ones memory-mapped (see service.core.frames.load_npz_member)."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            keys = list(archive.keys())
-            if "clips" in keys:
-                return archive["clips"]
-            if len(keys) == 1:
-                return archive[keys[0]]
+        names = npz_member_names(path)
+        if "clips" in names or len(names) == 1:
+            return load_npz_member(path, "clips" if "clips" in names else names[0], mmap_above=MEMMAP_BYTES)
+    except ValueError as exc:  # the headers' checks, in words
+        raise InputError(UNUSABLE, f"not a usable .npz file: {exc}") from None
     except Exception as exc:
         raise InputError(UNUSABLE, f"not a readable .npz file ({type(exc).__name__}: {exc})") from None
-    raise InputError(UNUSABLE, f"expected an array named 'clips' (or a single array), found {', '.join(keys) or 'none'}")
+    raise InputError(UNUSABLE, f"expected an array named 'clips' (or a single array), found {', '.join(names) or 'none'}")
 
 
 def _array_clips(array: np.ndarray, spec: ClipSpec, has_targets: bool) -> Clips:
@@ -199,7 +200,7 @@ def read_video_file(path: Path, spec: ClipSpec, has_targets: bool, reading: Vide
         width=spec.width,
         resize=reading.resize,
         count=None if reading.windows else need,
-        max_frames=reading.max_frames,
+        limits=reading.limits,
     )
     if not reading.windows:
         return Clips(decoded.frames[None], batched=False, fps=decoded.fps)

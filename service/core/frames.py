@@ -9,13 +9,16 @@ saying where the bytes came from; callers prefix that (a request body, a file na
 from __future__ import annotations
 
 import ast
+import contextlib
 import math
 import os
 import re
+import tempfile
 import threading
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO, Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -58,7 +61,7 @@ def read_npy_header(stream: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
     return shape, dtype
 
 
-def read_npy_layout(stream: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+def read_npy_layout(stream: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
     """:func:`read_npy_header` plus the Fortran-order flag: all a reader needs to view the data
     in place (``np.frombuffer``) instead of parsing the header a second time in ``np.load``.
 
@@ -136,6 +139,90 @@ def load_npy(path: str | Path, mmap_above: int = 0) -> np.ndarray:
             f.seek(0)
             return np.load(f, allow_pickle=False)
     return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+# A compressed (deflated) .npz member cannot be memory-mapped: it is inflated, into memory when
+# small, else into an unnamed temporary file that is then mapped, so a member larger than RAM
+# costs disk, not memory. Beyond this it is refused: a 1.6 MB deflated member of zeros can
+# declare gigabytes. Stored members (numpy.savez) are mapped in place, whatever their size.
+MAX_INFLATED_BYTES = 1 << 30
+_CHUNK = 1 << 20
+
+
+def npz_member_names(path: str | Path) -> list[str]:
+    """The arrays of an ``.npz``: its ``.npy`` members' names without the suffix (nothing inflated)."""
+    with zipfile.ZipFile(path) as archive:
+        return [name[: -len(".npy")] for name in archive.namelist() if name.endswith(".npy")]
+
+
+def load_npz_member(path: str | Path, name: str, *, mmap_above: int = 0, max_inflated: int = MAX_INFLATED_BYTES) -> np.ndarray:
+    """One array of an ``.npz``, checked from its zip and .npy headers before any of its data is
+    inflated: the .npy header's shape and dtype must account for exactly the bytes the zip
+    directory says the member holds, and a compressed member may inflate to ``max_inflated``
+    bytes at most. Data larger than ``mmap_above`` bytes is memory-mapped (in place when stored;
+    from a temporary file when compressed); only the declared bytes are ever inflated."""
+    with zipfile.ZipFile(path) as archive:
+        try:
+            info = archive.getinfo(name + ".npy")
+        except KeyError:
+            raise ValueError(f"has no array {name!r}") from None
+        with archive.open(info) as member:
+            shape, fortran_order, dtype = read_npy_layout(member)  # inflates the header only
+            header_bytes = member.tell()
+        promised = npy_data_bytes(shape, dtype)
+        if info.file_size != header_bytes + promised:
+            raise ValueError(
+                f"array {name!r}: its .npy header says {shape_text(shape)} {dtype} = {promised:,} bytes of data, the zip "
+                f"says the member holds {info.file_size - header_bytes:,}; write it with numpy.savez"
+            )
+        order: Literal["C", "F"] = "F" if fortran_order else "C"
+        if info.compress_type == zipfile.ZIP_STORED and promised > mmap_above:
+            offset = _stored_data_offset(path, info) + header_bytes
+            return np.memmap(Path(path), dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
+        if info.compress_type != zipfile.ZIP_STORED and promised > max_inflated:
+            raise ValueError(
+                f"array {name!r} is compressed and inflates to {promised:,} bytes, beyond the {max_inflated:,} a compressed "
+                "array may; save it uncompressed (numpy.savez, not savez_compressed), which is read in place"
+            )
+        with archive.open(info) as member:
+            member.seek(header_bytes)
+            return _inflate(member, shape, dtype, order, to_file=promised > mmap_above)
+
+
+def _stored_data_offset(path: str | Path, info: zipfile.ZipInfo) -> int:
+    """Where a stored member's bytes begin: after its local header, whose name and extra field
+    lengths may differ from the central directory's."""
+    with open(path, "rb") as file:
+        file.seek(info.header_offset)
+        local = file.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise ValueError("the zip's local header is missing or damaged")
+    return info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+
+
+def _inflate(
+    member: IO[bytes], shape: tuple[int, ...], dtype: np.dtype, order: Literal["C", "F"], *, to_file: bool
+) -> np.ndarray:
+    """Exactly the declared data, a chunk at a time: into memory, or into a temporary file mapped
+    read-only (unlinked at once; the mapping keeps it until the array is gone)."""
+    promised = npy_data_bytes(shape, dtype)
+    with contextlib.ExitStack() as stack:
+        if to_file:
+            spill = stack.enter_context(tempfile.TemporaryFile())
+            spill.truncate(promised)
+            buffer: np.ndarray = np.memmap(spill, dtype=np.uint8, mode="r+", shape=(promised,))
+        else:
+            buffer = np.empty(promised, dtype=np.uint8)
+        done = 0
+        while done < promised:
+            got = member.readinto(buffer[done : done + _CHUNK].data)  # type: ignore[attr-defined]
+            if not got:
+                raise ValueError(f"truncated: {promised:,} bytes of data declared, {done:,} inflated")
+            done += got
+        if to_file:
+            buffer.flush()  # type: ignore[attr-defined]
+            return np.memmap(spill, dtype=dtype, mode="r", shape=shape, order=order)
+    return buffer.view(dtype).reshape(shape, order=order)
 
 
 # ---------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import collections
 import contextlib
 import io
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -34,7 +35,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from service.core.errors import InputError, LimitExceeded, Unprocessable, UnsupportedMedia
-from service.core.limits import MAX_PIXELS, MAX_VIDEO_FRAMES
+from service.core.limits import DEFAULT_DECODE_LIMITS, DecodeLimits
 
 Resize = Literal["none", "fit", "crop"]
 RESIZE_MODES: tuple[Resize, ...] = ("none", "fit", "crop")
@@ -279,18 +280,74 @@ def probe(source: bytes | str | Path, media_type: str | None = None) -> Probe:
         return Probe(ctx.width, ctx.height, channels, fps, _promised_frames(container, stream, fps))
 
 
-def _frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Iterator[av.VideoFrame]:
-    """Decoded frames; a corrupt packet is a 400 naming the frame it broke at."""
+def _frames(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, max_pixels: int
+) -> Iterator[av.VideoFrame]:
+    """Decoded frames; a corrupt packet is a 400 naming the frame it broke at. FFmpeg refuses a
+    frame beyond the codec's ``max_pixels`` with EINVAL (its other failures are
+    AVERROR_INVALIDDATA): that one is a 422 naming the limit."""
     index = 0
     try:
         for frame in container.decode(stream):
             yield frame
             index += 1
+    except av.error.ArgumentError:
+        raise LimitExceeded(
+            "frame-too-large",
+            f"frame {index} of the video is larger than the {max_pixels:,}-pixel limit on one decoded frame (or corrupt); "
+            "its container announced a smaller size",
+        ) from None
     except av.error.FFmpegError as exc:
         raise InputError(
             "undecodable-video",
             f"the video is truncated or corrupt: decoding failed after {index} frame(s) ({_reason(exc)})",
         ) from None
+
+
+class _Budget:
+    """What one decode has cost so far, checked after every frame: frames, the frame's own size,
+    pixels decoded in all (a frame counts at its decoded size, whatever was kept of it) and the
+    wall clock. One FFmpeg call decodes at most one frame of ``max_frame_pixels``, so none of
+    them can overrun by more than a frame."""
+
+    def __init__(self, limits: DecodeLimits) -> None:
+        self.limits, self.frames, self.pixels = limits, 0, 0
+        self.deadline = None if limits.timeout_s is None else time.monotonic() + limits.timeout_s
+
+    def charge(self, frame: av.VideoFrame) -> None:
+        limits = self.limits
+        self.frames += 1
+        if self.frames > limits.max_frames:
+            raise LimitExceeded(
+                "too-many-frames",
+                f"the video has more than {limits.max_frames:,} frames, the most decoded per video "
+                "(STLIGHT_MAX_VIDEO_FRAMES on a server); cut it shorter",
+            )
+        pixels = frame.width * frame.height
+        if pixels > limits.max_frame_pixels:
+            raise _frame_too_large(frame.width, frame.height, limits.max_frame_pixels, f"frame {self.frames - 1}")
+        self.pixels += pixels
+        if self.pixels > limits.max_decoded_pixels:
+            raise LimitExceeded(
+                "decode-too-large",
+                f"decoding the video passed {limits.max_decoded_pixels:,} pixels at frame {self.frames - 1} "
+                f"({frame.width}x{frame.height} each), the most decoded per video (STLIGHT_MAX_DECODED_PIXELS on a "
+                "server); send fewer or smaller frames",
+            )
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise LimitExceeded(
+                "decode-too-slow",
+                f"decoding the video took more than {limits.timeout_s:g} s ({self.frames} frames so far), the most one "
+                "video may take (STLIGHT_DECODE_TIMEOUT_S on a server); send a shorter or smaller video",
+            )
+
+
+def _frame_too_large(width: int, height: int, limit: int, what: str) -> LimitExceeded:
+    return LimitExceeded(
+        "frame-too-large",
+        f"{what} is {width}x{height} = {width * height:,} pixels; at most {limit:,} pixels per frame are decoded "
+        "(STLIGHT_MAX_FRAME_PIXELS on a server)",
+    )
 
 
 def _convert(frame: av.VideoFrame, mode: str, resize: Resize, height: int, width: int) -> np.ndarray:
@@ -326,7 +383,7 @@ def read_video(
     resize: Resize = "none",
     count: int | None = None,
     start: int | None = None,
-    max_frames: int = MAX_VIDEO_FRAMES,
+    limits: DecodeLimits = DEFAULT_DECODE_LIMITS,
 ) -> Video:
     """Decode a video to (N, C, H, W) uint8 frames at the model's channels and size.
 
@@ -336,8 +393,9 @@ def read_video(
     ``count=None`` keeps every frame; ``count=k`` keeps ``k`` frames: the last ``k`` (the whole
     file is decoded, keeping a ring of ``k``), or frames ``start ... start + k - 1`` (decoding
     stops there). Colour becomes grey for ``channels=1`` (FFmpeg's BT.601 luma), grey becomes
-    RGB for ``channels=3``. More than ``max_frames`` frames decoded is a 422: it bounds the work
-    one request can ask for."""
+    RGB for ``channels=3``. Each frame is converted to the model's size as it arrives (a ring of
+    native 4K frames would not fit), and ``limits`` are checked frame by frame: going past one
+    is a 422 (it bounds the work one request can ask for)."""
     if channels not in (1, 3):
         raise Unprocessable(
             "wrong-channels", f"video frames are grey (1 channel) or RGB (3); this model takes {channels}: send .npy"
@@ -351,48 +409,41 @@ def read_video(
         stream = _stream(container)
         stream.thread_type = "AUTO"
         ctx = stream.codec_context
-        if ctx.width * ctx.height > MAX_PIXELS:
-            raise LimitExceeded(
-                "frame-too-large", f"video frames are {ctx.width}x{ctx.height}; at most {MAX_PIXELS:,} pixels are decoded"
-            )
+        if ctx.width * ctx.height > limits.max_frame_pixels:
+            raise _frame_too_large(ctx.width, ctx.height, limits.max_frame_pixels, "each video frame (as its container says)")
+        # FFmpeg refuses to allocate a larger frame, whatever the container said
+        ctx.options = {**ctx.options, "max_pixels": str(limits.max_frame_pixels)}
         if resize == "none" and ctx.width and (ctx.width, ctx.height) != (width, height):
             raise _size_error(ctx.width, ctx.height, width, height)
         fps = _fps(stream)
         promised = _promised_frames(container, stream, fps)
         first = start or 0
-        kept: collections.deque[av.VideoFrame] | list[np.ndarray]
+        kept: collections.deque[np.ndarray] | list[np.ndarray]
         kept = collections.deque(maxlen=count) if count is not None and start is None else []
-        decoded = 0
-        for frame in _frames(container, stream):
-            decoded += 1
-            if decoded > max_frames:
-                raise LimitExceeded(
-                    "too-many-frames",
-                    f"the video has more than {max_frames:,} frames, the most decoded per video; cut it shorter",
-                )
-            if isinstance(kept, collections.deque):  # the last `count`: convert only those kept at the end
-                kept.append(frame)
-            elif decoded > first:  # converted at once: native-size frames of a long video would not fit in memory
+        budget = _Budget(limits)
+        for frame in _frames(container, stream, limits.max_frame_pixels):
+            budget.charge(frame)
+            if isinstance(kept, collections.deque) or budget.frames > first:
                 kept.append(_convert(frame, mode, resize, height, width))
-                if count is not None and len(kept) == count:
+                if count is not None and start is not None and len(kept) == count:
                     break
+        decoded = budget.frames
         complete = start is None or count is None or len(kept) < count
         if complete and promised and decoded < promised - TRUNCATION_SLACK:
             raise InputError(
                 "truncated-video",
                 f"the video is truncated or corrupt: its container announces {promised} frames, only {decoded} could be decoded",
             )
-        frames = [_convert(f, mode, resize, height, width) if isinstance(f, av.VideoFrame) else f for f in kept]
-    if count is not None and len(frames) < count:
+    if count is not None and len(kept) < count:
         if start is None:
             raise Unprocessable("wrong-frame-count", f"the video has {decoded} frame(s); {count} are needed")
         raise Unprocessable(
             "wrong-frame-count",
             f"the video has {decoded} frame(s); start={first} needs frames {first} to {first + count - 1}",
         )
-    if not frames:
+    if not kept:
         raise Unprocessable("wrong-frame-count", "the video has no frames")
-    clip = np.stack(frames)  # (N, H, W) or (N, H, W, 3)
+    clip = np.stack(list(kept))  # (N, H, W) or (N, H, W, 3)
     clip = clip[:, None] if clip.ndim == 3 else clip.transpose(0, 3, 1, 2)  # (N, C, H, W)
     return Video(np.ascontiguousarray(clip), fps, decoded)
 

@@ -10,7 +10,15 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.core.limits import MAX_FRAMES_OUT, MAX_HORIZON, MAX_VIDEO_FRAMES
+from service.core.limits import (
+    DECODE_TIMEOUT_S,
+    MAX_DECODED_PIXELS,
+    MAX_FRAMES_OUT,
+    MAX_HORIZON,
+    MAX_PIXELS,
+    MAX_VIDEO_FRAMES,
+    DecodeLimits,
+)
 from service.core.runtime import available_cpus
 from service.inference.options import ModelOptions
 
@@ -158,6 +166,15 @@ class ServeSettings(BaseSettings):
     )
     warmup_runs: int = Field(2, ge=0, description="session.run calls at each batch-size bucket before /readyz says ready")
     max_video_frames: int = Field(MAX_VIDEO_FRAMES, ge=1, description="most frames decoded from one video body (422 beyond)")
+    max_frame_pixels: int = Field(
+        MAX_PIXELS, ge=1, description="most pixels of one decoded video frame or GIF canvas, W x H (422 beyond)"
+    )
+    max_decoded_pixels: int = Field(
+        MAX_DECODED_PIXELS, ge=1, description="most pixels decoded for one video body, every frame counted (422 beyond)"
+    )
+    decode_timeout_s: float = Field(
+        DECODE_TIMEOUT_S, gt=0, description="most wall-clock seconds decoding one video body may take (422 beyond)"
+    )
     max_horizon: int = Field(MAX_HORIZON, ge=1, description="largest ?horizon= (frames predicted by rollout; 422 beyond)")
     max_frames_out: int = Field(
         MAX_FRAMES_OUT, ge=1, description="most frames one request may be answered, clips x horizon (413 beyond)"
@@ -236,6 +253,10 @@ class ServeSettings(BaseSettings):
     @property
     def resolved_intra_op_threads(self) -> int:
         return self.intra_op_threads or available_cpus()
+
+    def decode_limits(self) -> DecodeLimits:
+        """What decoding one video body may cost (service.core.video checks them frame by frame)."""
+        return DecodeLimits(self.max_video_frames, self.max_frame_pixels, self.max_decoded_pixels, self.decode_timeout_s)
 
     def model_options(self) -> ModelOptions:
         """What the model repository needs of these settings (it never sees the rest)."""

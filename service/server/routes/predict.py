@@ -133,7 +133,7 @@ def _decode_video(data: bytes, media_type: str, spec: ClipSpec, settings: ServeS
         media_type=media_type,
         resize=options.resize,
         start=options.start,
-        max_frames=settings.max_video_frames,
+        limits=settings.decode_limits(),
     )
 
 
