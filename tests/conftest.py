@@ -23,6 +23,17 @@ MNIST_DIR = REPO / "tests" / "data" / "mnist"
 os.environ.setdefault("STLIGHT_GRPC_PORT", "0")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``extended`` tests (more of what a default test already covers, each over ~30 s) run only
+    with STLIGHT_EXTENDED_TESTS=1: before a release, not in every CI run."""
+    if os.environ.get("STLIGHT_EXTENDED_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="extended check (more cases of a test that runs by default): opt in with STLIGHT_EXTENDED_TESTS=1")
+    for item in items:
+        if "extended" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
