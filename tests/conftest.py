@@ -28,7 +28,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     with STLIGHT_EXTENDED_TESTS=1: before a release, not in every CI run."""
     if os.environ.get("STLIGHT_EXTENDED_TESTS") == "1":
         return
-    skip = pytest.mark.skip(reason="extended check (more cases of a test that runs by default): opt in with STLIGHT_EXTENDED_TESTS=1")
+    reason = "extended check (more cases of a test that runs by default): opt in with STLIGHT_EXTENDED_TESTS=1"
+    skip = pytest.mark.skip(reason=reason)
     for item in items:
         if "extended" in item.keywords:
             item.add_marker(skip)

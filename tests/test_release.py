@@ -144,10 +144,13 @@ def _resolution_cases() -> list[pytest.ParameterSet]:
     shift = platforms.index("linux-x86_64") - PYTHONS.index("3.11")
     diagonal = {(platform, PYTHONS[(i - shift) % len(PYTHONS)]) for i, platform in enumerate(platforms)}
     return [
-        pytest.param(platform, python, id=f"{platform}-{python}", marks=() if (platform, python) in diagonal else pytest.mark.extended)
+        pytest.param(platform, python, id=f"{platform}-{python}", marks=() if (platform, python) in diagonal else EXTENDED)
         for platform in platforms
         for python in PYTHONS
     ]
+
+
+EXTENDED = pytest.mark.extended
 
 
 @pytest.mark.parametrize(("platform", "python"), _resolution_cases())
