@@ -49,6 +49,91 @@ class EngineError(Exception):
     """The model cannot be served as asked (missing file, no model card, CUDA not loading...)."""
 
 
+def _check_arguments(path: Path, device: str, spinning: str, max_batch_size: int) -> None:
+    """Refuse bad arguments, and external data pointing outside the model's folder, before ONNX
+    Runtime reads anything."""
+    if not path.is_file():
+        raise EngineError(f"model file not found: {path}")
+    if device not in ("auto", "cuda", "cpu"):
+        raise EngineError(f"device must be auto, cuda or cpu, got {device!r}")
+    if spinning not in ("off", "run", "on"):
+        raise EngineError(f"spinning must be off, run or on, got {spinning!r}")
+    if max_batch_size < 1:
+        raise EngineError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    try:  # before ONNX Runtime: 1.20 reads external data wherever it points (1.31 checks it too)
+        check_external_data(path)
+    except (NotOnnxError, OSError) as exc:
+        raise EngineError(f"cannot load {path}: not an ONNX model file ({exc})") from None
+    except ExternalDataError as exc:
+        raise EngineError(str(exc)) from None
+
+
+def _session_options(intra_op_threads: int, inter_op_threads: int, spinning: str) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning (benchmarks/ort_spinning.py, docs/serving-performance.md): "run" by default —
+    # pool threads spin between the operators of a run, where a futex wake-up per operator
+    # costs more than the spin, and stop when the run returns (force_spinning_stop), so an
+    # idle server burns no core and the event loop gets the cores back between runs. On a
+    # quiet 2-core box it took batch-1 runs from 0.76 to 0.51 ms at less CPU per run. "on"
+    # (ORT's default) also spins after a run; "off" never spins, for hosts whose cores other
+    # work needs more.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0" if spinning == "off" else "1")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0" if spinning == "off" else "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1" if spinning == "run" else "0")
+    options.log_severity_level = 3  # errors only; we report the provider in use ourselves
+    return options
+
+
+def _providers(device: str, *, tf32: bool, cuda_graphs: bool) -> tuple[list[Any], tuple[str, ...]]:
+    """The providers to ask ONNX Runtime for, and what the CUDA library preload said."""
+    providers: list[Any] = [CPU]
+    preload_report: tuple[str, ...] = ()
+    if device in ("auto", "cuda"):
+        if CUDA in ort.get_available_providers():
+            preload_report = preload_cuda_libraries()
+            providers = [(CUDA, cuda_provider_options(tf32=tf32, cuda_graphs=cuda_graphs)), CPU]
+        elif device == "cuda":
+            raise EngineError(
+                "--device cuda: this onnxruntime build has no CUDAExecutionProvider "
+                f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu or use --device cpu"
+            )
+    if cuda_graphs and device == "cpu":
+        raise EngineError("--cuda-graphs needs --device cuda (or auto on a machine where CUDA loads)")
+    return providers, preload_report
+
+
+def _create_session(path: Path, options: ort.SessionOptions, providers: list[Any], *, quiet: bool) -> ort.InferenceSession:
+    # With "auto" (quiet), a CUDA provider that fails to load is expected on CPU hosts: silence
+    # ONNX Runtime's multi-line error and let the caller report the fallback in one line.
+    # "cuda" keeps it, since there it says why the start fails.
+    if quiet:
+        ort.set_default_logger_severity(4)
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        raise EngineError(f"cannot load {path} with ONNX Runtime: {exc}") from None
+    finally:
+        ort.set_default_logger_severity(2)  # ONNX Runtime's default: warnings
+
+
+def _check_provider(provider: str, device: str, preload_report: tuple[str, ...], *, cuda_graphs: bool) -> None:
+    """The provider ONNX Runtime really uses, against what was asked for."""
+    if device == "cuda" and provider != CUDA:
+        for line in preload_report:  # at DEBUG otherwise; here it is the likeliest reason
+            log.warning("CUDA library preload: %s", line)
+        missing = f"; the library preload said: {preload_report[0]}" if preload_report else ""
+        raise EngineError(
+            f"--device cuda: CUDAExecutionProvider did not load (ONNX Runtime fell back to {provider}){missing}; "
+            f"check the NVIDIA driver, CUDA and cuDNN libraries ({extra_hint('cuda')}), or use --device auto/cpu"
+        )
+    if cuda_graphs and provider != CUDA:
+        raise EngineError(f"--cuda-graphs: CUDA did not load (ONNX Runtime uses {provider}); use --device cuda to see why")
+
+
 @dataclass
 class _Binding:
     """IO binding of one bucket: input and output buffers on the device, bound once, reused by
@@ -82,77 +167,23 @@ class Engine:
         CPU time and ONNX Runtime already reads numpy input in place there); turning them on
         for CPU runs the same code path as CUDA does, which is how it is tested without a GPU."""
         self.path = Path(path)
-        if not self.path.is_file():
-            raise EngineError(f"model file not found: {self.path}")
-        if device not in ("auto", "cuda", "cpu"):
-            raise EngineError(f"device must be auto, cuda or cpu, got {device!r}")
-        if spinning not in ("off", "run", "on"):
-            raise EngineError(f"spinning must be off, run or on, got {spinning!r}")
-        if max_batch_size < 1:
-            raise EngineError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        try:  # before ONNX Runtime: 1.20 reads external data wherever it points (1.31 checks it too)
-            check_external_data(self.path)
-        except (NotOnnxError, OSError) as exc:
-            raise EngineError(f"cannot load {self.path}: not an ONNX model file ({exc})") from None
-        except ExternalDataError as exc:
-            raise EngineError(str(exc)) from None
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = inter_op_threads
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning (benchmarks/ort_spinning.py, docs/serving-performance.md): "run" by default —
-        # pool threads spin between the operators of a run, where a futex wake-up per operator
-        # costs more than the spin, and stop when the run returns (force_spinning_stop), so an
-        # idle server burns no core and the event loop gets the cores back between runs. On a
-        # quiet 2-core box it took batch-1 runs from 0.76 to 0.51 ms at less CPU per run. "on"
-        # (ORT's default) also spins after a run; "off" never spins, for hosts whose cores other
-        # work needs more.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0" if spinning == "off" else "1")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0" if spinning == "off" else "1")
-        options.add_session_config_entry("session.force_spinning_stop", "1" if spinning == "run" else "0")
-        options.log_severity_level = 3  # errors only; we report the provider in use ourselves
+        _check_arguments(self.path, device, spinning, max_batch_size)
+        options = _session_options(intra_op_threads, inter_op_threads, spinning)
         self.intra_op_threads, self.inter_op_threads, self.spinning = intra_op_threads, inter_op_threads, spinning
         self.tf32, self.cuda_graphs = tf32, cuda_graphs
-
-        providers: list[Any] = [CPU]
-        preload_report: tuple[str, ...] = ()
-        if device in ("auto", "cuda"):
-            if CUDA in ort.get_available_providers():
-                preload_report = preload_cuda_libraries()
-                providers = [(CUDA, cuda_provider_options(tf32=tf32, cuda_graphs=cuda_graphs)), CPU]
-            elif device == "cuda":
-                raise EngineError(
-                    "--device cuda: this onnxruntime build has no CUDAExecutionProvider "
-                    f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu or use --device cpu"
-                )
-        if cuda_graphs and device == "cpu":
-            raise EngineError("--cuda-graphs needs --device cuda (or auto on a machine where CUDA loads)")
-        # With "auto", a CUDA provider that fails to load is expected on CPU hosts: silence ONNX
-        # Runtime's multi-line error and let the caller report the fallback in one line.
-        # "cuda" keeps it, since there it says why the start fails.
-        if device == "auto":
-            ort.set_default_logger_severity(4)
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            raise EngineError(f"cannot load {self.path} with ONNX Runtime: {exc}") from None
-        finally:
-            ort.set_default_logger_severity(2)  # ONNX Runtime's default: warnings
+        providers, preload_report = _providers(device, tf32=tf32, cuda_graphs=cuda_graphs)
+        self.session = _create_session(self.path, options, providers, quiet=device == "auto")
         self.provider: str = self.session.get_providers()[0]
-        if device == "cuda" and self.provider != CUDA:
-            for line in preload_report:  # at DEBUG otherwise; here it is the likeliest reason
-                log.warning("CUDA library preload: %s", line)
-            missing = f"; the library preload said: {preload_report[0]}" if preload_report else ""
-            raise EngineError(
-                f"--device cuda: CUDAExecutionProvider did not load (ONNX Runtime fell back to {self.provider}){missing}; "
-                f"check the NVIDIA driver, CUDA and cuDNN libraries ({extra_hint('cuda')}), or use --device auto/cpu"
-            )
-        if cuda_graphs and self.provider != CUDA:
-            raise EngineError(
-                f"--cuda-graphs: CUDA did not load (ONNX Runtime uses {self.provider}); use --device cuda to see why"
-            )
+        _check_provider(self.provider, device, preload_report, cuda_graphs=cuda_graphs)
+        self._read_io()
+        self._plan_batches(max_batch_size, buckets=buckets, io_binding=io_binding, cuda_graphs=cuda_graphs)
+        self._bindings: dict[int, _Binding] = {}
+        self.sha256 = file_sha256(self.path)
+        self.name = self.card.preset or self.path.stem
+        self._warm = threading.Event()
 
+    def _read_io(self) -> None:
+        """The model card, and the one float input and output, checked against the card's clip shape."""
         try:
             self.card = ModelCard.from_metadata(dict(self.session.get_modelmeta().custom_metadata_map))
         except ValueError as exc:
@@ -177,6 +208,9 @@ class Engine:
             raise EngineError(f"{self.path}: input shape {shape} does not match the model card's (B, {want})")
         # a fixed batch axis (export without a dynamic batch) is served by padding to it
         self.fixed_batch: int | None = shape[0] if isinstance(shape[0], int) else None
+
+    def _plan_batches(self, max_batch_size: int, *, buckets: bool | None, io_binding: bool | None, cuda_graphs: bool) -> None:
+        """Bucket sizes and IO binding: on for CUDA, off for CPU unless asked for."""
         on_cuda = self.provider == CUDA
         want_buckets = buckets if buckets is not None else on_cuda
         self.buckets: tuple[int, ...] = ()  # empty: any batch size as it comes
@@ -189,10 +223,6 @@ class Engine:
         if cuda_graphs and not (self.io_binding and self.buckets):
             raise EngineError("--cuda-graphs needs IO binding and bucketed batch sizes (fixed shapes and addresses)")
         self._device = "cuda" if on_cuda else "cpu"
-        self._bindings: dict[int, _Binding] = {}
-        self.sha256 = file_sha256(self.path)
-        self.name = self.card.preset or self.path.stem
-        self._warm = threading.Event()
 
     # running -----------------------------------------------------------------------------
     def bucket_for(self, n: int) -> int:
