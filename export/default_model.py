@@ -24,9 +24,10 @@ import torch
 from export.onnx_export import export_checkpoint
 from export.validation import validate
 from model.checkpoint import build_model, read_checkpoint
+from model.config import STLightConfig
 from model.data import VAL_SEED, MovingMNIST, load_mnist_digits
 from model.metrics import MetricAccumulator
-from model.stlight import count_macs, count_params
+from model.stlight import STLight, count_macs, count_params
 from model.train import save_strip
 from service.core.frames import to_uint8
 from service.core.hashing import file_sha256
@@ -53,7 +54,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="training run folder holding best.pt and metrics.jsonl")
     parser.add_argument("--data-dir", required=True, help="folder with the MNIST digits (idx) used for validation clips")
@@ -62,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="1", help="CPU threads the training used, as text for the card (e.g. '1, then 2')")
     parser.add_argument("--command", default="", help="the stlight train command line(s) that made the run")
     parser.add_argument("--out", type=Path, default=ASSETS, help="assets folder (default: service/assets)")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     ckpt = args.run / "best.pt"
     payload = read_checkpoint(ckpt)
     net, config = build_model(payload, ckpt)
@@ -78,10 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     if size > MAX_ONNX_BYTES:
         print(f"{onnx_path} is {size / 2**20:.1f} MiB, over the 5 MiB budget", file=sys.stderr)
         return 1
-
-    # scores on the fixed validation clips: the model and the two trivial baselines
     digits = load_mnist_digits(args.data_dir, download=False)
-    val = MovingMNIST(digits, args.val_clips, config.in_frames, config.out_frames, config.height, seed=VAL_SEED)
+    inputs, truth, pred, scores = _score(net, config, digits, args.val_clips)
+    examples = _write_examples(args.out, digits, config, (inputs[0], truth[0], pred[0]))
+    lines = _card(args, payload, net, config, onnx_path, scores)
+    (args.out / "default.md").write_text("\n".join(line for line in lines if line is not None) + "\n")
+    print(json.dumps({name: {k: v for k, v in m.items() if k != "per_frame_mse"} for name, m in scores.items()}, indent=2))
+    print(f"wrote {onnx_path} ({size / 2**20:.2f} MiB), {args.out / 'default.md'}, examples in {examples}")
+    return 0
+
+
+def _score(
+    net: STLight, config: STLightConfig, digits: np.ndarray, val_clips: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, dict]]:
+    """Scores on the fixed validation clips: the model and the two trivial baselines."""
+    val = MovingMNIST(digits, val_clips, config.in_frames, config.out_frames, config.height, seed=VAL_SEED)
     inputs = np.stack([val[i][0].numpy() for i in range(len(val))])
     truth = np.stack([val[i][1].numpy() for i in range(len(val))])
     with torch.no_grad():
@@ -91,24 +106,41 @@ def main(argv: list[str] | None = None) -> int:
         "all zeros": _metrics(np.zeros_like(truth), truth),
         "repeat last input frame": _metrics(np.repeat(inputs[:, -1:], config.out_frames, axis=1), truth),
     }
+    return inputs, truth, pred, scores
 
-    # picture and example clips (uint8, as a camera or a PNG would give them)
-    save_strip(args.out / "default-example.png", inputs[0], truth[0], pred[0], scale=2)
-    examples = args.out / "examples"
+
+def _write_examples(
+    out: Path, digits: np.ndarray, config: STLightConfig, first: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> Path:
+    """The picture (input, truth, prediction of the first clip) and example clips (uint8, as a
+    camera or a PNG would give them)."""
+    save_strip(out / "default-example.png", *first, scale=2)
+    examples = out / "examples"
     examples.mkdir(parents=True, exist_ok=True)
     ex = MovingMNIST(digits, 4, config.in_frames, config.out_frames, config.height, seed=EXAMPLE_SEED)
     clips = [np.concatenate([ex[i][0].numpy(), ex[i][1].numpy()]) for i in range(len(ex))]
     for i, clip in enumerate(clips[:3]):
         np.save(examples / f"clip{i}.npy", to_uint8(clip[: config.in_frames]))  # (T, C, H, W): input only
-    with_targets = args.out / "examples-with-targets"  # apart: `stlight predict --has-targets` wants T+T' frames
+    with_targets = out / "examples-with-targets"  # apart: `stlight predict --has-targets` wants T+T' frames
     with_targets.mkdir(parents=True, exist_ok=True)
     np.save(with_targets / "moving-mnist.npy", to_uint8(np.stack(clips)))  # (N, T+T', C, H, W)
+    return examples
 
-    # the card
+
+def _card(
+    args: argparse.Namespace,
+    payload: dict,
+    net: STLight,
+    config: STLightConfig,
+    onnx_path: Path,
+    scores: dict[str, dict],
+) -> list[str]:
+    """The model card's lines (markdown)."""
+    size, ckpt = onnx_path.stat().st_size, args.run / "best.pt"
     curve = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = int(payload.get("step", 0))
     settings = payload.get("run", {})
-    lines = [
+    return [
         "# The default model",
         "",
         "`default.onnx` is what `stlight serve` and the Docker image serve when no model is given: "
@@ -151,10 +183,6 @@ def main(argv: list[str] | None = None) -> int:
         "Rows: the 10 input frames, the 10 true next frames, the 10 predicted frames.",
         "",
     ]
-    (args.out / "default.md").write_text("\n".join(line for line in lines if line is not None) + "\n")
-    print(json.dumps({name: {k: v for k, v in m.items() if k != "per_frame_mse"} for name, m in scores.items()}, indent=2))
-    print(f"wrote {onnx_path} ({size / 2**20:.2f} MiB), {args.out / 'default.md'}, examples in {examples}")
-    return 0
 
 
 if __name__ == "__main__":
