@@ -310,6 +310,13 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         default_preset=None,
         preset_help="named configuration (default per dataset: mmnist-xs, npz tiny, taxibj-s, frames kth-xs)",
     )
+    _add_optimisation_args(parser)
+    _add_run_args(parser)
+    _add_speed_args(parser)
+    parser.set_defaults(handler=run_train)
+
+
+def _add_optimisation_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("optimisation (defaults: the paper's Table 2 for the dataset)")
     group.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (OneCycle max_lr, cosine start)")
     group.add_argument(
@@ -342,6 +349,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     group.add_argument(
         "--seed", type=int, default=None, help="seed of weights, data order, generated clips and the split (default 0)"
     )
+
+
+def _add_run_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run")
     group.add_argument("--out", required=True, metavar="DIR", help="run folder: last.pt, best.pt, metrics.jsonl, val_step*.png")
     group.add_argument(
@@ -382,8 +392,6 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     )
     group.add_argument("--no-progress", action="store_true", help="no progress bar (validation lines are still printed)")
     group.add_argument("--json", action="store_true", help="print the final summary as JSON")
-    _add_speed_args(parser)
-    parser.set_defaults(handler=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
