@@ -390,6 +390,33 @@ def _torch_ops(net: nn.Module) -> tuple[int, int, int]:
     return shuffles, len(dilated), (dilated[0].dilation[0] if dilated else 1)
 
 
+class _WholeModel:
+    """Model-vs-torch checks on whole clips. The ONNX Runtime session is made by the first check
+    that needs it, so a failure to create it is that check's reason, not an exception."""
+
+    def __init__(
+        self, model: onnx.ModelProto, net: nn.Module, config: STLightConfig, provider: str, precision: str, seed: int
+    ) -> None:
+        self.model, self.net, self.config, self.provider = model, net, config, provider
+        self.precision, self.seed = precision, seed
+        self.session: Any = None
+
+    def check(self, kind: str, batch: int) -> Check:
+        name = f"model vs torch, {kind} clips, batch {batch}"
+        make = random_clips if kind == "random" else moving_blobs
+        clips = make(batch, self.config, self.seed + batch)
+        try:
+            if self.session is None:
+                self.session = _session(self.model, self.provider)
+            y = _run(self.session, "predicted", {"frames": clips})
+            with torch.no_grad():
+                ref = self.net(torch.from_numpy(clips)).numpy()
+            err, tol = _max_abs(y, ref), _tolerance(ref, self.precision)
+        except Exception as exc:
+            return Check(name, False, math.inf, None, f"{type(exc).__name__}: {exc}")
+        return Check(name, err <= tol, err, tol, "" if err <= tol else f"max abs error {err:.3g} > {tol:.3g}")
+
+
 def validate(
     onnx_path: str | Path,
     net: nn.Module,
@@ -433,26 +460,10 @@ def validate(
         ("signature", lambda: _check_signature(model, config)),
         ("op count", lambda: _check_counts(len(d2s), shuffles, len(convs), n_dilated)),
     ]
-    state: dict[str, Any] = {}
-
-    def whole(kind: str, batch: int) -> Check:
-        name = f"model vs torch, {kind} clips, batch {batch}"
-        make = random_clips if kind == "random" else moving_blobs
-        clips = make(batch, config, seed + batch)
-        try:
-            if "session" not in state:
-                state["session"] = _session(model, provider)
-            y = _run(state["session"], "predicted", {"frames": clips})
-            with torch.no_grad():
-                ref = net(torch.from_numpy(clips)).numpy()
-            err, tol = _max_abs(y, ref), _tolerance(ref, report.precision)
-        except Exception as exc:
-            return Check(name, False, math.inf, None, f"{type(exc).__name__}: {exc}")
-        return Check(name, err <= tol, err, tol, "" if err <= tol else f"max abs error {err:.3g} > {tol:.3g}")
-
+    whole = _WholeModel(model, net, config, provider, report.precision, seed)
     for kind in ("random", "blobs"):
         for batch in batches:
-            steps.append((f"{kind} b{batch}", functools.partial(whole, kind, batch)))
+            steps.append((f"{kind} b{batch}", functools.partial(whole.check, kind, batch)))
     for i, node in enumerate(d2s):
         steps.append(
             (
