@@ -143,6 +143,46 @@ class _Run:
         self.pending: list[Segment] = []
         self.pending_clips = 0
 
+    # one input -----------------------------------------------------------------------------
+    def skip(self, source: Source) -> None:
+        """An input whose outputs exist; with targets its old prediction is still scored, so a
+        resumed run reports the whole set."""
+        self.summary.skipped += 1
+        if self.has_targets:
+            try:
+                self.score_existing(source)
+            except (InputError, OSError) as exc:
+                self.fail(source.name, str(exc))
+        self.bar.update(1)
+
+    def start(self, source: Source) -> None:
+        """Read an input and queue its clips; one that cannot be read is a failure, not a crash."""
+        try:
+            clips = read_source(source.path, source.kind, self.spec, self.has_targets, self.reading)
+            shape = (len(clips.raw), *self.spec.output_shape) if clips.batched else self.spec.output_shape
+            output = new_output(source, shape)
+        except InputError as exc:
+            self.fail(source.name, str(exc))
+            self.bar.update(1)
+            return
+        except OSError as exc:
+            self.fail(source.name, f"cannot read it or write its output: {exc}")
+            self.bar.update(1)
+            return
+        except Exception as exc:
+            self.fail(source.name, f"unreadable ({type(exc).__name__}: {exc})")
+            self.bar.update(1)
+            return
+        view = output if clips.batched else output[None]  # (N, T', C, H, W)
+        self.add(Job(source, clips, view, output, remaining=len(clips.raw)))
+
+    def not_attempted(self, sources: Sequence[Source]) -> None:
+        """After an early stop: the inputs never reached are failures too, so none goes unreported."""
+        done = {name for name, _ in self.summary.failures}
+        for source in sources:
+            if source.name not in done and not source.npy.is_file():
+                self.summary.failures.append((source.name, "not attempted: the run stopped early"))
+
     # bookkeeping ---------------------------------------------------------------------
     def fail(self, name: str, reason: str) -> None:
         self.summary.failures.append((name, reason))
@@ -339,42 +379,16 @@ def predict_files(
                 break
             run.collect(block=False)
             if not overwrite and finished(source, png, gif, video):
-                run.summary.skipped += 1
-                if has_targets:
-                    try:
-                        run.score_existing(source)
-                    except (InputError, OSError) as exc:
-                        run.fail(source.name, str(exc))
-                run.bar.update(1)
-                continue
-            try:
-                clips = read_source(source.path, source.kind, run.spec, has_targets, reading)
-                shape = (len(clips.raw), *run.spec.output_shape) if clips.batched else run.spec.output_shape
-                output = new_output(source, shape)
-            except InputError as exc:
-                run.fail(source.name, str(exc))
-                run.bar.update(1)
-                continue
-            except OSError as exc:
-                run.fail(source.name, f"cannot read it or write its output: {exc}")
-                run.bar.update(1)
-                continue
-            except Exception as exc:
-                run.fail(source.name, f"unreadable ({type(exc).__name__}: {exc})")
-                run.bar.update(1)
-                continue
-            view = output if clips.batched else output[None]  # (N, T', C, H, W)
-            run.add(Job(source, clips, view, output, remaining=len(clips.raw)))
+                run.skip(source)
+            else:
+                run.start(source)
         run.drain()
     finally:
         run.pool.shutdown(cancel_futures=True)
         run.bar.close()
     run.summary.seconds = time.perf_counter() - began
     if run.summary.stopped:
-        done = {name for name, _ in run.summary.failures}
-        not_reached = [s for s in sources if s.name not in done and not s.npy.is_file()]
-        for source in not_reached:
-            run.summary.failures.append((source.name, "not attempted: the run stopped early"))
+        run.not_attempted(sources)
     if run.scores.frames:
         run.summary.metrics = run.scores.result()
     return run.summary
