@@ -4,6 +4,7 @@ predictions; the store honours its byte budget and time-to-live."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -112,6 +113,11 @@ def test_store_honours_byte_budget_and_time_to_live() -> None:
         store.get("r0")
     time.sleep(0.35)
     assert store.describe("m", "1")["expired"] == 200 and len(store) == 0 and store.nbytes == 0
+    # an exact frame: PSNR is infinite, which JSON cannot say (null), Prometheus can (+Inf)
+    store.keep("exact", "m", "1", frames)
+    graded = store.grade("exact", frames[:, :2].astype(np.float16).astype(np.float32))
+    assert graded.document()["scores"]["psnr"] == [[None, None]] and np.isinf(graded.scores["psnr"]).all()
+    assert json.loads(json.dumps(store.describe("m", "1"), allow_nan=False))["steps"][0]["psnr"] is None
 
 
 def test_ssim_is_model_metrics_definition() -> None:

@@ -350,5 +350,6 @@ def _server_figures(client: Client | LocalClient) -> list[str]:
     line += f"{online.get('expired', 0)} expired"
     if steps:
         last = steps[-1]
-        line += f"; step {last['step']}: MSE {last['mse']:.4f}  PSNR {last['psnr']:.4f} dB  SSIM {last['ssim']:.4f}"
+        psnr = "inf" if last["psnr"] is None else f"{last['psnr']:.4f}"  # null: an exact frame was graded
+        line += f"; step {last['step']}: MSE {last['mse']:.4f}  PSNR {psnr} dB  SSIM {last['ssim']:.4f}"
     return [line]

@@ -87,7 +87,8 @@ class StepFigures:
         return {
             "graded": self.graded,
             "expired": self.expired,
-            "steps": [self.step(i) for i, s in enumerate(self.sums) if s.frames],
+            # JSON has no infinity: a step whose graded frames include an exact one has PSNR null
+            "steps": [{k: _finite(v) for k, v in self.step(i).items()} for i, s in enumerate(self.sums) if s.frames],
         }
 
     def overall(self) -> dict[str, float | int]:
@@ -213,6 +214,6 @@ class AnswerStore:
             return self._figures(model, version).describe()
 
 
-def _finite(value: float) -> float | None:
+def _finite(value: float | int) -> float | int | None:
     """JSON has no infinity: an exact frame's PSNR is null."""
     return value if np.isfinite(value) else None
