@@ -519,6 +519,50 @@ def test_api_keys_typed_into_the_page(browser: Any, tmp_path: Path) -> None:
         keyed.stop()
 
 
+def online_rows(driver: Any) -> list[list[str]]:
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#online-rows tr')].map(r => [...r.cells].map(c => c.textContent))"
+    )
+
+
+@needs_browser
+def test_online_figures_of_the_chosen_model(server: Server, browser: Any) -> None:
+    """Answers graded by their truth (here by the API) show on the page as the server's figures,
+    per step; Refresh reads them again after another grading."""
+    clips = np.load(REPO / "service" / "assets" / "examples-with-targets" / "moving-mnist.npy")  # (4, 20, 1, 64, 64)
+
+    def predict_and_grade(index: int) -> None:
+        headers = {"Content-Type": NPY, "Accept": NPY, "X-Request-ID": f"web-online-{index}"}
+        answer = httpx.post(server.url + "/predict", content=npy_bytes(clips[index, :10]), headers=headers, timeout=30)
+        assert answer.status_code == 200, answer.text
+        graded = httpx.post(
+            server.url + f"/v1/feedback/web-online-{index}", content=npy_bytes(clips[index, 10:]), headers=headers
+        )
+        assert graded.status_code == 200, graded.text
+
+    def expected() -> tuple[int, list[list[str]]]:
+        online = httpx.get(server.url + "/v1/model").json()["online"]
+        rows = [
+            [str(s["step"]), str(s["frames"]), f"{s['mse']:.3f}", f"{s['mae']:.3f}", f"{s['psnr']:.2f}", f"{s['ssim']:.4f}"]
+            for s in online["steps"]
+        ]
+        return online["graded"], rows
+
+    predict_and_grade(0)
+    open_page(browser, server)
+    graded, rows = expected()
+    wait_for(browser, f"document.getElementById('online-table').dataset.graded === '{graded}'", what="the figures")
+    assert online_rows(browser) == rows and len(rows) == 10
+    assert f"{graded} answer(s) graded" in browser.find_element("id", "online-summary").text
+
+    predict_and_grade(1)
+    browser.find_element("id", "online-refresh").click()
+    graded, rows = expected()
+    wait_for(browser, f"document.getElementById('online-table').dataset.graded === '{graded}'", what="the new figures")
+    assert online_rows(browser) == rows
+    assert_no_script_errors(browser)
+
+
 @needs_browser
 def test_keyboard_labels_and_narrow_screens(server: Server, browser: Any) -> None:
     open_page(browser, server)

@@ -579,6 +579,7 @@ async function predict(event) {
     downloadButtons(request);
     $("result").hidden = false;
     setStatus(`Predicted ${predicted.length} frames in ${Math.round(latency)} ms.`);
+    showOnline(); // the answer is kept now; its grade shows once a client posts the truth
   } catch (err) {
     clearResult();
     $("result").hidden = true; // a previous clip's result beside this error would read as this clip's
@@ -590,17 +591,75 @@ async function predict(event) {
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// online accuracy of the chosen model: its "online" figures from /v1/model, read again when the
+// model changes, after each prediction, on Refresh and every 15 s while the tab is visible
+// ---------------------------------------------------------------------------------------
+
+const ONLINE_REFRESH_MS = 15000;
+
+function modelUrl() {
+  const name = $("model").value;
+  return state.byList && name ? `/v1/model?model=${encodeURIComponent(name)}` : "/v1/model";
+}
+
+function number(value, digits) {
+  // null: an exact frame was graded (PSNR is infinite, which JSON cannot carry)
+  return value === null || value === undefined ? "∞" : Number(value).toFixed(digits);
+}
+
+async function showOnline() {
+  const summary = $("online-summary");
+  const table = $("online-table");
+  let online;
+  try {
+    online = (await getJSON(modelUrl())).online;
+  } catch (err) {
+    summary.textContent = `Could not read the figures: ${err.message}`;
+    table.hidden = true;
+    return;
+  }
+  if (!online) {
+    summary.textContent = "This server keeps no answers for grading.";
+    table.hidden = true;
+    return;
+  }
+  const steps = online.steps || [];
+  summary.textContent =
+    `${online.graded} answer(s) graded, ${online.expired} dropped before their truth came.` +
+    (steps.length ? "" : " Nothing graded yet for this model.");
+  $("online-rows").replaceChildren(
+    ...steps.map((s) => {
+      const row = document.createElement("tr");
+      for (const text of [s.step, s.frames, number(s.mse, 3), number(s.mae, 3), number(s.psnr, 2), number(s.ssim, 4)]) {
+        const cell = document.createElement("td");
+        cell.textContent = String(text);
+        row.append(cell);
+      }
+      return row;
+    }),
+  );
+  table.hidden = !steps.length;
+  table.setAttribute("data-graded", String(online.graded));
+}
+
 function init() {
   $("predict-form").addEventListener("submit", predict);
   $("example").addEventListener("change", () => ($("source-example").checked = true));
   $("file").addEventListener("change", () => ($("source-file").checked = true));
-  $("model").addEventListener("change", describeModel);
+  $("model").addEventListener("change", () => Promise.all([describeModel(), showOnline()]));
+  $("online-refresh").addEventListener("click", showOnline);
+  setInterval(() => {
+    if (!document.hidden) showOnline();
+  }, ONLINE_REFRESH_MS);
   $("play").addEventListener("click", () => setPlaying(!state.playing));
   $("api-key").addEventListener("change", () => {
-    if (state.needsKey) Promise.all([loadModels(), loadExamples(), loadApiTypes()]);
+    if (state.needsKey) Promise.all([loadModels().then(showOnline), loadExamples(), loadApiTypes()]);
   });
   setPlaying(state.playing);
-  Promise.all([loadModels(), loadExamples(), loadApiTypes()]).then(() => document.body.setAttribute("data-ready", "true"));
+  Promise.all([loadModels().then(showOnline), loadExamples(), loadApiTypes()]).then(() =>
+    document.body.setAttribute("data-ready", "true"),
+  );
 }
 
 init();
