@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -88,16 +90,110 @@ def test_feedback_partial_truth_and_refusals(server: Server, digits: np.ndarray)
     assert unknown.status_code == 404 and "no-such-id" in unknown.json()["detail"]
 
 
-def test_feedback_needs_a_key_when_keys_are_on(tmp_path: Path, tiny_onnx: Path, digits: np.ndarray) -> None:
+# the bounded server: API keys on, room for 19 answers (81,920 B each), a 2 s time-to-live
+KEY = {"authorization": "Bearer k1"}
+ANSWER_BYTES = 10 * 64 * 64 * 2  # one kept 10-frame 64x64 answer, float16
+BUDGET_MB = 1.5
+BUDGET_ANSWERS = int(BUDGET_MB * 1024 * 1024) // ANSWER_BYTES
+TTL_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def bounded(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) -> Iterator[Server]:
+    env = {"STLIGHT_API_KEYS": "k1", "STLIGHT_ONLINE_BUDGET_MB": str(BUDGET_MB), "STLIGHT_ONLINE_TTL_S": str(TTL_S)}
+    log = tmp_path_factory.mktemp("bounded") / "server.log"
+    with running(log, "--model", str(tiny_onnx), "--device", "cpu", env=env) as srv:
+        yield srv
+
+
+def test_feedback_needs_a_key_when_keys_are_on(bounded: Server, digits: np.ndarray) -> None:
     clip, truth = _clip(digits, 3)
-    env = {"STLIGHT_API_KEYS": "k1"}
-    with running(tmp_path / "server.log", "--model", str(tiny_onnx), "--device", "cpu", env=env) as srv:
-        answer = httpx.post(srv.url + "/predict", content=npy_bytes(clip), headers={**NPY, "authorization": "Bearer k1"})
-        assert answer.status_code == 200, answer.text
-        url = srv.url + f"/v1/feedback/{answer.headers['x-request-id']}"
-        assert httpx.post(url, content=npy_bytes(truth), headers=NPY).status_code == 401
-        ok = httpx.post(url, content=npy_bytes(truth), headers={**NPY, "authorization": "Bearer k1"})
-        assert ok.status_code == 200, ok.text
+    answer = httpx.post(bounded.url + "/predict", content=npy_bytes(clip), headers={**NPY, **KEY})
+    assert answer.status_code == 200, answer.text
+    url = bounded.url + f"/v1/feedback/{answer.headers['x-request-id']}"
+    assert httpx.post(url, content=npy_bytes(truth), headers=NPY).status_code == 401
+    ok = httpx.post(url, content=npy_bytes(truth), headers={**NPY, **KEY})
+    assert ok.status_code == 200, ok.text
+
+
+class TestSoak:
+    """Concurrent HTTP load on the bounded server: the byte budget and the time-to-live hold, every
+    answer is accounted for (graded, dropped or still kept), and feedback never fails while its
+    answer is kept. A few seconds."""
+
+    @staticmethod
+    def counts(srv: Server) -> dict[str, float]:
+        metrics = srv.metrics()
+        model = httpx.get(srv.url + "/v1/model", headers=KEY).json()
+        labels = (("model", model["name"]), ("version", model["version"]))
+        return {
+            "kept": metrics[("stlight_online_kept", ())],
+            "bytes": metrics[("stlight_online_kept_bytes", ())],
+            "graded": metrics.get(("stlight_online_graded", labels), 0.0),
+            "expired": metrics.get(("stlight_online_expired", labels), 0.0),
+            "api_expired": model["online"]["expired"],
+        }
+
+    def test_budget_under_concurrent_predictions_and_feedback(self, bounded: Server, digits: np.ndarray) -> None:
+        clip, truth = _clip(digits, 5)
+        before = self.counts(bounded)
+        threads, per_thread = 8, 6
+        peak: list[float] = []
+        stop = threading.Event()
+
+        def scrape() -> None:  # the budget is checked while the load runs, not only after it
+            while not stop.wait(0.05):
+                peak.append(bounded.metrics()[("stlight_online_kept_bytes", ())])
+
+        def client(worker: int) -> list[int]:
+            statuses = []
+            with httpx.Client(base_url=bounded.url, headers=KEY, timeout=60) as http:
+                for i in range(per_thread):
+                    rid = f"soak-{worker}-{i}"
+                    answer = http.post("/predict", content=npy_bytes(clip), headers={**NPY, "x-request-id": rid})
+                    statuses.append(answer.status_code)
+                    if i % 2 == 0:  # half are graded at once, half are left to the budget
+                        statuses.append(http.post(f"/v1/feedback/{rid}", content=npy_bytes(truth), headers=NPY).status_code)
+            return statuses
+
+        sampler = threading.Thread(target=scrape)
+        sampler.start()
+        try:
+            with ThreadPoolExecutor(threads) as pool:
+                statuses = [code for codes in pool.map(client, range(threads)) for code in codes]
+        finally:
+            stop.set()
+            sampler.join()
+        after = self.counts(bounded)
+        predicted, graded = threads * per_thread, threads * per_thread // 2
+        assert statuses.count(200) == predicted + graded, sorted(set(statuses))
+        assert peak and max(peak) <= BUDGET_ANSWERS * ANSWER_BYTES
+        assert after["bytes"] == after["kept"] * ANSWER_BYTES <= BUDGET_ANSWERS * ANSWER_BYTES
+        assert after["graded"] - before["graded"] == graded
+        # nothing lost: every answer kept is graded, dropped (budget or time-to-live) or still kept
+        dropped = after["expired"] - before["expired"]
+        assert dropped + graded + after["kept"] - before["kept"] == predicted
+        assert dropped >= predicted - graded - BUDGET_ANSWERS
+
+    def test_time_to_live_drops_answers_without_traffic(self, bounded: Server, digits: np.ndarray) -> None:
+        clip, truth = _clip(digits, 6)
+        with ThreadPoolExecutor(4) as pool:
+            ids = list(pool.map(lambda i: _predict_as(bounded, clip, f"ttl-{i}"), range(8)))
+        before = self.counts(bounded)
+        assert before["kept"] >= 8
+        time.sleep(TTL_S + 0.2)
+        after = self.counts(bounded)  # the scrape itself drops them: no request needed
+        assert after["kept"] == 0 and after["bytes"] == 0
+        assert after["expired"] - before["expired"] == before["kept"] and after["api_expired"] == after["expired"]
+        for rid in ids:
+            late = httpx.post(f"{bounded.url}/v1/feedback/{rid}", content=npy_bytes(truth), headers={**NPY, **KEY})
+            assert late.status_code == 404 and "older than 2 s" in late.json()["detail"], late.text
+
+
+def _predict_as(srv: Server, clip: np.ndarray, request_id: str) -> str:
+    answer = httpx.post(srv.url + "/predict", content=npy_bytes(clip), headers={**NPY, **KEY, "x-request-id": request_id})
+    assert answer.status_code == 200, answer.text
+    return answer.headers["x-request-id"]
 
 
 def test_store_honours_byte_budget_and_time_to_live() -> None:

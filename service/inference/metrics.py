@@ -5,8 +5,11 @@ apps in a process, as in tests, do not collide). Everything a model's batcher re
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 MODEL = ("model", "version")
 
@@ -18,6 +21,10 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # first in the registry: a scrape reads the kept answers (dropping those past their
+        # time-to-live) before it reads stlight_online_expired, so one scrape adds up
+        self.kept = KeptAnswers()
+        r.register(self.kept)
         self.requests = Counter(
             "stlight_requests_total",
             "Requests answered, by protocol (http, grpc), route (gRPC: the method), status (gRPC: the code's name) "
@@ -67,6 +74,21 @@ class ServiceMetrics:
 
     def model(self, name: str, version: str) -> ModelMetrics:
         return ModelMetrics(self, name, version)
+
+
+class KeptAnswers(Collector):
+    """``stlight_online_kept`` and ``stlight_online_kept_bytes`` from one call of ``held``
+    (answers, bytes), so the two agree; set by the repository that keeps the answers."""
+
+    def __init__(self) -> None:
+        self.held: Callable[[], tuple[int, int]] = lambda: (0, 0)
+
+    def collect(self) -> Iterator[Metric]:
+        count, nbytes = self.held()
+        yield GaugeMetricFamily("stlight_online_kept", "Predictions kept awaiting their true frames", value=count)
+        yield GaugeMetricFamily(
+            "stlight_online_kept_bytes", "Memory held by predictions awaiting their true frames (at most the budget)", nbytes
+        )
 
 
 class _Labelled:

@@ -129,6 +129,7 @@ class AnswerStore:
         self._bytes = 0
         self._lock = threading.Lock()
         self.figures: dict[tuple[str, str], StepFigures] = {}
+        self._touched: set[tuple[str, str]] = set()  # models whose expired count changed, to publish
 
     @property
     def nbytes(self) -> int:
@@ -145,6 +146,7 @@ class AnswerStore:
         self._bytes -= kept.frames.nbytes
         if expired:
             self._figures(kept.model, kept.version).expired += 1
+            self._touched.add((kept.model, kept.version))
 
     def _expire(self, now: float) -> None:
         while self._kept:
@@ -152,6 +154,25 @@ class AnswerStore:
             if now - oldest.at < self.ttl_s:
                 break
             self._drop(oldest_id, expired=True)
+
+    def _publish(self) -> None:
+        """Tell ``on_figures`` of the models whose counts changed (a few Prometheus gauges)."""
+        if not self._touched:
+            return
+        with self._lock:  # under the lock: two publishers must not set the gauges out of order
+            touched, self._touched = self._touched, set()
+            if self.on_figures is not None:
+                for model, version in touched:
+                    self.on_figures(model, version, self.figures[(model, version)])
+
+    def held(self) -> tuple[int, int]:
+        """Answers kept and their bytes, once those past their time-to-live are dropped (a
+        Prometheus scrape calls this, so an idle server's memory and counts stay current)."""
+        with self._lock:
+            self._expire(time.monotonic())
+            held = len(self._kept), self._bytes
+        self._publish()
+        return held
 
     def keep(self, request_id: str, model: str, version: str, prediction: np.ndarray) -> None:
         frames = prediction.astype(np.float16)
@@ -166,6 +187,7 @@ class AnswerStore:
                 self._drop(next(iter(self._kept)), expired=True)
             self._kept[request_id] = Kept(model, version, frames, now)
             self._bytes += frames.nbytes
+        self._publish()
 
     def get(self, request_id: str, model: str | None = None, version: str | None = None) -> Kept:
         """The answer kept under ``request_id``; with ``model`` (and ``version``), only when
@@ -173,6 +195,7 @@ class AnswerStore:
         with self._lock:
             self._expire(time.monotonic())
             kept = self._kept.get(request_id)
+        self._publish()
         if kept is None:
             raise NotFound(
                 "unknown-request-id",
@@ -199,19 +222,20 @@ class AnswerStore:
             )
         frame_scores = grade(kept.frames, truth)
         with self._lock:
-            if request_id not in self._kept:  # graded by a concurrent feedback meanwhile
+            if self._kept.get(request_id) is not kept:  # graded by a concurrent feedback meanwhile
                 raise NotFound("unknown-request-id", f"prediction {request_id!r} was graded already")
             self._drop(request_id, expired=False)
-            figures = self._figures(kept.model, kept.version)
-            figures.add(frame_scores)
-        if self.on_figures is not None:
-            self.on_figures(kept.model, kept.version, figures)
+            self._figures(kept.model, kept.version).add(frame_scores)
+            self._touched.add((kept.model, kept.version))
+        self._publish()
         return Graded(request_id, kept.model, kept.version, frame_scores)
 
     def describe(self, model: str, version: str) -> dict[str, object]:
         with self._lock:
             self._expire(time.monotonic())
-            return self._figures(model, version).describe()
+            described = self._figures(model, version).describe()
+        self._publish()
+        return described
 
 
 def _finite(value: float | int) -> float | int | None:
