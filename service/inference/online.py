@@ -180,8 +180,8 @@ class AnswerStore:
             return
         now = time.monotonic()
         with self._lock:
-            if request_id in self._kept:
-                self._drop(request_id, expired=False)
+            if request_id in self._kept:  # a caller reusing its id: the older answer goes ungraded
+                self._drop(request_id, expired=True)
             self._expire(now)
             while self._bytes + frames.nbytes > self.budget_bytes:  # least recently kept first
                 self._drop(next(iter(self._kept)), expired=True)
