@@ -118,8 +118,8 @@ def test_feedback_needs_a_key_when_keys_are_on(bounded: Server, digits: np.ndarr
 
 class TestSoak:
     """Concurrent HTTP load on the bounded server: the byte budget and the time-to-live hold, every
-    answer is accounted for (graded, dropped or still kept), and feedback never fails while its
-    answer is kept. A few seconds."""
+    answer is accounted for (graded, dropped or still kept), and feedback fails only for an answer
+    already dropped (404). A few seconds."""
 
     @staticmethod
     def counts(srv: Server) -> dict[str, float]:
@@ -145,15 +145,16 @@ class TestSoak:
             while not stop.wait(0.05):
                 peak.append(bounded.metrics()[("stlight_online_kept_bytes", ())])
 
-        def client(worker: int) -> list[int]:
+        def client(worker: int) -> list[tuple[str, int]]:
             statuses = []
             with httpx.Client(base_url=bounded.url, headers=KEY, timeout=60) as http:
                 for i in range(per_thread):
                     rid = f"soak-{worker}-{i}"
                     answer = http.post("/predict", content=npy_bytes(clip), headers={**NPY, "x-request-id": rid})
-                    statuses.append(answer.status_code)
+                    statuses.append(("predict", answer.status_code))
                     if i % 2 == 0:  # half are graded at once, half are left to the budget
-                        statuses.append(http.post(f"/v1/feedback/{rid}", content=npy_bytes(truth), headers=NPY).status_code)
+                        graded = http.post(f"/v1/feedback/{rid}", content=npy_bytes(truth), headers=NPY)
+                        statuses.append(("feedback", graded.status_code))
             return statuses
 
         sampler = threading.Thread(target=scrape)
@@ -165,8 +166,12 @@ class TestSoak:
             stop.set()
             sampler.join()
         after = self.counts(bounded)
-        predicted, graded = threads * per_thread, threads * per_thread // 2
-        assert statuses.count(200) == predicted + graded, sorted(set(statuses))
+        predicted = threads * per_thread
+        assert statuses.count(("predict", 200)) == predicted, sorted(set(statuses))
+        # an answer pushed out (by the budget, or by the time-to-live on a loaded box) before its
+        # truth came is a 404; nothing else may fail
+        graded = statuses.count(("feedback", 200))
+        assert graded + statuses.count(("feedback", 404)) == predicted // 2 and graded > 0, sorted(set(statuses))
         assert peak and max(peak) <= BUDGET_ANSWERS * ANSWER_BYTES
         assert after["bytes"] == after["kept"] * ANSWER_BYTES <= BUDGET_ANSWERS * ANSWER_BYTES
         assert after["graded"] - before["graded"] == graded
