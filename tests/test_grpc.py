@@ -102,6 +102,8 @@ def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
         str(repo),
         "--max-body-mb",
         "1",
+        "--model-control",
+        "explicit",  # these tests load and unload; the default refuses that (test_model_control.py)
         env={"STLIGHT_DEVICE": "cpu"},
         grpc=True,
     )

@@ -58,7 +58,14 @@ def repo(tiny_onnx: Path, second_onnx: Path, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture(scope="module")
 def server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("serve") / "oip.log", "--model-repository", str(repo), env={"STLIGHT_DEVICE": "cpu"})
+    srv = Server(
+        tmp_path_factory.mktemp("serve") / "oip.log",
+        "--model-repository",
+        str(repo),
+        "--model-control",
+        "explicit",  # these tests load and unload; the default refuses that (test_model_control.py)
+        env={"STLIGHT_DEVICE": "cpu"},
+    )
     srv.wait_listening()
     srv.wait_ready()
     yield srv

@@ -94,7 +94,8 @@ def test_names_that_do_not_exist_leave_no_state(tmp_path: Path) -> None:
     """Load/unload of made-up names is refused and keeps nothing per name (no lock, no record)."""
     import asyncio
 
-    repository = Repository(ServeSettings(model_repository=tmp_path, device="cpu").model_options(), ServiceMetrics())
+    settings = ServeSettings(model_repository=tmp_path, device="cpu", model_control="explicit")
+    repository = Repository(settings.model_options(), ServiceMetrics())
 
     async def churn() -> int:
         refused = 0

@@ -84,6 +84,11 @@ class Unauthenticated(ServeError):
     """No valid API key with a request that needs one (HTTP 401)."""
 
 
+class Forbidden(ServeError):
+    """Understood and authenticated, but not allowed on this server: a key without the scope the
+    route needs, or a repository change while model control is off (HTTP 403)."""
+
+
 # the server's side ----------------------------------------------------------------------------
 class NotFound(ServeError):
     """No such model, version or resource (HTTP 404)."""

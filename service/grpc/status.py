@@ -14,6 +14,7 @@ import grpc
 
 from service.core.errors import (
     DeadlineExceeded,
+    Forbidden,
     InputError,
     NotFound,
     ServeError,
@@ -31,6 +32,7 @@ BY_CLASS: dict[type[ServeError], grpc.StatusCode] = {
     InputError: grpc.StatusCode.INVALID_ARGUMENT,
     TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    Forbidden: grpc.StatusCode.PERMISSION_DENIED,
     NotFound: grpc.StatusCode.NOT_FOUND,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,

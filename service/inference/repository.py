@@ -34,7 +34,7 @@ import numpy as np
 from service.core import horizon
 from service.core.assets import DEFAULT_MODEL
 from service.core.card import ClipSpec
-from service.core.errors import InputError, NotFound, ServeError, Unavailable, Unprocessable
+from service.core.errors import Forbidden, InputError, NotFound, ServeError, Unavailable, Unprocessable
 from service.inference.batching import Batcher
 from service.inference.engine import CPU, Engine, EngineError
 from service.inference.metrics import ModelMetrics, ServiceMetrics
@@ -578,9 +578,32 @@ class Repository:
             if not self._lock_users[name]:
                 del self._lock_users[name], self._locks[name]
 
+    def check_control(self, action: str) -> None:
+        """Load and unload calls are refused unless ``--model-control explicit``: by default nobody
+        who can reach the port may take a model out of service, and under ``poll`` the folder
+        decides (a call would be undone by the next rescan). Checked here, the one place every
+        protocol's load and unload goes through, before the name is even looked at."""
+        mode = self.options.model_control
+        if mode == "explicit":
+            return
+        if mode == "poll":
+            detail = (
+                f"model {action} calls are refused: this server follows its repository folder (--model-control poll); "
+                "add, replace or remove files in it instead, or start the server with --model-control explicit "
+                "(STLIGHT_MODEL_CONTROL=explicit) to load and unload by call"
+            )
+        else:
+            detail = (
+                f"model {action} calls are turned off on this server (--model-control none, the default); start it with "
+                "--model-control explicit (STLIGHT_MODEL_CONTROL=explicit) to allow them; "
+                "the repository index stays readable"
+            )
+        raise Forbidden("model-control-off", detail, model_control=mode)
+
     async def load(self, name: str) -> list[Served]:
         """Load NAME (or reload it: the files are read again). The old versions keep serving
         until the new ones are warm; if the new ones fail, the old ones stay (as in Triton)."""
+        self.check_control("load")
         if not valid_name(name):
             raise InputError("invalid-model-name", f"{name!r} is not a model name ({NAME_RULE})")
         async with self._lock(name):
@@ -627,6 +650,7 @@ class Repository:
 
     async def unload(self, name: str) -> None:
         """Stop serving NAME: new requests get 404 at once, requests in flight finish."""
+        self.check_control("unload")
         if not valid_name(name):
             raise InputError("invalid-model-name", f"{name!r} is not a model name ({NAME_RULE})")
         async with self._lock(name):

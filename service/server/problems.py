@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect
 from service.core.errors import (
     ClientGone,
     DeadlineExceeded,
+    Forbidden,
     InputError,
     LimitExceeded,
     NotAcceptable,
@@ -54,6 +55,7 @@ STATUS: dict[type[ServeError], int] = {
     NotAcceptable: 406,
     TooLarge: 413,
     Unauthenticated: 401,
+    Forbidden: 403,
     NotFound: 404,
     Unavailable: 503,
     DeadlineExceeded: 504,

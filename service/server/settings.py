@@ -20,7 +20,7 @@ from service.core.limits import (
     DecodeLimits,
 )
 from service.core.runtime import available_cpus
-from service.inference.options import ModelOptions
+from service.inference.options import ModelControl, ModelOptions
 
 
 class ServeSettings(BaseSettings):
@@ -61,11 +61,33 @@ class ServeSettings(BaseSettings):
                 "help": (
                     "serve every model in DIR: DIR/NAME.onnx (version 1) and DIR/NAME/VERSION/model.onnx (Triton's layout, every "
                     "version, the highest is the default); a file that fails to load is reported and the others are served; "
-                    "POST /v2/repository/models/NAME/load and .../unload load and unload models while serving"
+                    "POST /v2/repository/models/NAME/load and .../unload load and unload models while serving (with --model-control explicit)"
                 ),
             }
         },
         description="folder of models: NAME.onnx (version 1) or NAME/VERSION/model.onnx (Triton's layout)",
+    )
+    model_control: ModelControl = Field(
+        "none",
+        json_schema_extra={
+            "cli": {
+                "help": (
+                    "who may change what is served while the server runs: none (the default) refuses the repository's "
+                    "load/unload calls (403, over REST and gRPC; the index stays readable); explicit allows them (give "
+                    "them a key with the repository scope); poll follows --model-repository instead, rescanning it every "
+                    "--repository-poll-s and swapping a new or changed version in once it is loaded and warm"
+                )
+            }
+        },
+        description="who may change what is served: none, explicit (load/unload calls), poll (the folder is rescanned)",
+    )
+    repository_poll_s: float = Field(
+        15.0,
+        gt=0,
+        json_schema_extra={
+            "cli": {"metavar": "S", "help": "--model-control poll: seconds between rescans of --model-repository (default 15)"}
+        },
+        description="with model_control poll: seconds between rescans of the repository folder",
     )
     host: str = Field(
         "127.0.0.1",
@@ -277,4 +299,6 @@ class ServeSettings(BaseSettings):
             max_frames_out=self.max_frames_out,
             online_budget_bytes=int(self.online_budget_mb * 1024 * 1024),
             online_ttl_s=self.online_ttl_s,
+            model_control=self.model_control,
+            repository_poll_s=self.repository_poll_s,
         )
