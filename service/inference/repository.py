@@ -580,24 +580,16 @@ class Repository:
 
     def check_control(self, action: str) -> None:
         """Load and unload calls are refused unless ``--model-control explicit``: by default nobody
-        who can reach the port may take a model out of service, and under ``poll`` the folder
-        decides (a call would be undone by the next rescan). Checked here, the one place every
+        who can reach the port may take a model out of service. Checked here, the one place every
         protocol's load and unload goes through, before the name is even looked at."""
         mode = self.options.model_control
         if mode == "explicit":
             return
-        if mode == "poll":
-            detail = (
-                f"model {action} calls are refused: this server follows its repository folder (--model-control poll); "
-                "add, replace or remove files in it instead, or start the server with --model-control explicit "
-                "(STLIGHT_MODEL_CONTROL=explicit) to load and unload by call"
-            )
-        else:
-            detail = (
-                f"model {action} calls are turned off on this server (--model-control none, the default); start it with "
-                "--model-control explicit (STLIGHT_MODEL_CONTROL=explicit) to allow them; "
-                "the repository index stays readable"
-            )
+        detail = (
+            f"model {action} calls are turned off on this server (--model-control none, the default); start it with "
+            "--model-control explicit (STLIGHT_MODEL_CONTROL=explicit) to allow them; "
+            "the repository index stays readable"
+        )
         raise Forbidden("model-control-off", detail, model_control=mode)
 
     async def load(self, name: str) -> list[Served]:
