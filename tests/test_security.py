@@ -376,7 +376,8 @@ def test_a_repository_model_whose_external_data_escapes_is_refused_and_the_other
 ) -> None:
     clip = np.random.default_rng(3).random((T, 1, 64, 64), dtype=np.float32)
     want = reference(clip[None])[0]
-    with running(tmp_path / "server.log", "--model-repository", str(escaping_repository), "--device", "cpu", "--model-control", "explicit") as srv:
+    explicit = ("--model-control", "explicit")  # the test loads models
+    with running(tmp_path / "server.log", "--model-repository", str(escaping_repository), "--device", "cpu", *explicit) as srv:
         index = {row["name"]: row for row in httpx.post(srv.url + "/v2/repository/index", json={}).json()}
         for name in ("good", "inside"):  # the control: a model with its data in its own folder is served, exactly
             assert index[name]["state"] == "READY", index[name]

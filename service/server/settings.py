@@ -61,7 +61,8 @@ class ServeSettings(BaseSettings):
                 "help": (
                     "serve every model in DIR: DIR/NAME.onnx (version 1) and DIR/NAME/VERSION/model.onnx (Triton's layout, every "
                     "version, the highest is the default); a file that fails to load is reported and the others are served; "
-                    "POST /v2/repository/models/NAME/load and .../unload load and unload models while serving (with --model-control explicit)"
+                    "POST /v2/repository/models/NAME/load and .../unload load and unload models while serving "
+                    "(with --model-control explicit)"
                 ),
             }
         },
