@@ -24,6 +24,9 @@ NPY, PROBLEM = "application/x-npy", "application/problem+json"
 KEYS = ("env-key-aaaaaaaaaaaaaaaa", "env-key-bbbbbbbbbbbbbbbb")
 FILE_KEY = "file-key-cccccccccccccccc"
 WRONG = "wrong-key-zzzzzzzzzzzzzzzz"
+# scoped keys (NAME:KEY:SCOPES): a deploy job, a Prometheus scraper, an operator
+DEPLOY, PROM, ROOT = "deploy-key-dddddddddddddddd", "prom-key-eeeeeeeeeeeeeeee", "root-key-ffffffffffffffff"
+SCOPED = (f"deploy:{DEPLOY}:repository", f"prom:{PROM}:metrics", f"root:{ROOT}:infer,admin")
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -87,7 +90,10 @@ def keyed(tiny_onnx: Path, key_file: Path, tmp_path_factory: pytest.TempPathFact
         "json",
         "--max-body-mb",
         "1",
-        env={"STLIGHT_API_KEYS": ",".join(KEYS), "STLIGHT_DEVICE": "cpu"},
+        "--model-control",
+        "explicit",
+        env={"STLIGHT_API_KEYS": ",".join((*KEYS, *SCOPED)), "STLIGHT_DEVICE": "cpu"},
+        grpc=True,
     )
     srv.wait_listening()
     srv.wait_ready()
@@ -145,15 +151,120 @@ def test_keys_guard_every_route_but_the_probes(keyed: Server) -> None:
             assert http.get("/v1/model", headers=headers).status_code == 200, headers
         response = http.post("/predict", content=CLIP, headers={"Content-Type": NPY, **bearer(KEYS[0])})
         assert response.status_code == 200 and np.load(io.BytesIO(response.content)).shape == (10, 1, 64, 64)
-        assert "stlight_requests_total" in http.get("/metrics", headers={"X-API-Key": FILE_KEY}).text
+        assert "stlight_requests_total" in http.get("/metrics", headers={"X-API-Key": PROM}).text
         # /docs can send a key: the OpenAPI document declares both ways, the probes need none
         spec = http.get("/openapi.json").json()
         assert set(spec["components"]["securitySchemes"]) == {"bearer", "apiKey"}
         assert spec["paths"]["/healthz"]["get"]["security"] == []
         assert "security" not in spec["paths"]["/predict"]["post"]  # the global requirement applies
     # no key, right or wrong, appears in any log line
-    for key in (*KEYS, FILE_KEY, WRONG):
+    for key in (*KEYS, FILE_KEY, WRONG, DEPLOY, PROM, ROOT):
         assert key not in keyed.text()
+
+
+def test_scoped_keys_on_every_route_group_over_http_and_grpc(keyed: Server) -> None:
+    """401 without a key, 403 with one that lacks the group's scope (naming the scope, never the
+    key), 200 with it; plain keys are infer keys; admin passes every group."""
+    import grpc
+
+    from service.grpc.proto import open_inference_grpc_pb2 as pb
+    from service.grpc.proto import open_inference_grpc_pb2_grpc as pb_grpc
+
+    groups = {  # group -> (method, path, json body), each a route that answers 200 when allowed
+        "inference": ("GET", "/v2/models/tiny", None),
+        "repository": ("POST", "/v2/repository/index", {}),
+        "metrics": ("GET", "/metrics", None),
+    }
+    allowed = {  # key -> the groups it may use
+        KEYS[0]: {"inference"},
+        FILE_KEY: {"inference"},
+        DEPLOY: {"repository"},
+        PROM: {"metrics"},
+        ROOT: {"inference", "repository", "metrics"},
+    }
+    needs = {"inference": "infer", "repository": "repository", "metrics": "metrics"}
+    with httpx.Client(base_url=keyed.url, timeout=30) as http:
+        for group, (method, path, body) in groups.items():
+            assert http.request(method, path, json=body).status_code == 401, group
+            for key, groups_allowed in allowed.items():
+                answer = http.request(method, path, json=body, headers=bearer(key))
+                if group in groups_allowed:
+                    assert answer.status_code == 200, (group, key, answer.text[:200])
+                    continue
+                assert answer.status_code == 403, (group, key, answer.text[:200])
+                detail = answer.json()["error"] if path.startswith("/v2") else answer.json()["detail"]
+                assert f"needs a key with the '{needs[group]}' scope" in detail and key not in answer.text
+                challenge = answer.headers["www-authenticate"]
+                assert 'error="insufficient_scope"' in challenge and f'scope="{needs[group]}"' in challenge
+        # a load and unload need the repository scope: an infer key cannot take the model away
+        assert http.post("/v2/repository/models/tiny/unload", headers=bearer(KEYS[0])).status_code == 403
+        assert http.post("/v2/repository/models/tiny/load", headers=bearer(DEPLOY)).status_code == 200
+        assert http.get("/v2/models/tiny/ready", headers=bearer(KEYS[1])).status_code == 200
+        problem = http.get("/v1/model", headers=bearer(PROM)).json()  # problem+json outside /v2
+        assert problem["status"] == 403 and problem["type"] == "urn:stlight:problem:missing-scope" and problem["scope"] == "infer"
+    # the access line names the key's name (the fingerprint of a plain one), never the key
+    keys = {e.get("key") for e in json_lines(keyed) if e["logger"] == "stlight.access"}
+    assert {"deploy", "prom", "root"} <= keys and any(re.fullmatch(r"key-[0-9a-f]{8}", str(k)) for k in keys)
+    # gRPC: the same keys as metadata, the same groups
+    with grpc.insecure_channel(keyed.grpc_target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        index, metadata = stub.RepositoryIndex, stub.ModelMetadata
+        cases = [
+            (index, pb.RepositoryIndexRequest(), None, grpc.StatusCode.UNAUTHENTICATED),
+            (index, pb.RepositoryIndexRequest(), KEYS[0], grpc.StatusCode.PERMISSION_DENIED),
+            (index, pb.RepositoryIndexRequest(), DEPLOY, grpc.StatusCode.OK),
+            (metadata, pb.ModelMetadataRequest(name="tiny"), PROM, grpc.StatusCode.PERMISSION_DENIED),
+            (metadata, pb.ModelMetadataRequest(name="tiny"), ROOT, grpc.StatusCode.OK),
+        ]
+        for call, message, key, code in cases:
+            sent = [("authorization", f"Bearer {key}")] if key else []
+            try:
+                call(message, metadata=sent, timeout=30)
+                got, details = grpc.StatusCode.OK, ""
+            except grpc.RpcError as error:
+                got, details = error.code(), error.details() or ""
+            assert got == code, (key, got, details)
+            assert key is None or key not in details
+            if code == grpc.StatusCode.PERMISSION_DENIED:
+                assert "scope" in details
+
+
+def test_scoped_key_syntax_and_restricted_api() -> None:
+    from service.core.errors import Forbidden, Unauthenticated
+    from service.server.scopes import parse_restrictions
+    from service.server.security import KeyFileError, KeyStore, parse_key, parse_keys
+
+    assert parse_keys(f"a:{DEPLOY}:infer,metrics, {KEYS[0]} ,b:{PROM}:metrics", ",") == [
+        f"a:{DEPLOY}:infer,metrics",
+        KEYS[0],
+        f"b:{PROM}:metrics",
+    ]
+    assert parse_key(f"ops:{ROOT}:infer+metrics", "x").scopes == {"infer", "metrics"}
+    assert parse_key(f"ops:with:colon:{ROOT}:admin", "x").name == "ops"  # the key may hold ':'
+    for bad, why in ((f"ops:{ROOT}:everything", "expected one or more of"), (f"bad name:{ROOT}:infer", "name must be"),
+                     (f"ops:{ROOT}", "NAME:KEY:SCOPES"), ("ops::infer", "NAME:KEY:SCOPES")):  # fmt: skip
+        with pytest.raises(KeyFileError, match=why) as caught:
+            parse_key(bad, "line 3")
+        assert ROOT not in str(caught.value) and "line 3" in str(caught.value)
+    with pytest.raises(ValueError, match="GROUP=SCOPE"):
+        parse_restrictions(["repository=root"])
+    store = KeyStore(
+        [KEYS[0], f"deploy:{DEPLOY}:repository", f"root:{ROOT}:admin"], restrictions=parse_restrictions(["repository=admin"])
+    )
+    assert store.authorize([ROOT], "repository", "a header").name == "root"
+    with pytest.raises(Forbidden, match="'admin' scope"):
+        store.authorize([DEPLOY], "repository", "a header")  # repository=admin: the deploy key is not enough
+    with pytest.raises(Unauthenticated, match="'infer' scope: send a header"):
+        store.authorize([], "inference", "a header")
+    from pydantic import ValidationError
+
+    from service.server.settings import ServeSettings
+
+    assert ServeSettings(restricted_api="metrics=infer, repository=admin").restrictions() == {
+        "inference": "infer", "repository": "admin", "metrics": "infer"
+    }  # fmt: skip
+    with pytest.raises(ValidationError, match="GROUP=SCOPE"):  # stlight serve prints it as one line, exit 2
+        ServeSettings(restricted_api=("models=admin",))
 
 
 def test_key_file_is_reread_when_it_changes_and_on_sighup(keyed: Server, key_file: Path) -> None:

@@ -7,7 +7,8 @@
   (:mod:`service.grpc.status`) with the REST message; one access log line and the
   ``stlight_requests_total`` / ``stlight_request_duration_seconds`` samples (``protocol="grpc"``).
 - :class:`ApiKeyInterceptor`: the REST key store; ``authorization: Bearer KEY`` or ``x-api-key: KEY``
-  metadata, else UNAUTHENTICATED before the request message is even parsed. Health checking,
+  metadata, else UNAUTHENTICATED, and a key without the scope the method's group needs
+  (:mod:`service.server.scopes`) PERMISSION_DENIED, before the request message is even parsed. Health checking,
   reflection and ServerLive / ServerReady stay open, as the probes and /openapi.json do over HTTP.
 """
 
@@ -21,10 +22,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
-from service.core.errors import ServeError, Unauthenticated
+from service.core.errors import ServeError
 from service.grpc import status
 from service.inference.metrics import ServiceMetrics
 from service.server import request_id
+from service.server.scopes import grpc_group
 from service.server.security import KeyStore
 
 log = logging.getLogger("stlight.grpc")
@@ -36,6 +38,7 @@ if TYPE_CHECKING:  # grpc's classes are generic in its type stubs only
     Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler[Request, Response] | None]]
     Unary = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+GRPC_HOW = "metadata 'authorization: Bearer <key>' or 'x-api-key: <key>'"
 
 
 def metadata_values(metadata: Iterable[tuple[str, str | bytes]] | None, name: str) -> list[str]:
@@ -83,16 +86,14 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not self.store.enabled or self._is_public(method):
             return handler
         presented = presented_keys(handler_call_details.invocation_metadata)
-        if self.store.check(presented):
+        try:
+            self.store.authorize(presented, grpc_group(method), GRPC_HOW)
             return handler
-        detail = (
-            "the API key is not valid"
-            if presented
-            else "this RPC needs an API key: send metadata 'authorization: Bearer <key>' or 'x-api-key: <key>'"
-        )
+        except ServeError as error:
+            refusal = error  # UNAUTHENTICATED or PERMISSION_DENIED, naming the scope the method needs
 
         async def refuse(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            raise Unauthenticated("unauthorized", detail)
+            raise refusal
 
         if handler.unary_unary is None:  # every RPC that needs a key is unary; a stream is refused all the same
             return grpc.stream_stream_rpc_method_handler(refuse)

@@ -18,7 +18,7 @@ LogFormat = Literal["text", "json"]
 # fields the access log line (service.server.request_id) adds to its record, written when present
 # (gRPC lines: protocol "grpc", route the method, status the HTTP equivalent of grpc_status)
 ACCESS_FIELDS = (
-    "protocol", "method", "path", "route", "status", "grpc_status", "duration_ms", "model", "batch", "clips", "client",
+    "protocol", "method", "path", "route", "status", "grpc_status", "duration_ms", "model", "batch", "clips", "client", "key",
 )  # fmt: skip
 
 

@@ -52,6 +52,12 @@ def current_request_id() -> str | None:
     return fields["request_id"] if fields else None
 
 
+def current_field(name: str) -> Any:
+    """A field of the current request's access line (``key``: the name of the key it sent)."""
+    fields = _current.get()
+    return fields.get(name) if fields else None
+
+
 def annotate(**fields: Any) -> None:
     """Add fields (``model``, ``batch``...) to the access log line of the current request."""
     current = _current.get()

@@ -21,6 +21,7 @@ from service.core.limits import (
 )
 from service.core.runtime import available_cpus
 from service.inference.options import ModelControl, ModelOptions
+from service.server.scopes import parse_restrictions
 
 
 class ServeSettings(BaseSettings):
@@ -204,13 +205,31 @@ class ServeSettings(BaseSettings):
             "cli": {
                 "metavar": "FILE",
                 "help": (
-                    "API keys, one a line (# comments); re-read on SIGHUP or when the file changes. With it or STLIGHT_API_KEYS, "
+                    "API keys, one a line (# comments): KEY (may infer) or NAME:KEY:SCOPES (infer, repository, metrics, "
+                    "admin); re-read on SIGHUP or when the file changes. With it or STLIGHT_API_KEYS, "
                     "every route but /healthz, /readyz, /v2/health/* (and the page and docs) needs "
                     "'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
                 ),
             }
         },
         description="file of keys, one a line; re-read on SIGHUP or when it changes",
+    )
+    restricted_api: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        json_schema_extra={
+            "cli": {
+                "metavar": "GROUP=SCOPE",
+                "action": "append",
+                "help": (
+                    "with API keys: the scope a key needs for a route group (repeatable). Groups: inference (/predict, "
+                    "/v1, /v2 models and infer), repository (/v2/repository/*: index, load, unload), metrics (/metrics, "
+                    "with --metrics-auth); scopes: infer, repository, metrics, admin (admin passes every group). "
+                    "Default: inference=infer, repository=repository, metrics=metrics; e.g. repository=admin"
+                ),
+                "env": "STLIGHT_RESTRICTED_API, comma-separated",
+            }
+        },
+        description="GROUP=SCOPE: the scope a key needs for a route group (inference, repository, metrics)",
     )
     metrics_auth: bool = Field(
         False,
@@ -251,6 +270,19 @@ class ServeSettings(BaseSettings):
         256.0, ge=0, description="memory for predictions kept until their true frames are posted to /v1/feedback (0: off)"
     )
     online_ttl_s: float = Field(600.0, gt=0, description="a kept prediction not graded within this is dropped (counted expired)")
+
+    @field_validator("restricted_api", mode="before")
+    @classmethod
+    def _split_restrictions(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(part for part in value.split(",") if part.strip())
+        if isinstance(value, (list, tuple)):
+            parse_restrictions(str(item) for item in value)  # a ValueError names the bad item
+        return value
+
+    def restrictions(self) -> dict[str, str]:
+        """Route group -> the scope a key needs for it."""
+        return parse_restrictions(self.restricted_api)
 
     @field_validator("model", mode="before")
     @classmethod
