@@ -47,3 +47,10 @@ def test_the_default_refuses_load_and_unload_on_every_protocol(default: Server) 
             assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert "--model-control explicit" in refused.value.details()
         assert stub.ModelReady(pb.ModelReadyRequest(name="tiny"), timeout=30).ready
+    # each refusal is audited (the text log) and counted
+    refused = [line for line in default.text().splitlines() if "stlight.audit" in line]
+    assert len(refused) == 5 and all(": refused (model" in line and "no key from" in line for line in refused), refused
+    assert sum(" over grpc: refused" in line for line in refused) == 2
+    metrics = default.metrics()
+    assert metrics[("stlight_model_changes_total", (("action", "load"), ("outcome", "refused")))] == 3
+    assert metrics[("stlight_model_changes_total", (("action", "unload"), ("outcome", "refused")))] == 2

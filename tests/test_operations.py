@@ -227,6 +227,28 @@ def test_scoped_keys_on_every_route_group_over_http_and_grpc(keyed: Server) -> N
             assert key is None or key not in details
             if code == grpc.StatusCode.PERMISSION_DENIED:
                 assert "scope" in details
+        # an unload and a load over gRPC with the admin key: audited like the HTTP load above
+        root = [("x-api-key", ROOT)]
+        stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="tiny"), metadata=root, timeout=60)
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="tiny"), metadata=root, timeout=60)
+    audits: list[dict] = []
+
+    def audited() -> bool:
+        audits[:] = [e for e in json_lines(keyed) if e["logger"] == "stlight.audit"]
+        return len(audits) >= 3
+
+    wait_until(audited, 10, "three audit lines")
+    fields = ("action", "outcome", "model", "version", "key", "protocol")
+    assert [tuple(e.get(f) for f in fields) for e in audits[-3:]] == [
+        ("load", "ok", "tiny", "1", "deploy", "http"),
+        ("unload", "ok", "tiny", "1", "root", "grpc"),
+        ("load", "ok", "tiny", "1", "root", "grpc"),
+    ]
+    assert audits[-3]["client"].startswith("127.0.0.1:") and "127.0.0.1" in audits[-1]["client"]
+    assert "load of model 'tiny' version(s) 1 by key 'deploy' from 127.0.0.1:" in audits[-3]["message"]
+    changes = httpx.get(keyed.url + "/metrics", headers=bearer(PROM)).text
+    assert 'stlight_model_changes_total{action="load",outcome="ok"} 2.0' in changes
+    assert 'stlight_model_changes_total{action="unload",outcome="ok"} 1.0' in changes
 
 
 def test_scoped_key_syntax_and_restricted_api() -> None:

@@ -18,8 +18,8 @@ from service.core.errors import InputError, NotFound, Unavailable
 from service.grpc import tensors
 from service.grpc.proto import open_inference_grpc_pb2 as pb
 from service.grpc.proto import open_inference_grpc_pb2_grpc as pb_grpc
-from service.inference.repository import Repository, Served, refuse_load_overrides
-from service.server.request_id import annotate, current_request_id
+from service.inference.repository import Caller, Repository, Served, refuse_load_overrides
+from service.server.request_id import annotate, current_field, current_request_id
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # RPCs that answer without an API key, as /v2/health/* does over HTTP
@@ -27,6 +27,11 @@ PUBLIC_METHODS = frozenset({f"/{SERVICE_NAME}/ServerLive", f"/{SERVICE_NAME}/Ser
 _DATA_TYPES = {"FP32": pb.TYPE_FP32}
 if TYPE_CHECKING:  # generic in grpc's type stubs only
     Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def caller(context: Context) -> Caller:
+    """Who asks for a change of what is served: the key's name (set by the key check), the peer."""
+    return Caller(key=current_field("key") or "", client=context.peer() or "", protocol="grpc")
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -127,11 +132,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
         refuse_load_overrides(request.parameters)
-        await self.repository.load(request.model_name)
+        await self.repository.load(request.model_name, caller(context))
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> pb.RepositoryModelUnloadResponse:
-        await self.repository.unload(request.model_name)
+        await self.repository.unload(request.model_name, caller(context))
         return pb.RepositoryModelUnloadResponse()

@@ -71,6 +71,16 @@ class ServiceMetrics:
             "stlight_online_expired", "Kept predictions dropped ungraded (time-to-live or byte budget)", MODEL, registry=r
         )
         self.ready = Gauge("stlight_ready", "1 once the model is loaded and warmed up", MODEL, registry=r)
+        self.model_changes = Counter(
+            "stlight_model_changes_total",
+            "Changes of what is served, by action (load, unload: calls; poll_load, poll_unload: the folder) and outcome "
+            "(ok, failed: the old version kept serving, refused: model control is off)",
+            ("action", "outcome"),
+            registry=r,
+        )
+        for action in ("load", "unload", "poll_load", "poll_unload"):  # every series from 0, so rate() sees the first
+            for outcome in ("ok", "failed", "refused"):
+                self.model_changes.labels(action, outcome)
 
     def model(self, name: str, version: str) -> ModelMetrics:
         return ModelMetrics(self, name, version)

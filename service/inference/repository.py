@@ -42,6 +42,8 @@ from service.inference.online import AnswerStore, Graded, StepFigures
 from service.inference.options import ModelOptions
 
 log = logging.getLogger("stlight.repository")
+# one line per change of what is served (or refused attempt): who, which model, from where, the outcome
+audit_log = logging.getLogger("stlight.audit")
 
 # Triton's model names allow more, but these are the ones that are safe as one path component on
 # every file system; a leading dot would allow "." and "..".
@@ -52,6 +54,25 @@ DEFAULT_NAME = "default"
 BUILTIN = "builtin"  # as a --model PATH: the model shipped in the package (service/assets/default.onnx)
 
 State = Literal["loading", "warming", "ready", "failed", "unloading"]
+Action = Literal["load", "unload", "poll_load", "poll_unload"]
+Outcome = Literal["ok", "failed", "refused"]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asked for a change of what is served, for the audit line: the name of the API key it
+    sent (never the key; empty without keys), its address and protocol."""
+
+    key: str = ""
+    client: str = ""
+    protocol: str = ""
+
+    def describe(self) -> str:
+        who = f"key {self.key!r}" if self.key else "no key"
+        return f"{who} from {self.client or 'unknown'}" + (f" over {self.protocol}" if self.protocol else "")
+
+
+POLLER = Caller(key="", client="the repository folder", protocol="poll")
 
 
 def valid_name(name: str) -> bool:
@@ -592,10 +613,40 @@ class Repository:
         )
         raise Forbidden("model-control-off", detail, model_control=mode)
 
-    async def load(self, name: str) -> list[Served]:
+    def audit(
+        self, action: Action, name: str, outcome: Outcome, caller: Caller, versions: Iterable[str] = (), reason: str = ""
+    ) -> None:
+        """The audit line (``stlight.audit``, with its fields in the JSON log) and
+        ``stlight_model_changes_total{action, outcome}``."""
+        self.metrics.model_changes.labels(action, outcome).inc()
+        version = ", ".join(versions)
+        text = f"{action} of model {name!r}" + (f" version(s) {version}" if version else "") + f" by {caller.describe()}"
+        fields = {"action": action, "outcome": outcome, "model": name, "version": version, "key": caller.key or None,
+                  "client": caller.client, "protocol": caller.protocol or None, "reason": reason or None}  # fmt: skip
+        level = logging.INFO if outcome == "ok" else logging.WARNING
+        audit_log.log(level, "%s: %s%s", text, outcome, f" ({reason})" if reason else "", extra=fields)
+
+    async def load(self, name: str, caller: Caller = Caller()) -> list[Served]:
+        """A load call (REST or gRPC): refused unless model control is explicit; audited."""
+        try:
+            self.check_control("load")
+        except Forbidden as exc:
+            self.audit("load", name, "refused", caller, reason=exc.detail)
+            raise
+        try:
+            fresh = await self.reload(name)
+        except (NotFound, Forbidden):
+            raise  # nothing changed and nothing could: the access line is record enough
+        except ServeError as exc:
+            if exc.kind != "invalid-model-name":
+                self.audit("load", name, "failed", caller, reason=exc.detail)
+            raise
+        self.audit("load", name, "ok", caller, [s.version for s in fresh])
+        return fresh
+
+    async def reload(self, name: str) -> list[Served]:
         """Load NAME (or reload it: the files are read again). The old versions keep serving
         until the new ones are warm; if the new ones fail, the old ones stay (as in Triton)."""
-        self.check_control("load")
         if not valid_name(name):
             raise InputError("invalid-model-name", f"{name!r} is not a model name ({NAME_RULE})")
         async with self._lock(name):
@@ -640,9 +691,19 @@ class Repository:
         if name not in self.serving:
             self.failed[name] = reason
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, caller: Caller = Caller()) -> None:
+        """An unload call (REST or gRPC): refused unless model control is explicit; audited."""
+        try:
+            self.check_control("unload")
+        except Forbidden as exc:
+            self.audit("unload", name, "refused", caller, reason=exc.detail)
+            raise
+        versions = self.versions(name)
+        await self.take_down(name)
+        self.audit("unload", name, "ok", caller, versions)
+
+    async def take_down(self, name: str) -> None:
         """Stop serving NAME: new requests get 404 at once, requests in flight finish."""
-        self.check_control("unload")
         if not valid_name(name):
             raise InputError("invalid-model-name", f"{name!r} is not a model name ({NAME_RULE})")
         async with self._lock(name):

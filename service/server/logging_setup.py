@@ -19,6 +19,7 @@ LogFormat = Literal["text", "json"]
 # (gRPC lines: protocol "grpc", route the method, status the HTTP equivalent of grpc_status)
 ACCESS_FIELDS = (
     "protocol", "method", "path", "route", "status", "grpc_status", "duration_ms", "model", "batch", "clips", "client", "key",
+    "action", "outcome", "version", "reason",
 )  # fmt: skip
 
 

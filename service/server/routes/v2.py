@@ -19,9 +19,9 @@ from fastapi import APIRouter, Request, Response
 from service import __version__
 from service.codecs import arrays, oip
 from service.core.errors import InputError
-from service.inference.repository import Repository, Served, refuse_load_overrides
+from service.inference.repository import Caller, Repository, Served, refuse_load_overrides
 from service.server.deps import client_gone
-from service.server.request_id import annotate, current_request_id
+from service.server.request_id import annotate, current_field, current_request_id
 from service.server.settings import ServeSettings
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe V2)"])
@@ -259,6 +259,12 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
 # ---------------------------------------------------------------------------------------
 
 
+def caller(request: Request) -> Caller:
+    """Who asks for a change of what is served: the key's name (set by the key check), the address."""
+    client = f"{request.client.host}:{request.client.port}" if request.client else ""
+    return Caller(key=current_field("key") or "", client=client, protocol="http")
+
+
 async def _json_body(request: Request, what: str) -> dict[str, Any]:
     """An optional JSON object body (these routes accept an empty one)."""
     body = await request.body()
@@ -300,7 +306,7 @@ async def repository_index(request: Request) -> list[dict[str, str]]:
 )
 async def load_model(request: Request, name: str) -> Response:
     refuse_load_overrides((await _json_body(request, "load")).get("parameters", {}))
-    await repository(request).load(name)
+    await repository(request).load(name, caller(request))
     return Response(status_code=200)
 
 
@@ -312,5 +318,5 @@ async def load_model(request: Request, name: str) -> Response:
 )
 async def unload_model(request: Request, name: str) -> Response:
     await _json_body(request, "unload")  # unload_dependents: there are no ensembles, so no dependents
-    await repository(request).unload(name)
+    await repository(request).unload(name, caller(request))
     return Response(status_code=200)
