@@ -72,6 +72,7 @@ def create_app(
             if service_state.grpc is not None:
                 await service_state.grpc.stop()  # its RPCs in flight finish (drain_timeout_s) before the batchers stop
             await models.stop()
+            service_state.codecs.close()
             log.info("stopped")
 
     # FastAPIOffline: /docs loads Swagger UI from its wheel, not from a CDN (service.server.web serves /redoc)

@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from fastapi import Depends, Query, Request
 
 from service.core.errors import Unavailable
+from service.core.runtime import available_cpus
 from service.inference.metrics import ServiceMetrics
 from service.inference.repository import Repository
 from service.server.settings import ServeSettings
+from service.server.workers import CodecPool
 
 if TYPE_CHECKING:
     from service.grpc.server import GrpcServer
@@ -34,6 +36,11 @@ class ServiceState:
     # non-zero and its orchestrator replaces it (in-process apps just stay not ready)
     shutdown: Callable[[], None] | None = None
     grpc: GrpcServer | None = None  # the gRPC server, when settings.grpc_port is set
+    codecs: CodecPool = field(init=False)  # decoding and encoding, bounded (service.server.workers)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.codecs = CodecPool(s.codec_workers or available_cpus(), s.codec_queue)
 
     def fail(self, reason: str) -> None:
         """The process cannot serve any more (the device is lost, or a --model file failed its

@@ -189,6 +189,12 @@ class ServeSettings(BaseSettings):
     decode_timeout_s: float = Field(
         DECODE_TIMEOUT_S, gt=0, description="most wall-clock seconds decoding one video body may take (422 beyond)"
     )
+    codec_workers: int = Field(
+        0, ge=0, description="threads that decode bodies and encode answers, apart from inference; 0: one per CPU"
+    )
+    codec_queue: int = Field(
+        8, ge=0, description="decodes/encodes that may wait for a codec worker; beyond, 503 with Retry-After"
+    )
     max_horizon: int = Field(MAX_HORIZON, ge=1, description="largest ?horizon= (frames predicted by rollout; 422 beyond)")
     max_frames_out: int = Field(
         MAX_FRAMES_OUT, ge=1, description="most frames one request may be answered, clips x horizon (413 beyond)"

@@ -25,10 +25,7 @@ from service.server.deps import ModelQuery, RepositoryDep, ServiceDep, client_go
 from service.server.openapi import PREDICT_OPENAPI, PREDICT_RESPONSES, problem_doc
 from service.server.request_id import annotate, current_request_id
 from service.server.settings import ServeSettings
-
-# npy bodies and answers up to this size are decoded/encoded on the event loop: ~0.1 ms per
-# 10-frame 64x64 clip, less than the two thread hops that moving them to a worker costs
-INLINE_BYTES = 1 << 20
+from service.server.workers import INLINE_BYTES, CodecPool
 
 router = APIRouter()
 
@@ -76,7 +73,7 @@ async def _read_multipart(request: Request, spec: ClipSpec, settings: ServeSetti
                 )
             data = await videos[0].read()
             kind = _part_video_type(videos[0])
-            return await asyncio.to_thread(_decode_video, data, kind, spec, settings, options)
+            return await _codecs(request).run(_decode_video, data, kind, spec, settings, options)
         options.check_for(negotiation.NPY)  # image parts: no video options
         parts = form.getlist("frames")
         if not parts:
@@ -90,7 +87,7 @@ async def _read_multipart(request: Request, spec: ClipSpec, settings: ServeSetti
         files = [(part.filename or "", await part.read()) for part in parts if isinstance(part, UploadFile)]
     finally:
         await form.close()
-    return await asyncio.to_thread(media.decode_images, files, spec)
+    return await _codecs(request).run(media.decode_images, files, spec)
 
 
 async def _read_clips(
@@ -104,11 +101,16 @@ async def _read_clips(
     if not body:
         raise _empty_body(request_type, spec)
     if request_type in negotiation.VIDEO_TYPES:
-        return await asyncio.to_thread(_decode_video, body, request_type, spec, settings, options)
+        return await _codecs(request).run(_decode_video, body, request_type, spec, settings, options)
     if request_type == negotiation.NPY and len(body) <= INLINE_BYTES:
         return arrays.decode_npy(body, spec)
     decode = arrays.decode_npy if request_type == negotiation.NPY else arrays.decode_json
-    return await asyncio.to_thread(decode, body, spec)
+    return await _codecs(request).run(decode, body, spec)
+
+
+def _codecs(request: Request) -> CodecPool:
+    """The bounded pool bodies are decoded in (service.server.workers): full, a 503."""
+    return request.app.state.service.codecs
 
 
 def _part_video_type(part: UploadFile) -> str:
@@ -197,7 +199,7 @@ async def predict(
     if answer_type == negotiation.NPY and prediction.nbytes <= INLINE_BYTES:
         body = media.encode(answer_type, clips, prediction, include_input=include_input)
     else:  # JSON, images and large arrays take longer than a thread hop
-        body = await asyncio.to_thread(media.encode, answer_type, clips, prediction, include_input=include_input)
+        body = await service_state.codecs.run(media.encode, answer_type, clips, prediction, include_input=include_input)
     headers = {"Content-Disposition": 'attachment; filename="prediction.zip"'} if answer_type == negotiation.ZIP else None
     return Response(body, media_type=answer_type, headers=headers)
 

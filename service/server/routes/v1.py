@@ -22,8 +22,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="Readiness: 200 once every loaded model is warmed up",
-    responses={503: problem_doc("Loading or warming up")},
+    summary="Readiness: 200 once every loaded model is warmed up, while decode/encode workers have room",
+    responses={503: problem_doc("Loading or warming up, or every decode/encode place is taken (Retry-After)")},
 )
 async def readyz(service_state: ServiceDep, models: RepositoryDep) -> dict[str, Any]:
     if service_state.state == "failed":
@@ -31,12 +31,16 @@ async def readyz(service_state: ServiceDep, models: RepositoryDep) -> dict[str, 
     waiting = models.not_ready()
     if waiting:
         raise waiting
+    codecs = service_state.codecs
+    if codecs.saturated:  # every decode/encode place taken: new requests would get 503s, send them elsewhere
+        raise codecs.busy_error()
     default = models.get(None) if models.default in models.serving else None
     return {
         "status": "ready",
         "provider": default.engine.provider if default else None,
         "model": models.default,
         "models": sorted(models.serving),
+        "codecs": codecs.describe(),
     }
 
 

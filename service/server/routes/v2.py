@@ -10,7 +10,6 @@ Inference goes through the same lease and dynamic batcher as ``/predict``; error
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -23,6 +22,7 @@ from service.inference.repository import Caller, Repository, Served, refuse_load
 from service.server.deps import client_gone
 from service.server.request_id import annotate, current_field, current_request_id
 from service.server.settings import ServeSettings
+from service.server.workers import INLINE_BYTES
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe V2)"])
 
@@ -154,6 +154,9 @@ async def ready(request: Request) -> dict[str, bool]:
     problem = repository(request).not_ready()
     if problem:
         raise problem
+    codecs = request.app.state.service.codecs
+    if codecs.saturated:  # every decode/encode place taken: new requests would get 503s
+        raise codecs.busy_error()
     return {"ready": True}
 
 
@@ -236,9 +239,13 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         body = oip.decompress(await request.body(), request.headers.get("content-encoding"), limits.max_body_bytes)
         tensors = oip.Tensors(engine.input_name, engine.output_name, engine.spec)
         truth_spec = served.truth_spec(any_version=version is None)
-        parsed = await asyncio.to_thread(
-            oip.decode_request, body, request.headers.get(oip.HEADER_LENGTH), tensors, limits.max_horizon, truth_spec
-        )
+        # binary tensors up to INLINE_BYTES are parsed on the event loop (a header and a view of the
+        # bytes): well-formed binary clients never wait for the bounded codec pool, whatever fills it
+        codecs = request.app.state.service.codecs
+        binary_length = request.headers.get(oip.HEADER_LENGTH)
+        decode = (oip.decode_request, body, binary_length, tensors, limits.max_horizon, truth_spec)
+        inline = binary_length is not None and len(body) <= INLINE_BYTES
+        parsed = decode[0](*decode[1:]) if inline else await codecs.run(*decode)
         annotate(model=served.name, batch=len(parsed.clips.frames))  # for the access log line
         if parsed.feedback is not None:  # the clips are the truth of an earlier answer: grade it
             graded = await served.grade(parsed.feedback, parsed.clips.frames, any_version=version is None)
@@ -248,9 +255,11 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         prediction = await served.predict(
             parsed.clips.frames, parsed.horizon, lambda: client_gone(request), keep_as=current_request_id()
         )
-        content, headers = await asyncio.to_thread(
-            oip.encode_response, served.name, served.version, parsed, prediction, engine.output_name
-        )
+        answer = (served.name, served.version, parsed, prediction, engine.output_name)
+        if parsed.binary_output and prediction.nbytes <= INLINE_BYTES:  # one copy of the bytes
+            content, headers = oip.encode_response(*answer)
+        else:
+            content, headers = await codecs.run(oip.encode_response, *answer)
     return Response(content, headers=headers)
 
 
