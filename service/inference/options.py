@@ -12,9 +12,9 @@ from service.core.limits import MAX_FRAMES_OUT
 
 Device = Literal["auto", "cuda", "cpu"]
 Spinning = Literal["off", "run", "on"]  # ONNX Runtime's pool threads: see service.inference.engine
-# who may change what is served (Triton's --model-control-mode): nobody while serving (none), or
-# callers of the repository's load/unload API (explicit)
-ModelControl = Literal["none", "explicit"]
+# who may change what is served (Triton's --model-control-mode): nobody while serving (none), callers
+# of the repository's load/unload API (explicit), or the repository folder itself, rescanned (poll)
+ModelControl = Literal["none", "explicit", "poll"]
 
 
 @dataclass(frozen=True)
@@ -39,3 +39,4 @@ class ModelOptions:
     online_ttl_s: float = 600.0
     max_frames_out: int = MAX_FRAMES_OUT  # clips x frames one request may ask for
     model_control: ModelControl = "none"
+    repository_poll_s: float = 15.0  # model_control "poll": seconds between rescans of the folder

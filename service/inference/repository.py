@@ -68,11 +68,13 @@ class Caller:
     protocol: str = ""
 
     def describe(self) -> str:
+        if self.protocol == "poll":
+            return "the repository poll"
         who = f"key {self.key!r}" if self.key else "no key"
         return f"{who} from {self.client or 'unknown'}" + (f" over {self.protocol}" if self.protocol else "")
 
 
-POLLER = Caller(key="", client="the repository folder", protocol="poll")
+POLLER = Caller(protocol="poll")  # changes the folder made (--model-control poll)
 
 
 def valid_name(name: str) -> bool:
@@ -146,6 +148,22 @@ def find_versions(root: Path, name: str) -> dict[str, Path]:
             f"model folder {folder} holds no version: expected {folder}/<version>/{FILE_NAME} with a numeric <version>",
         )
     return versions
+
+
+Stamp = tuple[int, int, int]  # inode, size, mtime (ns): a file replaced or rewritten has another
+
+
+def file_stamps(versions: dict[str, Path] | str) -> dict[str, Stamp]:
+    """``{version: stamp}`` of a model's files (empty for a folder that holds no usable version),
+    so that a poll sees which model changed; a file gone since the scan has no stamp."""
+    stamps: dict[str, Stamp] = {}
+    for version, path in versions.items() if isinstance(versions, dict) else ():
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        stamps[version] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return stamps
 
 
 def scan(root: Path) -> dict[str, dict[str, Path] | str]:
@@ -383,6 +401,8 @@ class Repository:
 
         if self.root is not None and not self.root.is_dir():
             raise EngineError(f"--model-repository {self.root}: not a folder")
+        if options.model_control == "poll" and self.root is None:
+            raise EngineError("--model-control poll follows --model-repository DIR: give the folder to poll")
         for spec in options.models:
             name, path = parse_model_spec(spec)
             if name in self.explicit:
@@ -402,6 +422,8 @@ class Repository:
         for name, path in self.explicit.items():
             self._pending.append(self._serve(name, "1", engine) if engine else self._load_version(name, "1", path))
         found = scan(self.root) if self.root is not None else {}
+        # what the files were when read (before loading: a change during the load is seen as one)
+        self.stamps = {name: file_stamps(v) for name, v in found.items()}
         for name, versions in found.items():
             if name in self.explicit:
                 raise EngineError(f"--model {name}=... and the repository's model {name!r} share a name; rename one")
@@ -601,11 +623,20 @@ class Repository:
 
     def check_control(self, action: str) -> None:
         """Load and unload calls are refused unless ``--model-control explicit``: by default nobody
-        who can reach the port may take a model out of service. Checked here, the one place every
+        who can reach the port may take a model out of service, and under ``poll`` the folder
+        decides (a call would be undone by the next rescan). Checked here, the one place every
         protocol's load and unload goes through, before the name is even looked at."""
         mode = self.options.model_control
         if mode == "explicit":
             return
+        if mode == "poll":
+            raise Forbidden(
+                "model-control-off",
+                f"model {action} calls are refused: this server follows its repository folder (--model-control poll); "
+                "add, replace or remove files in it instead (a new version serves once it is loaded and warm), or start "
+                "the server with --model-control explicit (STLIGHT_MODEL_CONTROL=explicit) to load and unload by call",
+                model_control=mode,
+            )
         detail = (
             f"model {action} calls are turned off on this server (--model-control none, the default); start it with "
             "--model-control explicit (STLIGHT_MODEL_CONTROL=explicit) to allow them; "

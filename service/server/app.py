@@ -18,6 +18,7 @@ from fastapi_offline import FastAPIOffline
 from service import __version__
 from service.inference.engine import Engine
 from service.inference.metrics import ServiceMetrics
+from service.inference.polling import Poller
 from service.inference.repository import Repository
 from service.server import web
 from service.server.deps import ServiceState
@@ -57,6 +58,9 @@ def create_app(
         # batchers, and warm-ups in the background; a lost device stops the process
         models.start(on_fatal=service_state.fail)
         service_state.repository = app.state.repository = models
+        poller = Poller(models) if settings.model_control == "poll" else None
+        if poller is not None:
+            poller.start()
         if settings.grpc_port:
             from service.grpc.server import GrpcServer  # grpcio loads only when gRPC is on
 
@@ -64,11 +68,15 @@ def create_app(
             try:
                 await service_state.grpc.start()
             except BaseException:
+                if poller is not None:
+                    await poller.stop()
                 await models.stop()
                 raise
         try:
             yield
         finally:
+            if poller is not None:
+                await poller.stop()  # no swap may start while the models stop
             if service_state.grpc is not None:
                 await service_state.grpc.stop()  # its RPCs in flight finish (drain_timeout_s) before the batchers stop
             await models.stop()

@@ -75,11 +75,25 @@ class ServeSettings(BaseSettings):
             "cli": {
                 "help": (
                     "who may change what is served while the server runs: none (the default) refuses the repository's "
-                    "load/unload calls (403, over REST and gRPC; the index stays readable); explicit allows them"
+                    "load/unload calls (403, over REST and gRPC; the index stays readable); explicit allows them; poll "
+                    "follows --model-repository instead, rescanning it every --repository-poll-s: a new or changed version "
+                    "serves once it is loaded and warm, a removed model is unloaded, a file that fails leaves the one "
+                    "before serving"
                 )
             }
         },
-        description="who may change what is served: none, explicit (load/unload calls)",
+        description="who may change what is served: none, explicit (load/unload calls), poll (the folder is rescanned)",
+    )
+    repository_poll_s: float = Field(
+        15.0,
+        gt=0,
+        json_schema_extra={
+            "cli": {
+                "metavar": "S",
+                "help": "with --model-control poll: seconds between rescans of --model-repository (default 15)",
+            }
+        },
+        description="with model_control poll: seconds between rescans of the repository folder",
     )
     host: str = Field(
         "127.0.0.1",
@@ -329,4 +343,5 @@ class ServeSettings(BaseSettings):
             online_budget_bytes=int(self.online_budget_mb * 1024 * 1024),
             online_ttl_s=self.online_ttl_s,
             model_control=self.model_control,
+            repository_poll_s=self.repository_poll_s,
         )
