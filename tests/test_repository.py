@@ -86,6 +86,8 @@ def test_a_repository_serves_what_loads_and_names_what_does_not(tmp_path: Path, 
         )
     with pytest.raises(EngineError, match="not a folder"):
         Repository(ServeSettings(model_repository=tmp_path / "good.onnx", device="cpu").model_options(), ServiceMetrics())
+    with pytest.raises(EngineError, match="poll follows --model-repository"):  # nothing to poll
+        Repository(ServeSettings(model_control="poll", device="cpu").model_options(), ServiceMetrics())
     with pytest.raises(EngineError, match="cannot load"):  # a --model file must load
         Repository(ServeSettings(model=str(tmp_path / "bad.onnx"), device="cpu").model_options(), ServiceMetrics())
 
