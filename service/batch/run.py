@@ -89,6 +89,8 @@ class Summary:
     scored_clips: int = 0
     stopped: str = ""  # why the run stopped early (the service became unreachable), else ""
     online: OnlineReport | None = None  # --report-online: the server's grades of this run's clips
+    # the running sums behind ``metrics``: runs over parts of a set (Ray actors) add these, then score once
+    scores: ScoreSums = field(default_factory=ScoreSums)
 
     @property
     def clips_per_s(self) -> float:
@@ -128,15 +130,17 @@ class _Run:
         concurrency: int,
         progress: bool,
         online: OnlineReport | None = None,
+        echo_failures: bool = True,
     ) -> None:
         from tqdm import tqdm
 
+        self.echo_failures = echo_failures
         self.predictor, self.spec = predictor, predictor.spec
         self.png, self.gif, self.video, self.has_targets = png, gif, video, has_targets
         self.reading = reading
         self.batch_size, self.concurrency = batch_size, concurrency
         self.summary = Summary(online=online)
-        self.scores = ScoreSums()
+        self.scores = self.summary.scores
         self.bar = tqdm(total=total, unit="input", desc="predict", disable=not progress, file=sys.stderr, dynamic_ncols=True)
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="stlight-predict")
         self.in_flight: dict[Future[np.ndarray], list[Segment]] = {}
@@ -186,7 +190,8 @@ class _Run:
     # bookkeeping ---------------------------------------------------------------------
     def fail(self, name: str, reason: str) -> None:
         self.summary.failures.append((name, reason))
-        self.bar.write(f"stlight predict: {name}: {reason}", file=sys.stderr)
+        if self.echo_failures:
+            self.bar.write(f"stlight predict: {name}: {reason}", file=sys.stderr)
 
     def finish(self, job: Job) -> None:
         result, job.output, job.result = job.result, np.empty(0), np.empty(0)
@@ -347,6 +352,7 @@ def predict_files(
     concurrency: int = 1,
     progress: bool = True,
     online: OnlineReport | None = None,
+    echo_failures: bool = True,
 ) -> Summary:
     """Predict every source and write its outputs; failures are recorded in the summary.
 
@@ -355,7 +361,8 @@ def predict_files(
     (read back from their outputs), so a resumed run reports the whole set. ``video`` writes
     ``<stem>.mp4`` (input then prediction); ``reading`` says how video files become clips.
     ``online`` (with ``has_targets``): predicts each batch instead of ``predictor`` and has the
-    server grade it by its truth; skipped inputs are scored offline only (nothing is sent)."""
+    server grade it by its truth; skipped inputs are scored offline only (nothing is sent).
+    ``echo_failures``: print each failure to stderr as it happens (the summary has them either way)."""
     if (png or gif or video) and predictor.spec.channels not in (1, 3):
         raise ValueError(f"--png/--gif/--video need 1- or 3-channel frames; this model predicts {predictor.spec.channels}")
     run = _Run(
@@ -370,6 +377,7 @@ def predict_files(
         concurrency=concurrency,
         progress=progress,
         online=online,
+        echo_failures=echo_failures,
     )
     run.summary.inputs = len(sources)
     began = time.perf_counter()

@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from service.cli.predict_ray import add_ray_arguments, check_ray_args, predict_with_ray
 from service.core.errors import UserError
 from service.core.limits import MAX_HORIZON
 
 if TYPE_CHECKING:  # imported where used: building the parser must stay light
+    from service.batch import Summary
     from service.client import Client, LocalClient
 
 DEFAULT_BATCH = 8
@@ -37,6 +39,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     _add_outputs(parser)
     _add_video_and_horizon(parser)
     _add_run_options(parser)
+    add_ray_arguments(parser)
     parser.set_defaults(handler=run_predict)
 
 
@@ -192,6 +195,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    check_ray_args(args)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.concurrency is not None and args.concurrency < 1:
@@ -287,6 +291,10 @@ def run_predict(args: argparse.Namespace) -> int:
     sources, failures = discover(args.inputs, out)
     if not sources and not failures:
         raise UserError("no inputs found")
+    if args.ray is not None:
+        for name, reason in failures:
+            print(f"stlight predict: {name}: {reason}", file=sys.stderr)
+        return _report(predict_with_ray(args, sources), failures, [])
     predictor: Client | LocalClient
     online = None
     if args.url:
@@ -322,9 +330,14 @@ def run_predict(args: argparse.Namespace) -> int:
             server_figures = _server_figures(predictor)
     finally:
         predictor.close()
+    return _report(summary, failures, server_figures)
+
+
+def _report(summary: Summary, failures: list[tuple[str, str]], extra: list[str]) -> int:
+    """Print the summary (discovery's failures first) and ``extra`` lines; the exit status."""
     summary.failures[:0] = failures
     summary.inputs += len(failures)
-    for line in [*summary.lines(), *server_figures]:
+    for line in [*summary.lines(), *extra]:
         print(line)
     if summary.failures:
         print(f"failed ({len(summary.failures)}):")

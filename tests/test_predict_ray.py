@@ -1,0 +1,241 @@
+"""``stlight predict --ray`` on a real Ray cluster of two nodes on this machine.
+
+The cluster (``ray.cluster_utils.Cluster``: a head and a second node, one CPU each, a small object
+store, no dashboard) is started once for the module and shut down by its finalizer. The Ray run
+must write byte for byte the files of the local run over a few hundred real Moving MNIST clips
+(one-clip files, arrays of many, a windowed video) with a corrupt input among them, report the
+same counts and metrics, and resume after one of its actors is killed mid-run with nothing lost
+or done twice. Skipped with the install command when Ray is not installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from serving import free_port
+
+from service.batch import Summary, VideoReading, discover, predict_files
+from service.batch.ray_run import RayError, RayOptions, predict_on_ray
+from service.cli.stlight import main
+from service.client import LocalClient
+from service.core import video
+
+T, T_OUT = 10, 10  # the tiny preset: 10 -> 10 frames of 1 x 64 x 64
+RAY_MISSING = "Ray is an optional extra: pip install -e '.[ray]' -c constraints.txt"
+ARGS = ("--has-targets", "--windows", "--batch-size", "8", "--no-progress")
+
+
+def ray_or_skip() -> Any:
+    return pytest.importorskip("ray.cluster_utils", reason=RAY_MISSING)
+
+
+# ---------------------------------------------------------------------------------------
+# fixtures: the cluster, the inputs, the local run's files
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    address: str
+    raylets: frozenset[int]  # the nodes' raylet processes: actors run below them
+
+
+@pytest.fixture(scope="module")
+def cluster(request: pytest.FixtureRequest) -> RayCluster:
+    """A head and one more node, one CPU each, shut down after the module."""
+    cluster_utils = ray_or_skip()
+    small = {"num_cpus": 1, "object_store_memory": 80 * 2**20}
+    cluster = cluster_utils.Cluster(initialize_head=True, connect=False, head_node_args={**small, "include_dashboard": False})
+    request.addfinalizer(cluster.shutdown)
+    cluster.add_node(**small)
+    cluster.wait_for_nodes()
+    raylets = frozenset(node.all_processes["raylet"][0].process.pid for node in cluster.list_all_nodes())
+    return RayCluster(str(cluster.address), raylets)
+
+
+@pytest.fixture(scope="module")
+def clip_files(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """264 clips of T + T' frames: 120 one-clip .npy files, 80 clips in a .npz, 60 in a float
+    .npy, a 80-frame MP4 (4 windows) and a corrupt .npy. 33 Moving MNIST clips, each also
+    turned and mirrored (the 8 symmetries of the square): real digits, cheap to make."""
+    from model.data import load_mnist_digits, moving_mnist_clip
+
+    digits = load_mnist_digits(mnist_dir, download=False)
+    rng = np.random.default_rng(24)
+    base = np.stack([moving_mnist_clip(rng, digits, T + T_OUT) for _ in range(33)])  # (33, 20, 64, 64)
+    turned = [np.rot90(base, k, axes=(2, 3)) for k in range(4)]
+    clips = np.concatenate(turned + [t[..., ::-1] for t in turned])[:, :, None].copy()  # (264, 20, 1, 64, 64)
+    root = tmp_path_factory.mktemp("ray-inputs")
+    (root / "singles").mkdir()
+    for i in range(120):
+        np.save(root / "singles" / f"clip_{i:03d}.npy", clips[i])
+    np.savez_compressed(root / "archive.npz", clips=clips[120:200])
+    np.save(root / "many.npy", (clips[200:260] / np.float32(255)).astype(np.float32))
+    frames = clips[260:264].reshape(-1, 1, 64, 64)  # 80 frames: four windows of 20
+    (root / "drive.mp4").write_bytes(video.encode_video(frames, 10.0, "mp4"))
+    (root / "broken.npy").write_bytes(b"\x93NUMPY this is no array")
+    return root
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def local_run(clip_files: Path, tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, bytes], Any]:
+    """The local run's files and summary: what every Ray run must equal."""
+    out = tmp_path_factory.mktemp("local-out")
+    sources, failures = discover([clip_files], out)
+    assert not failures
+    client = LocalClient(tiny_onnx, device="cpu")
+    summary = predict_files(
+        sources, client, has_targets=True, reading=VideoReading(windows=True), batch_size=8, progress=False, echo_failures=False
+    )
+    assert summary.done == len(sources) - 1 and [Path(f[0]).name for f in summary.failures] == ["broken.npy"]
+    return tree(out), summary
+
+
+def stlight(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["predict", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------------------------------
+# tests
+# ---------------------------------------------------------------------------------------
+
+
+def test_ray_run_writes_the_local_files_and_summary(
+    cluster: RayCluster,
+    clip_files: Path,
+    tiny_onnx: Path,
+    local_run: tuple[dict[str, bytes], Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`stlight predict --ray ADDRESS`, two actors on two nodes: the local run's files byte for
+    byte, the corrupt input reported, the same summary lines (counts and metrics) but the time."""
+    files, local = local_run
+    code, out, err = stlight(
+        capsys, str(clip_files), "--out", str(tmp_path), "--model", str(tiny_onnx), "--device", "cpu", *ARGS,
+        "--ray", cluster.address, "--actors", "2",
+    )  # fmt: skip
+    assert code == 1, err  # the corrupt input
+    assert "2 actor(s) x 1 thread(s)" in err
+    assert tree(tmp_path) == files
+    timing = re.compile(r"in \S+ s \(\S+ clips/s\)")
+    expected = [timing.sub("", line) for line in local.lines()]
+    assert [timing.sub("", line) for line in out.splitlines()[: len(expected)]] == expected
+    assert "123 input(s)" in out and "264 clip(s)" in out and "1 failed" in out
+    assert re.search(r"broken\.npy: .*", out.splitlines()[-1])
+
+
+def _actor_pids(root_pids: frozenset[int]) -> list[int]:
+    """Processes below this test's own Ray nodes whose title names the prediction actor."""
+    parents: dict[int, int] = {}
+    titles: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                titles[int(entry.name)] = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+
+    def below(pid: int) -> bool:
+        while pid > 1:
+            if pid in root_pids:
+                return True
+            pid = parents.get(pid, 0)
+        return False
+
+    return [pid for pid, title in titles.items() if "PredictActor" in title and below(pid)]
+
+
+def test_killed_actor_then_resume_loses_and_repeats_nothing(
+    cluster: RayCluster, clip_files: Path, local_run: tuple[dict[str, bytes], Any], tiny_onnx: Path, tmp_path: Path
+) -> None:
+    """An actor is killed (SIGKILL) mid-run; whatever that run did, a second run completes the
+    set: the files equal the local run's, no .partial is left, and the second run redoes none
+    of the inputs already written. The driver is this process, connected once for both runs."""
+    import ray
+
+    ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        run = functools.partial(
+            predict_on_ray,
+            discover([clip_files], tmp_path)[0],
+            tiny_onnx,
+            ray_options=RayOptions(actors=2, inputs_per_task=4),
+            device="cpu",
+            has_targets=True,
+            reading=VideoReading(windows=True),
+            batch_size=4,
+            progress=False,
+        )
+        first: dict[str, Any] = {}
+        driver = threading.Thread(target=lambda: first.update(outcome=_outcome(run)))
+        driver.start()
+        killed = 0
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline and driver.is_alive():
+            if len(list(tmp_path.rglob("*.npy"))) >= 20:
+                pids = _actor_pids(cluster.raylets)
+                if pids:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed = pids[0]
+            time.sleep(0.02)
+        driver.join(90)
+        assert killed, "no actor process was found mid-run"
+        written = {p for p in tmp_path.rglob("*.npy")}
+        second = run()
+    finally:
+        ray.shutdown()
+    files, local = local_run
+    print("first run:", first)
+    assert tree(tmp_path) == files, first
+    assert second.skipped == len(written) and second.done == local.done - len(written), (first, second)
+    assert [Path(name).name for name, _ in second.failures] == ["broken.npy"]
+    assert second.metrics == pytest.approx(local.metrics, rel=1e-12)  # skipped inputs scored from their files
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".partial")]
+
+
+def _outcome(run: Callable[[], Summary]) -> Summary | str:
+    try:
+        return run()
+    except RayError as exc:
+        return str(exc)
+
+
+def test_unreachable_address_and_missing_ray_are_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_onnx: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clip = tmp_path / "clip.npy"
+    np.save(clip, np.zeros((T, 1, 64, 64), np.uint8))
+    if sys.modules.get("ray") is None:
+        ray_or_skip()
+    address = f"127.0.0.1:{free_port()}"
+    began = time.monotonic()
+    code, _, err = stlight(capsys, str(clip), "--out", str(tmp_path / "o"), "--model", str(tiny_onnx), "--ray", address)
+    assert code == 2 and time.monotonic() - began < 30
+    assert err.strip().count("\n") == 0 and f"cannot reach the Ray cluster at {address}" in err
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as where it is not installed
+    with pytest.raises(RayError, match=r"pip install -e '\.\[ray\]'"):
+        predict_on_ray(discover([clip], tmp_path / "o")[0], tiny_onnx)
+    code, _, err = stlight(capsys, str(clip), "--out", str(tmp_path / "o"), "--model", str(tiny_onnx), "--ray")
+    assert code == 2 and err.count("\n") == 1 and "Ray Data, which is not installed" in err, err
