@@ -16,6 +16,7 @@ else in ``service`` needs it.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import socket
@@ -165,8 +166,6 @@ def connect(ray: ModuleType, address: str | None) -> bool:
         return False
     if address not in (None, "auto", "local"):
         check_reachable(address)
-    import logging
-
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -275,6 +274,8 @@ def _reports(
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     context.print_on_execution_start = False
+    if not progress:  # no bars also means none of Ray Data's start/finish lines (nor its note that bars are off)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     # absolute paths: an actor's working folder is not the driver's
     rows = [{"path": str(s.path.absolute()), "kind": s.kind, "base": str(s.base.absolute())} for s in sources]
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / per_task)))
