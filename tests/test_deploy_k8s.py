@@ -297,6 +297,7 @@ def test_config_is_settings_the_server_knows(variant: tuple[str, list[Obj]], mon
         assert key.startswith("STLIGHT_") and key.removeprefix("STLIGHT_").lower() in ServeSettings.model_fields, key
         monkeypatch.setenv(key, value)
     ServeSettings()  # every value valid
+    assert config["data"]["STLIGHT_MODEL_CONTROL"] == "none"  # a load call through the Service reaches one replica
 
 
 def test_graceful_stop_fits_the_grace_period(variant: tuple[str, list[Obj]], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -360,6 +361,7 @@ def test_kserve_objects(kserve: list[Obj]) -> None:
     container = runtime_container(kserve)
     assert container["name"] == "kserve-container"  # the container KServe wires storage and routing to
     assert flag(container["command"], "--model-repository") == "/mnt/models"  # where KServe puts storageUri
+    assert {e["name"]: e["value"] for e in container["env"]}["STLIGHT_MODEL_CONTROL"] == "none"  # no load calls
     assert int(flag(container["command"], "--grpc-port")) == image_grpc_port()
     # The CRDs' schemas are not in kubernetes-validate: validate the pod parts (container, the
     # predictor's resource override) as the core Pod they become.
