@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from serving import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO / "tests" / "data" / "mnist"
 
 # `stlight serve` and in-process apps listen for gRPC on 8001 unless told otherwise; servers of

@@ -21,12 +21,11 @@ import kubernetes_validate
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from serving import Server, free_port
+from serving import REPO, Server, free_port
 
 from service.core.assets import DEFAULT_MODEL
 from service.server.settings import ServeSettings
 
-REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 VARIANTS = {"gpu": DEPLOY / "k8s", "cpu": DEPLOY / "k8s" / "cpu"}
 KSERVE = DEPLOY / "kserve"

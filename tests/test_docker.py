@@ -27,10 +27,10 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+from serving import REPO
 
 from service.core.card import ModelCard
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "service" / "assets" / "default.onnx"
 BUILD_TIMEOUT_S = 1500  # a cold CUDA build downloads ~2.9 GB of wheels
 READY_TIMEOUT_S = 120

@@ -16,6 +16,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from serving import REPO
 
 from export import Check, ValidationReport, export_preset, random_model, validate
 from export.validation import FP16_RELATIVE, FP32_TOLERANCE, moving_blobs
@@ -25,7 +26,6 @@ from service.cli.stlight import main
 from service.core.card import ModelCard
 from service.core.hashing import file_sha256
 
-REPO = Path(__file__).resolve().parents[1]
 MID = preset("tiny").replace(dim=128, depth=4, patch_size=2, out_frames=20)  # mid-size, 10 -> 20 frames
 
 

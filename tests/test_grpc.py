@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from serving import REPO, Server, load_npy, moving_digits, npy_bytes
+from serving import REPO, Server, load_npy, moving_digits, npy_bytes, wait_until
 
 from service.core import horizon
 from service.grpc.proto import open_inference_grpc_pb2 as pb
@@ -404,13 +404,6 @@ def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_preset(
         "tiny", tmp_path_factory.mktemp("onnx") / "slow.onnx", seed=1, overrides={"dim": 256, "depth": 8, "patch_size": 2}
     )
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
-        time.sleep(0.02)
 
 
 def gauge(srv: Server, name: str) -> float:

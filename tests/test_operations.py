@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serving import Server, run_cli
+from serving import Server, npy_bytes, run_cli, wait_until
 
 NPY, PROBLEM = "application/x-npy", "application/problem+json"
 KEYS = ("env-key-aaaaaaaaaaaaaaaa", "env-key-bbbbbbbbbbbbbbbb")
@@ -29,20 +29,7 @@ DEPLOY, PROM, ROOT = "deploy-key-dddddddddddddddd", "prom-key-eeeeeeeeeeeeeeee",
 SCOPED = (f"deploy:{DEPLOY}:repository", f"prom:{PROM}:metrics", f"root:{ROOT}:infer,admin")
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
 CLIP = npy_bytes(np.zeros((10, 1, 64, 64), np.uint8))
-
-
-def wait_until(condition, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
-        time.sleep(0.02)
 
 
 def json_lines(srv: Server) -> list[dict]:
@@ -60,7 +47,7 @@ def access_line(srv: Server, request_id: str) -> dict:
         found[:] = [e for e in json_lines(srv) if e["logger"] == "stlight.access" and e["request_id"] == request_id]
         return bool(found)
 
-    wait_until(logged, 10, f"access line of {request_id}")  # written once the answer is sent
+    wait_until(logged, f"access line of {request_id}", timeout=10)  # written once the answer is sent
     assert len(found) == 1, found
     return found[0]
 
@@ -296,7 +283,7 @@ def test_key_file_is_reread_when_it_changes_and_on_sighup(keyed: Server, key_fil
     staged = key_file.with_suffix(".new")
     staged.write_text(f"{new_key}\n")
     os.replace(staged, key_file)
-    wait_until(lambda: httpx.get(url, headers=bearer(new_key)).status_code == 200, 10, "the renamed file's key")
+    wait_until(lambda: httpx.get(url, headers=bearer(new_key)).status_code == 200, "the renamed file's key", timeout=10)
     assert httpx.get(url, headers=bearer(FILE_KEY)).status_code == 401
     assert httpx.get(url, headers=bearer(KEYS[0])).status_code == 200  # the environment's keys stay
     # an in-place edit that keeps inode, size and mtime is invisible to the change check: SIGHUP
@@ -307,7 +294,7 @@ def test_key_file_is_reread_when_it_changes_and_on_sighup(keyed: Server, key_fil
     time.sleep(1.5)  # past the change check's interval: it looked and saw nothing
     assert httpx.get(url, headers=bearer(FILE_KEY)).status_code == 401
     keyed.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: httpx.get(url, headers=bearer(FILE_KEY)).status_code == 200, 10, "the key after SIGHUP")
+    wait_until(lambda: httpx.get(url, headers=bearer(FILE_KEY)).status_code == 200, "the key after SIGHUP", timeout=10)
     assert httpx.get(url, headers=bearer(new_key)).status_code == 401
     reloads = [e["message"] for e in json_lines(keyed) if "reloaded the API key file" in e["message"]]
     assert any("file changed" in m for m in reloads) and any("SIGHUP" in m for m in reloads), reloads
@@ -452,7 +439,7 @@ def test_sigterm_drains_requests_in_flight_and_queued_then_exits_0(slow_model: P
                 return True
             return False
 
-        wait_until(refused, 10, "new connections refused")
+        wait_until(refused, "new connections refused", timeout=10)
         assert not in_flight.done(), "the check came too late to show anything"
         answers = [in_flight.result(), *(f.result() for f in queued)]
         pool.shutdown()

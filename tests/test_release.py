@@ -20,8 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from serving import REPO, npy_bytes
 
 # pip evaluates environment markers against the interpreter it runs on, even under --platform, so
 # the wheel-only resolution below runs pip with the markers of the target platform patched in.
@@ -224,7 +223,7 @@ def test_clean_venv_from_the_wheel_serves(dist: Path, tmp_path: Path) -> None:
             time.sleep(0.1)
         assert url, (tmp_path / "serve.log").read_text(errors="replace")
         clip = np.load(REPO / "service" / "assets" / "examples" / "clip0.npy")
-        body = _npy_bytes(clip)
+        body = npy_bytes(clip)
         answer = httpx.post(
             url + "/predict",
             content=body,
@@ -238,9 +237,3 @@ def test_clean_venv_from_the_wheel_serves(dist: Path, tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()

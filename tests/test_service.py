@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from serving import NO_TORCH, REPO, Server, load_npy, moving_digits, npy_bytes, run_cli, running
+from serving import NO_TORCH, REPO, Server, load_npy, moving_digits, npy_bytes, run_cli, running, wait_until
 
 from service.core.frames import to_uint8
 
@@ -101,13 +101,6 @@ def slow_server(slow_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     srv.wait_ready()
     yield srv, early
     srv.stop()
-
-
-def wait_until(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 def start_blocker(srv: Server, clips: int) -> tuple[httpx.Client, object]:

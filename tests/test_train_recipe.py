@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from serving import REPO
 
 from model.config import preset
 from model.data import TEST_SEED, DataError, DataSpec, MovingMNIST, build_datasets, build_test_dataset, random_trajectory
@@ -26,7 +27,6 @@ from model.train import LOSS_READ_EVERY, RunSettings, Runtime, train
 from service.cli.stlight import main
 
 CPU = torch.device("cpu")
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks" / "gpu"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
