@@ -72,6 +72,9 @@ def test_online_figures_equal_offline_scores_per_step(server: Server, digits: np
         assert online["ssim"] == pytest.approx(ssim, abs=1e-3)
         labels = (("model", name), ("step", str(step + 1)), ("version", "1"))
         assert metrics[("stlight_online_mse", labels)] == pytest.approx(online["mse"])
+        # the summaries PromQL takes windowed means from: count of frames and sum of scores
+        assert metrics[("stlight_online_frame_ssim_count", labels)] == online["frames"]
+        assert metrics[("stlight_online_frame_ssim_sum", labels)] / online["frames"] == pytest.approx(online["ssim"])
     assert metrics[("stlight_online_graded", (("model", name), ("version", "1")))] == 4
 
 

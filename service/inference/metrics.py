@@ -8,7 +8,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 MODEL = ("model", "version")
@@ -86,12 +86,24 @@ class ServiceMetrics:
         return ModelMetrics(self, name, version)
 
 
+# (model, version, step) -> frames graded and the sums of their MSE, MAE, PSNR and SSIM
+StepSums = dict[tuple[str, str, str], tuple[int, dict[str, float]]]
+
+
 class KeptAnswers(Collector):
-    """``stlight_online_kept`` and ``stlight_online_kept_bytes`` from one call of ``held``
-    (answers, bytes), so the two agree; set by the repository that keeps the answers."""
+    """Read at each scrape from the store of kept answers (set by the repository that keeps them):
+
+    - ``stlight_online_kept`` and ``stlight_online_kept_bytes`` from one call of ``held``
+      (answers, bytes), so the two agree;
+    - ``stlight_online_frame_{mse,mae,psnr,ssim}`` summaries per model, version and step: the
+      ``_count`` of frames graded and the ``_sum`` of their scores since start, so PromQL takes
+      the mean over any window, ``rate(..._sum[15m]) / rate(..._count[15m])``, where the
+      ``stlight_online_{mse,...}`` gauges are means since start (slow to show a drop).
+    """
 
     def __init__(self) -> None:
         self.held: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        self.sums: Callable[[], StepSums] = dict
 
     def collect(self) -> Iterator[Metric]:
         count, nbytes = self.held()
@@ -99,6 +111,16 @@ class KeptAnswers(Collector):
         yield GaugeMetricFamily(
             "stlight_online_kept_bytes", "Memory held by predictions awaiting their true frames (at most the budget)", nbytes
         )
+        sums = self.sums()
+        for name in ("mse", "mae", "psnr", "ssim"):
+            family = SummaryMetricFamily(
+                f"stlight_online_frame_{name}",
+                f"{name.upper()} of the frames graded at this step: their count and sum since start",
+                labels=("model", "version", "step"),
+            )
+            for labels, (frames, step_sums) in sums.items():
+                family.add_metric(labels, count_value=frames, sum_value=step_sums[name])
+            yield family
 
 
 class _Labelled:

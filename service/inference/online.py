@@ -174,6 +174,19 @@ class AnswerStore:
         self._publish()
         return held
 
+    def step_sums(self) -> dict[tuple[str, str, str], tuple[int, dict[str, float]]]:
+        """(model, version, step) -> frames graded and the sums of their scores, for a scrape."""
+        with self._lock:
+            return {
+                (model, version, str(index + 1)): (
+                    s.frames,
+                    {"mse": s.squared, "mae": s.absolute, "psnr": s.psnr, "ssim": figures.ssim[index]},
+                )
+                for (model, version), figures in self.figures.items()
+                for index, s in enumerate(figures.sums)
+                if s.frames
+            }
+
     def keep(self, request_id: str, model: str, version: str, prediction: np.ndarray) -> None:
         frames = prediction.astype(np.float16)
         if self.budget_bytes <= 0 or frames.nbytes > self.budget_bytes:

@@ -398,6 +398,7 @@ class Repository:
         self._pending: list[Served] = []  # loaded before the event loop ran; started by start()
         self.answers = AnswerStore(options.online_budget_bytes, options.online_ttl_s, self._publish_online)
         metrics.kept.held = self.answers.held  # a scrape also drops answers past their time-to-live
+        metrics.kept.sums = self.answers.step_sums
 
         if self.root is not None and not self.root.is_dir():
             raise EngineError(f"--model-repository {self.root}: not a folder")
