@@ -313,12 +313,18 @@ class Served:
 
         return spec
 
-    async def grade(self, request_id: str, truth: np.ndarray, any_version: bool) -> Graded:
+    async def grade(
+        self,
+        request_id: str,
+        truth: np.ndarray,
+        any_version: bool,
+        run: Callable[..., Coroutine[Any, Any, Graded]] = asyncio.to_thread,
+    ) -> Graded:
         """Grade the prediction kept under ``request_id`` by its true frames (B, k, C, H, W): the
         one feedback path of every protocol. SSIM takes ~13 ms per 10-frame 64x64 clip, so it
-        runs in a worker thread, off the event loop."""
+        runs in a worker thread, off the event loop: ``run`` (HTTP: the server's bounded codec pool)."""
         version = None if any_version else self.version
-        return await asyncio.to_thread(self._answers().grade, request_id, truth, self.name, version)
+        return await run(self._answers().grade, request_id, truth, self.name, version)
 
     def _answers(self) -> AnswerStore:
         if self.answers is None:

@@ -6,7 +6,6 @@ decode (:mod:`service.codecs`) -> predict (:mod:`service.inference`) -> encode (
 
 from __future__ import annotations
 
-import asyncio
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,7 +226,7 @@ async def feedback(request: Request, service_state: ServiceDep, models: Reposito
         frames = _npy_frames(await request.body())
     truth = await _read_clips(request, request_type, kept.truth_spec(frames), service_state.settings, VideoOptions())
     # ~13 ms for a 10-frame 64x64 clip (SSIM's filters): off the event loop, like decoding
-    graded = await asyncio.to_thread(models.answers.grade, request_id, truth.frames)
+    graded = await service_state.codecs.run(models.answers.grade, request_id, truth.frames)
     return graded.document()
 
 

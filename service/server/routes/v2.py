@@ -248,7 +248,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         parsed = decode[0](*decode[1:]) if inline else await codecs.run(*decode)
         annotate(model=served.name, batch=len(parsed.clips.frames))  # for the access log line
         if parsed.feedback is not None:  # the clips are the truth of an earlier answer: grade it
-            graded = await served.grade(parsed.feedback, parsed.clips.frames, any_version=version is None)
+            graded = await served.grade(parsed.feedback, parsed.clips.frames, version is None, codecs.run)
             content, headers = oip.encode_feedback(graded.model, graded.version, parsed, graded.scores)
             return Response(content, headers=headers)
 
