@@ -2,11 +2,13 @@
 each attack must be refused with a problem+json that names the limit, quickly, while the
 server's peak RSS stays near idle and a well-formed client beside it keeps being answered.
 
-The server runs with small codec limits (1 worker, 1 waiting place) and a 40-frame answer budget
-so that each limit is reached with small requests; everything else is at its default."""
+The server runs with small limits (1 codec worker and 1 waiting place, a 40-frame and 1 MiB answer
+budget, a 2 s decode and 5 s request deadline) so that each is reached with small requests;
+everything else is at its default."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +31,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) -> Iterato
         "STLIGHT_MAX_FRAMES_OUT": "40",
         "STLIGHT_CODEC_WORKERS": "1",
         "STLIGHT_CODEC_QUEUE": "1",
-        "STLIGHT_DECODE_TIMEOUT_S": "1.5",
+        "STLIGHT_MAX_ANSWER_MB": "1",
+        "STLIGHT_DECODE_TIMEOUT_S": "2",
+        "STLIGHT_MAX_DECODED_PIXELS": str(1 << 40),  # the deadline, not the pixel total, ends the slow decodes
+        "STLIGHT_REQUEST_TIMEOUT_S": "5",
     }
     with running(log, "--model", f"tiny={tiny_onnx}", "--device", "cpu", env=env) as srv:
         yield srv
@@ -79,6 +84,43 @@ def test_answer_at_frames_budget_is_answered(server: Server, digits: np.ndarray)
     assert load_npy(answer.content).shape == (4, 10, 1, 64, 64)
 
 
+def test_answer_bytes_are_budgeted_per_format(server: Server, digits: np.ndarray) -> None:
+    """1 MiB: one clip of 10 64x64 frames is 160 KiB as npy (4 bytes a value), 640 KiB as PNGs,
+    1.9 MiB as JSON (48: Python floats and their text): JSON is refused, before any model run."""
+    one, two = npy_bytes(_clips(digits, 1)), npy_bytes(_clips(digits, 2))
+    as_json = httpx.post(server.url + "/predict", content=one, headers={**NPY, "accept": "application/json"}, timeout=30)
+    assert as_json.status_code == 413 and as_json.headers["content-type"] == "application/problem+json", as_json.text
+    detail = as_json.json()["detail"]
+    assert "as JSON" in detail and "limit of 1 MiB" in detail and "STLIGHT_MAX_ANSWER_MB" in detail, detail
+    assert httpx.post(server.url + "/predict", content=one, headers=NPY, timeout=30).status_code == 200
+    zipped = {**NPY, "accept": "application/zip"}
+    assert httpx.post(server.url + "/predict", content=one, headers=zipped, timeout=30).status_code == 200
+    assert httpx.post(server.url + "/predict", content=two, headers=zipped, timeout=30).status_code == 413
+    # /v2: JSON outputs cost what JSON costs; binary outputs what npy costs (well_formed sends those)
+    clip = _clips(digits, 1)
+    v2_json = {"inputs": [{"name": "frames", "shape": list(clip.shape), "datatype": "FP32", "data": clip.ravel().tolist()}]}
+    refused = httpx.post(server.url + "/v2/models/tiny/infer", json=v2_json, timeout=30)
+    assert refused.status_code == 413 and "STLIGHT_MAX_ANSWER_MB" in refused.json()["error"], refused.text
+
+
+def test_one_deadline_covers_the_whole_request_body_included(server: Server) -> None:
+    """A client that sends its headers and a little of its body, then stalls (slowloris), gets
+    the 504 at the request deadline, not a connection held forever."""
+    host, port = server.url.removeprefix("http://").split(":")
+    began = time.perf_counter()
+    with socket.create_connection((host, int(port)), timeout=20) as stalled:
+        head = "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\nContent-Length: 163968\r\n\r\n"
+        stalled.sendall(head.encode() + b"\x93NUMPY" + bytes(100))
+        answer = stalled.recv(65536).decode(errors="replace")
+        length = int(answer.lower().split("content-length:")[1].split()[0])
+        while len(answer.split("\r\n\r\n", 1)[1]) < length:
+            answer += stalled.recv(65536).decode(errors="replace")
+    took = time.perf_counter() - began
+    assert answer.startswith("HTTP/1.1 504"), answer
+    assert "deadline-exceeded" in answer and "STLIGHT_REQUEST_TIMEOUT_S" in answer
+    assert 4.5 < took < 12, took
+
+
 # ---------------------------------------------------------------------------------------
 # decoding bombs
 # ---------------------------------------------------------------------------------------
@@ -109,11 +151,11 @@ def test_decoding_bombs_are_refused_within_a_second_at_idle_memory(
 
 
 def test_slow_decodes_get_503_and_unready_while_well_formed_clients_are_answered(server: Server, digits: np.ndarray) -> None:
-    """Three bodies that each take the 1.5 s decode deadline (a 2048x2048 GIF canvas changing one
+    """Three bodies (46 KB) that each take the 2 s decode deadline (a 2048x2048 GIF canvas changing one
     pixel a frame) against 1 worker and 1 waiting place: one runs, one waits, the third is a 503
     with Retry-After at once; /readyz and /v2/health/ready say so; /v2 and /predict well-formed
     requests keep being answered beside them (before bounded workers: timed out after 8 s)."""
-    slow = canvas_gif(2048, 200_000)
+    slow = canvas_gif(2048, 2000)
     statuses: list[int] = []
     kinds: list[str] = []
 
@@ -129,11 +171,11 @@ def test_slow_decodes_get_503_and_unready_while_well_formed_clients_are_answered
     attackers = [threading.Thread(target=attack) for _ in range(3)]
     for thread in attackers:
         thread.start()
-        time.sleep(0.2)
-    saturated = httpx.get(server.url + "/readyz")
+        time.sleep(0.1)
+    saturated, oip_ready = httpx.get(server.url + "/readyz"), httpx.get(server.url + "/v2/health/ready")
     assert saturated.status_code == 503 and saturated.json()["type"].endswith("codec-busy"), saturated.text
     assert saturated.headers["retry-after"] == "1"
-    assert httpx.get(server.url + "/v2/health/ready").status_code == 503
+    assert oip_ready.status_code == 503 and "STLIGHT_CODEC_QUEUE" in oip_ready.json()["error"], oip_ready.text
     beside = [well_formed(server, clip) for _ in range(3)]
     for thread in attackers:
         thread.join(60)

@@ -344,7 +344,12 @@ def _bad_requests(digits: np.ndarray) -> list[tuple[str, dict, int, tuple[str, .
             400,
             ("not valid json", "digits"),
         ),
-        ("animated GIF as a frame", frames([png] * 9 + [animation.getvalue()]), 422, ("frame 9", "animation of 10 frames")),
+        (
+            "animated GIF as a frame",
+            frames([png] * 9 + [animation.getvalue()]),
+            422,
+            ("frame 9", "an animation (more than one frame)"),
+        ),
         (
             "invalid q in Accept",
             {**npy(clip), "headers": {"Content-Type": NPY, "Accept": "application/json;q=nan"}},

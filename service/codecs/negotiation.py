@@ -8,6 +8,7 @@ import math
 
 from service.core import video
 from service.core.errors import InputError, NotAcceptable
+from service.core.limits import BINARY_ANSWER, MEDIA_ANSWER, TEXT_ANSWER
 
 NPY = "application/x-npy"
 JSON = "application/json"
@@ -19,6 +20,8 @@ WEBM = "video/webm"
 VIDEO_TYPES = tuple(video.MEDIA_TYPES)  # request bodies decoded by service.core.video (image/gif among them)
 REQUEST_TYPES = (NPY, JSON, MULTIPART, *(t for t in VIDEO_TYPES if t != GIF), GIF)
 RESPONSE_TYPES = (NPY, JSON, ZIP, GIF, MP4, WEBM)
+# what each answer type holds per predicted value while it is built (the answer budget)
+ANSWER_COSTS = {NPY: BINARY_ANSWER, JSON: TEXT_ANSWER, **dict.fromkeys((ZIP, GIF, MP4, WEBM), MEDIA_ANSWER)}
 # answers that show the input before the prediction (unless include_input=false)
 ANIMATED_TYPES = (GIF, MP4, WEBM)
 # the answer's type when the request has no Accept header (or accepts anything): the request's

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from service.core.errors import LimitExceeded, TooLarge, Unprocessable
-from service.core.limits import MAX_HORIZON
+from service.core.limits import MAX_HORIZON, AnswerCost
 
 
 def check_limit(horizon: int, max_horizon: int, name: str = "horizon") -> int:
@@ -43,6 +43,22 @@ def check_frames_out(clips: int, frames: int, max_frames_out: int) -> None:
             f"{clips} clip(s) x {frames} frames = {clips * frames:,} frames to answer is beyond this server's limit of "
             f"{max_frames_out:,} frames per request (STLIGHT_MAX_FRAMES_OUT); send fewer clips or a shorter horizon",
             max_frames_out=max_frames_out,
+        )
+
+
+def check_answer_bytes(clips: int, frames: int, frame_values: int, cost: AnswerCost, max_answer_mb: float) -> None:
+    """Refuse (:class:`TooLarge`, ``answer-too-large``) before any model run an answer whose
+    format would hold more than ``max_answer_mb`` while it is built: ``clips`` x ``frames`` x
+    ``frame_values`` (C x H x W) values at ``cost.bytes_per_value`` each."""
+    held = clips * frames * frame_values * cost.bytes_per_value
+    if held > max_answer_mb * 2**20:
+        raise TooLarge(
+            "answer-too-large",
+            f"{clips} clip(s) x {frames} frames of {frame_values:,} values as {cost.name} take about "
+            f"{held / 2**20:,.0f} MiB while the answer is built ({cost.bytes_per_value:g} bytes a value), beyond this "
+            f"server's limit of {max_answer_mb:g} MiB (STLIGHT_MAX_ANSWER_MB); ask for npy or binary tensors (4 bytes a "
+            "value), fewer clips or a shorter horizon",
+            max_answer_mb=max_answer_mb,
         )
 
 

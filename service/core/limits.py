@@ -23,6 +23,29 @@ MAX_HORIZON = 1000  # frames predicted by rollout for one request (each step is 
 # frames answered by one request, clips x horizon: the answer is held whole while it is encoded,
 # so this bounds its memory (4096 frames of 64x64 float32: 64 MiB) whichever protocol asked
 MAX_FRAMES_OUT = 4096
+# memory an answer may take while it is built, by its format's cost per predicted value (see
+# AnswerCost): 128 MiB is 2048 frames of 64x64 as PNGs/GIF/MP4, 682 as JSON; npy stays bounded
+# by MAX_FRAMES_OUT first
+MAX_ANSWER_MB = 128.0
+
+
+@dataclass(frozen=True)
+class AnswerCost:
+    """What one predicted value costs while its answer is built (the answer is held whole): the
+    encoder's own copies included, so the budget is tighter for the formats that hold more."""
+
+    name: str
+    bytes_per_value: float
+
+
+# float32 bytes: npy, OIP binary tensors, gRPC raw contents (one copy of the prediction)
+BINARY_ANSWER = AnswerCost("npy / binary tensors", 4)
+# zip of PNGs, GIF, MP4, WebM: float32 clip, rounding temporaries and uint8 pixels, then the
+# encoded frames (PIL images for GIF are all held until the GIF is written)
+MEDIA_ANSWER = AnswerCost("images / video", 16)
+# JSON (and OIP/gRPC typed lists): tolist() makes a 24-byte Python float plus an 8-byte list
+# slot per value, and json.dumps then holds the text (up to ~14 bytes a value)
+TEXT_ANSWER = AnswerCost("JSON", 48)
 
 
 @dataclass(frozen=True)

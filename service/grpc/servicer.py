@@ -15,6 +15,7 @@ import grpc
 from service import __version__
 from service.codecs import oip
 from service.core.errors import InputError, NotFound, Unavailable
+from service.core.limits import BINARY_ANSWER, TEXT_ANSWER
 from service.grpc import tensors
 from service.grpc.proto import open_inference_grpc_pb2 as pb
 from service.grpc.proto import open_inference_grpc_pb2_grpc as pb_grpc
@@ -117,7 +118,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
             # the path /predict and /v2 take: one batch holds clips of every protocol; a call cancelled
             # (client gone, deadline passed) cancels this task, which drops a clip still queued
-            prediction = await served.predict(parsed.clips.frames, parsed.horizon, keep_as=current_request_id())
+            # typed contents are built from a Python list of floats: the JSON cost, raw bytes the binary one
+            cost = BINARY_ANSWER if parsed.binary_output else TEXT_ANSWER
+            prediction = await served.predict(parsed.clips.frames, parsed.horizon, keep_as=current_request_id(), answer=cost)
         answer = (served.name, served.version, parsed, prediction, engine.output_name)
         if parsed.binary_output:  # one copy of the bytes; a list of floats is worth a thread hop
             return tensors.encode_response(*answer)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from service.core.limits import MAX_FRAMES_OUT
+from service.core.limits import MAX_ANSWER_MB, MAX_FRAMES_OUT
 
 Device = Literal["auto", "cuda", "cpu"]
 Spinning = Literal["off", "run", "on"]  # ONNX Runtime's pool threads: see service.inference.engine
@@ -38,5 +38,6 @@ class ModelOptions:
     online_budget_bytes: int = 256 << 20  # answers kept for grading (service.inference.online)
     online_ttl_s: float = 600.0
     max_frames_out: int = MAX_FRAMES_OUT  # clips x frames one request may ask for
+    max_answer_mb: float = MAX_ANSWER_MB  # memory an answer may take while built, per format's cost
     model_control: ModelControl = "none"
     repository_poll_s: float = 15.0  # model_control "poll": seconds between rescans of the folder

@@ -35,6 +35,7 @@ from service.core import horizon
 from service.core.assets import DEFAULT_MODEL
 from service.core.card import ClipSpec
 from service.core.errors import Forbidden, InputError, NotFound, ServeError, Unavailable, Unprocessable
+from service.core.limits import BINARY_ANSWER, AnswerCost
 from service.inference.batching import Batcher
 from service.inference.engine import CPU, Engine, EngineError
 from service.inference.metrics import ModelMetrics, ServiceMetrics
@@ -282,14 +283,20 @@ class Served:
         frames: int | None = None,
         client_gone: Callable[[], Coroutine[Any, Any, object]] | None = None,
         keep_as: str | None = None,
+        answer: AnswerCost = BINARY_ANSWER,
     ) -> np.ndarray:
         """(B, T, C, H, W) -> (B, frames, C, H, W) (default T'): the one inference path of every
         protocol (/predict, /v2, gRPC), so that their clips share the batches. Each rollout step
         queues through this version's batcher like any request; ``client_gone`` completing
         drops the clip (HTTP); a cancelled caller's task drops it too (gRPC). ``keep_as``: the
-        request id under which the prediction is kept for grading by its true frames."""
-        out_frames = self.engine.spec.out_frames
+        request id under which the prediction is kept for grading by its true frames.
+        ``answer``: what the caller's answer format holds per value, for the answer budget,
+        checked with the frames budget before any model run."""
+        spec = self.engine.spec
+        out_frames = spec.out_frames
         horizon.check_frames_out(len(clips), frames or out_frames, self.options.max_frames_out)
+        frame_values = spec.channels * spec.height * spec.width
+        horizon.check_answer_bytes(len(clips), frames or out_frames, frame_values, answer, self.options.max_answer_mb)
         batcher = self.batcher
         assert batcher is not None
 

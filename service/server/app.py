@@ -22,7 +22,7 @@ from service.inference.polling import Poller
 from service.inference.repository import Repository
 from service.server import web
 from service.server.deps import ServiceState
-from service.server.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.server.middleware import BodyLimitMiddleware, DeadlineMiddleware, MetricsMiddleware
 from service.server.problems import register_problem_handlers
 from service.server.request_id import RequestIdMiddleware
 from service.server.routes import predict, v1, v2
@@ -95,7 +95,8 @@ def create_app(
     app.state.service = service_state
     app.state.repository = repository
     register_problem_handlers(app)
-    # the last added runs first: request id -> metrics -> API key (before any body is read) -> body limit
+    # the last added runs first: request id -> metrics -> API key (before any body is read) -> body limit -> deadline
+    app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout_s)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, store=store, metrics_auth=settings.metrics_auth)
     app.add_middleware(MetricsMiddleware, metrics=service_state.metrics)

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.core.limits import (
     DECODE_TIMEOUT_S,
+    MAX_ANSWER_MB,
     MAX_DECODED_PIXELS,
     MAX_FRAMES_OUT,
     MAX_HORIZON,
@@ -161,7 +162,12 @@ class ServeSettings(BaseSettings):
         description="largest accepted request body in MiB (413 beyond, while streaming)",
     )
     queue_size: int = Field(256, ge=1, description="requests waiting for inference before new ones get 503")
-    request_timeout_s: float = Field(30.0, gt=0, description="a request not answered within this gets 504")
+    request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="an inference request not answered within this, from its first byte (body, decode, every rollout "
+        "step, encode), gets 504",
+    )
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads inside one operator; 0: every available CPU")
     inter_op_threads: int = Field(1, ge=1, description="ONNX Runtime threads across operators (sequential execution: 1)")
     tf32: bool = Field(
@@ -212,6 +218,12 @@ class ServeSettings(BaseSettings):
     max_horizon: int = Field(MAX_HORIZON, ge=1, description="largest ?horizon= (frames predicted by rollout; 422 beyond)")
     max_frames_out: int = Field(
         MAX_FRAMES_OUT, ge=1, description="most frames one request may be answered, clips x horizon (413 beyond)"
+    )
+    max_answer_mb: float = Field(
+        MAX_ANSWER_MB,
+        gt=0,
+        description="most memory an answer may take while it is built, 4 bytes a value for npy/binary tensors, 16 for "
+        "zip/GIF/MP4/WebM, 48 for JSON (413 beyond)",
     )
     # operations (service.server.security, service.server.request_id, service.server.logging_setup; docs/operations.md)
     api_keys: SecretStr = Field(
@@ -340,6 +352,7 @@ class ServeSettings(BaseSettings):
             request_timeout_s=self.request_timeout_s,
             warmup_runs=self.warmup_runs,
             max_frames_out=self.max_frames_out,
+            max_answer_mb=self.max_answer_mb,
             online_budget_bytes=int(self.online_budget_mb * 1024 * 1024),
             online_ttl_s=self.online_ttl_s,
             model_control=self.model_control,

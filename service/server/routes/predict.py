@@ -193,7 +193,11 @@ async def predict(
         negotiation.check_answerable(answer_type, engine.spec.channels, len(clips.frames), clips.batched)
 
         prediction = await served.predict(
-            clips.frames, horizon_frames, lambda: client_gone(request), keep_as=current_request_id()
+            clips.frames,
+            horizon_frames,
+            lambda: client_gone(request),
+            keep_as=current_request_id(),
+            answer=negotiation.ANSWER_COSTS[answer_type],
         )  # (B, N, C, H, W)
     if answer_type == negotiation.NPY and prediction.nbytes <= INLINE_BYTES:
         body = media.encode(answer_type, clips, prediction, include_input=include_input)

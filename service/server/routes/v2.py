@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request, Response
 from service import __version__
 from service.codecs import arrays, oip
 from service.core.errors import InputError
+from service.core.limits import BINARY_ANSWER, TEXT_ANSWER
 from service.inference.repository import Caller, Repository, Served, refuse_load_overrides
 from service.server.deps import client_gone
 from service.server.request_id import annotate, current_field, current_request_id
@@ -253,7 +254,11 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
             return Response(content, headers=headers)
 
         prediction = await served.predict(
-            parsed.clips.frames, parsed.horizon, lambda: client_gone(request), keep_as=current_request_id()
+            parsed.clips.frames,
+            parsed.horizon,
+            lambda: client_gone(request),
+            keep_as=current_request_id(),
+            answer=BINARY_ANSWER if parsed.binary_output else TEXT_ANSWER,
         )
         answer = (served.name, served.version, parsed, prediction, engine.output_name)
         if parsed.binary_output and prediction.nbytes <= INLINE_BYTES:  # one copy of the bytes
