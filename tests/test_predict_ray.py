@@ -28,7 +28,7 @@ import pytest
 from serving import free_port
 
 from service.batch import Summary, VideoReading, discover, predict_files
-from service.batch.ray_run import RayError, RayOptions, predict_on_ray
+from service.batch.ray_run import RayError, RayOptions, fetch_model, predict_on_ray
 from service.cli.stlight import main
 from service.client import LocalClient
 from service.core import video
@@ -126,6 +126,7 @@ def test_killed_actor_nothing_lost_or_repeated_and_files_equal_local(
     tiny_onnx: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Two actors on two nodes, one killed (SIGKILL) mid-run: the run still writes the local
     run's files byte for byte, counts each input once, reports the corrupt one and scores as the
@@ -162,19 +163,19 @@ def test_killed_actor_nothing_lost_or_repeated_and_files_equal_local(
         assert outcome.lines()[1] == local.lines()[1]  # "metrics over 264 clip(s): MSE ... MAE ... PSNR ..."
     written = len(list(tmp_path.rglob("*.npy")))
 
+    monkeypatch.chdir(clip_files.parent)  # inputs given relative to here: actors elsewhere still find them
     code, out, err = stlight(
-        capsys, str(clip_files), "--out", str(tmp_path), "--model", str(tiny_onnx), "--device", "cpu", *ARGS,
-        "--ray", cluster.address, "--actors", "2",
-    )  # fmt: skip
+        capsys, clip_files.name, "--out", str(tmp_path), "--model", str(tiny_onnx), *ARGS, "--ray", cluster.address
+    )
     assert code == 1, err  # the corrupt input, reported again
-    assert "2 actor(s) x 1 thread(s)" in err
+    assert "2 actor(s) x 1 thread(s)" in err  # the default: one actor per node, the node's CPU each
     assert tree(tmp_path) == files, outcome
     lines = out.splitlines()
     lines = lines[next(i for i, line in enumerate(lines) if " clip(s) from " in line) :]  # Ray may log a retry first
     counts = rf"from {local.done - written} input\(s\) .*; {written} skipped .*; 1 failed"
     assert re.search(counts, lines[0]), (lines, outcome)
     assert lines[1] == local.lines()[1]
-    assert lines[-2:] == ["failed (1):", f"  {clip_files / 'broken.npy'}: {local.failures[0][1]}"]
+    assert lines[-2:] == ["failed (1):", f"  {Path(clip_files.name, 'broken.npy')}: {local.failures[0][1]}"]  # as given
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".partial")]
 
 
@@ -219,6 +220,15 @@ def _outcome(run: Callable[[], Summary]) -> Summary | str:
         return run()
     except RayError as exc:
         return str(exc)
+
+
+def test_a_model_uri_is_copied_for_the_actor(tiny_onnx: Path, tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow.fs", reason=RAY_MISSING)
+    copy = fetch_model(tiny_onnx.absolute().as_uri(), tmp_path)
+    assert copy.parent == tmp_path and copy.read_bytes() == tiny_onnx.read_bytes()
+    assert fetch_model(str(tiny_onnx), tmp_path) == tiny_onnx  # a path is used where it is
+    with pytest.raises(RayError, match=r"cannot read the model at file://.*missing\.onnx"):
+        fetch_model((tmp_path / "missing.onnx").as_uri(), tmp_path)
 
 
 def test_unreachable_address_and_missing_ray_are_one_line(

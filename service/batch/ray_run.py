@@ -15,6 +15,7 @@ else in ``service`` needs it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -81,16 +82,16 @@ def import_ray() -> ModuleType:
 # ---------------------------------------------------------------------------------------
 
 
-def fetch_model(model: str) -> Path:
+def fetch_model(model: str, folder: Path) -> Path:
     """A local path for ``model``: itself, or for a URI (``s3://...``, ``file://...``) a copy in
-    a temporary folder, made once per actor."""
+    ``folder``, made once per actor."""
     if "://" not in model:
         return Path(model)
     import pyarrow.fs as pafs
 
     try:
         filesystem, path = pafs.FileSystem.from_uri(model)
-        target = Path(tempfile.mkdtemp(prefix="stlight-model-")) / (Path(path).name or "model.onnx")
+        target = folder / (Path(path).name or "model.onnx")
         with filesystem.open_input_stream(path) as source, open(target, "wb") as copy:
             shutil.copyfileobj(source, copy)
     except (OSError, ValueError) as exc:  # pyarrow's errors are OSError / ArrowInvalid (a ValueError)
@@ -105,7 +106,10 @@ class PredictActor:
     def __init__(self, model: str, device: Device, threads: int, horizon: int | None, run: dict[str, Any]) -> None:
         from service.client import LocalClient
 
-        client = LocalClient(fetch_model(model), device=device, batch_size=run["batch_size"], intra_op_threads=threads)
+        self.folder = tempfile.TemporaryDirectory(prefix="stlight-model-")  # removed with the actor
+        client = LocalClient(
+            fetch_model(model, Path(self.folder.name)), device=device, batch_size=run["batch_size"], intra_op_threads=threads
+        )
         self.predictor: Predictor = client if horizon is None else Rollout(client, horizon)
         self.run = run
 
@@ -222,8 +226,14 @@ def predict_on_ray(
     is read by each actor (a path every node sees, or a URI). Joins the cluster that
     ``ray_options.address`` names unless this process is already connected (then that connection
     is used and left open); a cluster this call joined or started is left when it returns.
-    ``started(actors, threads_per_actor)`` is called once the pool's shape is known."""
+    ``started(actors, threads_per_actor)`` is called once the pool's shape is known. Actors
+    run on CPU unless ``ray_options.gpus_per_actor`` reserves GPUs for them (Ray would let an
+    actor that reserved none use any GPU of its node, unaccounted)."""
     options = ray_options or RayOptions()
+    if options.gpus_per_actor <= 0:  # an actor uses a GPU only when it reserved one, so Ray's accounting holds
+        if device == "cuda":
+            raise RayError("--device cuda on Ray needs --gpus-per-actor (e.g. 1): an actor runs on a GPU only if it reserves one")
+        device = "cpu"
     ray = import_ray()
     joined = connect(ray, options.address)
     try:
@@ -243,10 +253,15 @@ def predict_on_ray(
             "batch_size": batch_size,
         }
         per_task = options.inputs_per_task or batch_size
-        for report in _reports(ray, sources, str(model), device, horizon, run, shape, options, per_task, progress):
-            add_report(summary, report)
-        order = {name: i for i, name in enumerate(names)}
-        summary.failures = sorted(((names.get(n, n), r) for n, r in summary.failures), key=lambda f: order.get(f[0], -1))
+        with _data_settings(ray, progress):
+            for report in _reports(ray, sources, str(model), device, horizon, run, shape, options, per_task):
+                add_report(summary, report)
+        # in input order (batches finish in any order), named as given (actors saw absolute paths)
+        index = {absolute: i for i, absolute in enumerate(names)}
+        summary.failures = [
+            (names.get(name, name), reason)
+            for name, reason in sorted(summary.failures, key=lambda f: index.get(f[0], len(index)))
+        ]
     finally:
         if joined:
             ray.shutdown()
@@ -254,6 +269,24 @@ def predict_on_ray(
     if summary.scores.frames:
         summary.metrics = summary.scores.result()
     return summary
+
+
+@contextlib.contextmanager
+def _data_settings(ray: ModuleType, progress: bool) -> Iterator[None]:
+    """Ray Data's progress bars on or off for this run; without them, none of its start and
+    finish log lines either (nor its note that bars are off). The caller's settings come back
+    afterwards: a Ray job calling :func:`predict_on_ray` keeps its own."""
+    context = ray.data.DataContext.get_current()
+    logger = logging.getLogger("ray.data")
+    before = context.enable_progress_bars, context.print_on_execution_start, logger.level
+    context.enable_progress_bars, context.print_on_execution_start = progress, False
+    if not progress:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        context.enable_progress_bars, context.print_on_execution_start = before[0], before[1]
+        logger.setLevel(before[2])
 
 
 def _reports(
@@ -266,16 +299,10 @@ def _reports(
     shape: PoolShape,
     options: RayOptions,
     per_task: int,
-    progress: bool,
 ) -> Iterator[dict[str, Any]]:
     """Run the pool over ``sources`` and yield each batch's report as it arrives."""
     if not sources:
         return
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = progress
-    context.print_on_execution_start = False
-    if not progress:  # no bars also means none of Ray Data's start/finish lines (nor its note that bars are off)
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
     # absolute paths: an actor's working folder is not the driver's
     rows = [{"path": str(s.path.absolute()), "kind": s.kind, "base": str(s.base.absolute())} for s in sources]
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / per_task)))

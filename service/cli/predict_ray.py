@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.core.errors import UserError
@@ -39,7 +41,10 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         metavar="G",
-        help="with --ray: GPUs each actor reserves, e.g. 1, or 0.5 for two sessions per GPU (default 0: CPU actors)",
+        help=(
+            "with --ray: GPUs each actor reserves, e.g. 1, or 0.5 for two sessions per GPU; --device then applies to them "
+            "(default 0: actors run on CPU, whatever --device says, as Ray shares out only reserved GPUs)"
+        ),
     )
     group.add_argument(
         "--threads-per-actor",
@@ -97,7 +102,8 @@ def predict_with_ray(args: argparse.Namespace, sources: list[Source]) -> Summary
 
     model = str(args.model.absolute() if args.model is not None else DEFAULT_MODEL)
     try:
-        spec = LocalClient(fetch_model(model), device="cpu", batch_size=args.batch_size, intra_op_threads=1).spec
+        with tempfile.TemporaryDirectory(prefix="stlight-model-") as folder:
+            spec = LocalClient(fetch_model(model, Path(folder)), device="cpu", intra_op_threads=1).spec
     except EngineError as exc:
         raise UserError(str(exc)) from None
     if (args.png or args.gif or args.video) and spec.channels not in (1, 3):
