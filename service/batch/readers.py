@@ -1,5 +1,5 @@
 """Reading inputs: one reader per input kind (:data:`READERS`), each turning a path into the
-raw, shape-checked :class:`Clips` of that input. Values (dtype, range) are checked a batch at a
+raw, shape-checked :class:`InputClips` of that input. Values (dtype, range) are checked a batch at a
 time by :func:`split_checked`, so a ``.npy`` larger than RAM is never loaded whole.
 
 A reader raises :class:`~service.core.errors.InputError` with a message that says what was expected and what came;
@@ -32,7 +32,7 @@ class _GifFrameCount(InputError):
 
 
 @dataclass
-class Clips:
+class InputClips:
     """An input's clips, still raw (memory-mapped for .npy): (N, T, C, H, W) any dtype.
     ``batched``: the input had an N axis (its output keeps one); ``fps``: a video's frame rate."""
 
@@ -95,7 +95,7 @@ def _read_npz(path: Path) -> np.ndarray:
     raise InputError(UNUSABLE, f"expected an array named 'clips' (or a single array), found {', '.join(names) or 'none'}")
 
 
-def _array_clips(array: np.ndarray, spec: ClipSpec, has_targets: bool) -> Clips:
+def _array_clips(array: np.ndarray, spec: ClipSpec, has_targets: bool) -> InputClips:
     """Shape-check an array holding one clip or many."""
     need = frames_expected(spec, has_targets)
     want = f"(T, C, H, W) = {shape_text((need, *spec.input_shape[1:]))} or (N, T, C, H, W)"
@@ -115,14 +115,14 @@ def _array_clips(array: np.ndarray, spec: ClipSpec, has_targets: bool) -> Clips:
             f"shape {shape_text(array.shape)}: expected frames of C x H x W = {c} x {h} x {w}, "
             f"got {' x '.join(map(str, clips.shape[2:]))}",
         )
-    return Clips(clips, batched=array.ndim == 5)
+    return InputClips(clips, batched=array.ndim == 5)
 
 
-def read_npy_input(path: Path, spec: ClipSpec, has_targets: bool) -> Clips:
+def read_npy_input(path: Path, spec: ClipSpec, has_targets: bool) -> InputClips:
     return _array_clips(read_npy(path), spec, has_targets)
 
 
-def read_npz_input(path: Path, spec: ClipSpec, has_targets: bool) -> Clips:
+def read_npz_input(path: Path, spec: ClipSpec, has_targets: bool) -> InputClips:
     return _array_clips(_read_npz(path), spec, has_targets)
 
 
@@ -131,7 +131,7 @@ def read_npz_input(path: Path, spec: ClipSpec, has_targets: bool) -> Clips:
 # ---------------------------------------------------------------------------------------
 
 
-def read_frames(folder: Path, spec: ClipSpec, has_targets: bool) -> Clips:
+def read_frames(folder: Path, spec: ClipSpec, has_targets: bool) -> InputClips:
     """One clip from the folder's images in name order (decoded by service.codecs.media, as the
     service decodes uploaded frames)."""
     files = frame_files(folder)
@@ -142,10 +142,10 @@ def read_frames(folder: Path, spec: ClipSpec, has_targets: bool) -> Clips:
         )
     images = [(p.name, p.read_bytes()) for p in files]
     clip = media.decode_images(images, ClipSpec(need, spec.out_frames, spec.channels, spec.height, spec.width)).frames[0]
-    return Clips(clip[None], batched=False)
+    return InputClips(clip[None], batched=False)
 
 
-def read_gif(path: Path, spec: ClipSpec, has_targets: bool) -> Clips:
+def read_gif(path: Path, spec: ClipSpec, has_targets: bool) -> InputClips:
     """One clip (uint8) from an animated GIF. Encoders (Pillow among them) merge identical
     consecutive frames into one shown longer; such a frame is repeated by its duration."""
     mode = IMAGE_MODES.get(spec.channels)
@@ -181,7 +181,7 @@ def read_gif(path: Path, spec: ClipSpec, has_targets: bool) -> Clips:
         raise _GifFrameCount(UNUSABLE, f"has {_frame_count_error(len(frames), spec, has_targets)}")
     clip = np.stack(frames)  # (T, H, W) or (T, H, W, 3)
     clip = clip[:, None] if clip.ndim == 3 else clip.transpose(0, 3, 1, 2)  # (T, C, H, W)
-    return Clips(clip[None], batched=False)
+    return InputClips(clip[None], batched=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def read_gif(path: Path, spec: ClipSpec, has_targets: bool) -> Clips:
 # ---------------------------------------------------------------------------------------
 
 
-def read_video_file(path: Path, spec: ClipSpec, has_targets: bool, reading: VideoReading | None = None) -> Clips:
+def read_video_file(path: Path, spec: ClipSpec, has_targets: bool, reading: VideoReading | None = None) -> InputClips:
     """The last T (T + T' with targets) frames as one clip, or every window of them."""
     reading = reading or VideoReading()
     need = frames_expected(spec, has_targets)
@@ -203,15 +203,15 @@ def read_video_file(path: Path, spec: ClipSpec, has_targets: bool, reading: Vide
         limits=reading.limits,
     )
     if not reading.windows:
-        return Clips(decoded.frames[None], batched=False, fps=decoded.fps)
+        return InputClips(decoded.frames[None], batched=False, fps=decoded.fps)
     if len(decoded.frames) < need:
         raise InputError(UNUSABLE, f"has {_frame_count_error(len(decoded.frames), spec, has_targets)}")
     # windows as a view of the decoded frames, not copies: (N, need, C, H, W)
     windows = np.moveaxis(np.lib.stride_tricks.sliding_window_view(decoded.frames, need, axis=0), -1, 1)
-    return Clips(windows[:: reading.stride or need], batched=True, fps=decoded.fps)
+    return InputClips(windows[:: reading.stride or need], batched=True, fps=decoded.fps)
 
 
-Reader = Callable[[Path, ClipSpec, bool], Clips]
+Reader = Callable[[Path, ClipSpec, bool], InputClips]
 # one reader per input kind (service/predict/inputs.py says which paths are which kind)
 READERS: dict[Kind, Reader] = {
     "npy": read_npy_input,
@@ -222,7 +222,7 @@ READERS: dict[Kind, Reader] = {
 }
 
 
-def read_source(path: Path, kind: Kind, spec: ClipSpec, has_targets: bool, reading: VideoReading | None = None) -> Clips:
+def read_source(path: Path, kind: Kind, spec: ClipSpec, has_targets: bool, reading: VideoReading | None = None) -> InputClips:
     """Read and shape-check one input with its kind's reader (video files as ``reading`` says).
 
     A GIF of exactly the frames needed is read by Pillow (frames merged by their encoder are

@@ -18,7 +18,7 @@ import numpy as np
 
 from service.batch.inputs import Source, finished
 from service.batch.online import OnlineReport
-from service.batch.readers import UNUSABLE, Clips, VideoReading, read_npy, read_source, split_checked
+from service.batch.readers import UNUSABLE, InputClips, VideoReading, read_npy, read_source, split_checked
 from service.batch.writers import commit_output, discard_output, new_output, write_images
 from service.client import ServiceUnreachable
 from service.core.card import ClipSpec
@@ -62,7 +62,7 @@ class Job:
     """One input in flight: its raw clips, the output being filled, clips still to come."""
 
     source: Source
-    clips: Clips
+    clips: InputClips
     output: np.ndarray  # (N, T', C, H, W) float32 view of ``result``
     result: np.ndarray  # the input's leading shape; in memory, or memory-mapped onto its .partial file when large
     remaining: int

@@ -107,9 +107,9 @@ def _uvicorn_server() -> type:
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets: list[Any] | None = None) -> None:
-            service = self.config.app.state.service  # type: ignore[union-attr]
-            if service.grpc is not None:
-                service.grpc.begin_drain()
+            state = self.config.app.state.service  # type: ignore[union-attr]
+            if state.grpc is not None:
+                state.grpc.begin_drain()
             await super().shutdown(sockets)
 
     return Server
