@@ -224,7 +224,7 @@ def test_scoped_keys_on_every_route_group_over_http_and_grpc(keyed: Server) -> N
         audits[:] = [e for e in json_lines(keyed) if e["logger"] == "stlight.audit"]
         return len(audits) >= 3
 
-    wait_until(audited, 10, "three audit lines")
+    wait_until(audited, "three audit lines", timeout=10)
     fields = ("action", "outcome", "model", "version", "key", "protocol")
     assert [tuple(e.get(f) for f in fields) for e in audits[-3:]] == [
         ("load", "ok", "tiny", "1", "deploy", "http"),
