@@ -419,7 +419,15 @@ def test_keys_one_batch_for_both_protocols_full_queue_deadline_cancel_and_drain(
         tmp_path / "slow.log",
         "--model",
         f"slow={slow_model}",
-        env={"STLIGHT_WARMUP_RUNS": "1", "STLIGHT_QUEUE_SIZE": "2", "STLIGHT_API_KEYS": KEY, "STLIGHT_DEVICE": "cpu"},
+        # the request timeout now spans the whole request: the 128-clip blocker below must not meet it
+        # on a loaded box (the deadline this test checks is the gRPC client's own)
+        env={
+            "STLIGHT_WARMUP_RUNS": "1",
+            "STLIGHT_QUEUE_SIZE": "2",
+            "STLIGHT_API_KEYS": KEY,
+            "STLIGHT_DEVICE": "cpu",
+            "STLIGHT_REQUEST_TIMEOUT_S": "300",
+        },
         grpc=True,
     )
     pool = concurrent.futures.ThreadPoolExecutor(8)
