@@ -253,6 +253,9 @@ def balancer_replays(lb: str) -> int:
 def checked_ready(lb: str) -> dict[str, bool]:
     """Replica address -> UP *and* its last /readyz check passed. (HAProxy 2.6 counts a replica
     that DNS has just given it as UP before its first check.)"""
+    script = "import socket; socket.socket(socket.AF_UNIX).connect('/tmp/haproxy.sock')"
+    if docker("exec", lb, "python3", "-c", script, check=False).returncode != 0:
+        return {}  # HAProxy has not opened its Runtime API socket yet (a slow start on a loaded box)
     return {
         row["addr"].split(":")[0]: row["status"] == "UP" and row.get("check_status") == "L7OK"
         for name, row in balancer_stats(lb).items()
