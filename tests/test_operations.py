@@ -243,7 +243,7 @@ def test_scoped_key_syntax_and_restricted_api() -> None:
     from service.server.scopes import parse_restrictions
     from service.server.security import KeyFileError, KeyStore, parse_key, parse_keys
 
-    assert parse_keys(f"a:{DEPLOY}:infer,metrics, {KEYS[0]} ,b:{PROM}:metrics", ",") == [
+    assert parse_keys(f"a:{DEPLOY}:infer,metrics, {KEYS[0]} ,b:{PROM}:metrics") == [
         f"a:{DEPLOY}:infer,metrics",
         KEYS[0],
         f"b:{PROM}:metrics",
@@ -479,15 +479,16 @@ def test_soak_script_runs_clean_for_a_few_seconds(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def test_sanitise_and_key_parsing() -> None:
+def test_sanitise_and_key_parsing(tmp_path: Path) -> None:
     from service.server.request_id import sanitise
-    from service.server.security import KeyStore, is_loopback, is_public, parse_keys
+    from service.server.security import KeyStore, is_loopback, is_public, parse_key, parse_keys, read_key_file
 
     assert sanitise("abc-DEF_1.2:3/4+5=6@7~") == "abc-DEF_1.2:3/4+5=6@7~"
     assert sanitise("a\r\nb c") == "abc" and len(sanitise("y" * 500)) == 128
     assert re.fullmatch(r"[0-9a-f]{32}", sanitise("\n\n")) and re.fullmatch(r"[0-9a-f]{32}", sanitise(None))
-    assert parse_keys(" a , ,b ,", ",") == ["a", "b"]
-    assert parse_keys("# c\n\n  k1  \nk2\n#k3") == ["k1", "k2"]
+    assert parse_keys(" a , ,b ,") == ["a", "b"]
+    (key_file := tmp_path / "keys").write_text("# c\n\n  k1  \nk2\n#k3")
+    assert read_key_file(key_file) == [parse_key("k1", "line 3"), parse_key("k2", "line 4")]
     store = KeyStore(["k" * 20, "j" * 20])
     assert store.enabled and store.check(["j" * 20]) and store.check(["x", "k" * 20])
     assert not store.check([]) and not store.check(["k" * 19]) and not store.check(["k" * 21])

@@ -92,16 +92,15 @@ def parse_key(text: str, where: str) -> Key:
     return Key(name.strip(), _digest(key.strip()), granted, len(key.strip()) < SHORT_KEY)
 
 
-def parse_keys(text: str, separator: str | None = None) -> list[str]:
-    """Keys from a comma list (``separator=","``) or a file's lines; blanks and ``#`` lines skipped.
-    In a comma list, a bare scope after ``NAME:KEY:SCOPE`` continues its scopes
-    (``ops:KEY:infer,metrics``), so the file's syntax works in ``STLIGHT_API_KEYS`` too."""
-    items = [item.strip() for item in (text.split(separator) if separator else text.splitlines())]
-    items = [item for item in items if item and not item.startswith("#")]
-    if separator is None:
-        return items
+def parse_keys(text: str) -> list[str]:
+    """Keys from a comma list (``STLIGHT_API_KEYS``); blanks and ``#`` items skipped. A bare
+    scope after ``NAME:KEY:SCOPE`` continues its scopes (``ops:KEY:infer,metrics``), so the key
+    file's syntax works here too."""
+    items = [item.strip() for item in text.split(",")]
     joined: list[str] = []
     for item in items:
+        if not item or item.startswith("#"):
+            continue
         if joined and ":" in joined[-1] and ":" not in item and item in SCOPE_WORDS:
             joined[-1] += "," + item
         else:
@@ -246,7 +245,7 @@ def key_store(settings: ServeSettings) -> KeyStore:
     ``api_keys`` that is set but names no key (``","``, spaces): running open then would silently
     drop the protection its author asked for."""
     raw = settings.api_keys.get_secret_value()
-    keys = parse_keys(raw, ",")
+    keys = parse_keys(raw)
     if raw and not keys:
         raise KeyFileError(
             "STLIGHT_API_KEYS is set but holds no key (only commas or spaces); "
